@@ -1,0 +1,253 @@
+"""Gradient check that tells kink-straddling coordinates from real mismatches.
+
+A centered difference on W[d, c] with step h is exact for the hinge loss
+(piecewise linear) plus L2 (quadratic) up to rounding, unless the step moves
+some margin across 0: then it averages two slopes and disagrees with the
+analytic gradient without saying anything about the code. Every such
+coordinate is recomputed on the samples whose margins did not straddle; if
+the mismatch disappears it was the kink (``kink``), otherwise ``FAIL``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from svmtool.loss import active, margins, svm_loss, svm_loss_naive
+
+LossFn = Callable[[np.ndarray, np.ndarray, np.ndarray, float, float], tuple[float, np.ndarray]]
+
+DEFAULT_TOL = 1e-6
+"""Away from kinks the centered difference of a piecewise linear-plus-quadratic
+loss is exact up to rounding (about 1e-10 relative in float64 at h=1e-5); a
+wrong gradient term shows up as 1e-3 or more. 1e-6 sits safely between."""
+
+TINY = 1e-300
+
+
+@dataclass
+class KinkSample:
+    """One margin that changes activity between W - h e and W + h e."""
+
+    sample: int
+    label: int
+    cls: int
+    margin: float
+    step: float  # h * |x[n, d]|, how far the check moves this margin
+
+
+@dataclass
+class CoordCheck:
+    """The check of one coordinate (d, c)."""
+
+    d: int
+    c: int
+    numeric: float
+    analytic: float
+    rel_error: float
+    straddled: int  # samples with at least one straddled margin
+    status: str  # "ok", "kink" or "FAIL"
+    kink_free_rel_error: float | None = None  # recomputed without straddling samples
+    kinks: list[KinkSample] = field(default_factory=list)
+
+
+@dataclass
+class GradcheckReport:
+    """Everything ``svmtool gradcheck`` shows."""
+
+    checks: list[CoordCheck]
+    near_kink_fraction: float
+    near_kink_distance: float
+    worst_kink_free_error: float
+    loss: float
+    tol: float
+    h: float
+    delta: float
+    reg: float
+
+
+def relative_error(numeric: float, analytic: float) -> float:
+    """|n - a| / max(|n| + |a|, tiny); 0 when both are 0."""
+    return abs(numeric - analytic) / max(abs(numeric) + abs(analytic), TINY)
+
+
+def straddling(
+    W: np.ndarray, X: np.ndarray, y: np.ndarray, delta: float, d: int, c: int, h: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Margins whose activity differs between W - h e_dc and W + h e_dc.
+
+    Recomputed from the full products at both points (what the loss itself
+    sees), so the test is exact. Returns the base margins (N, C) and the sample
+    and class indices of the straddling margins.
+    """
+    plus, minus = W.copy(), W.copy()
+    plus[d, c] += h
+    minus[d, c] -= h
+    flips = active(margins(X @ plus, y, delta)) != active(margins(X @ minus, y, delta))
+    rows, cols = np.nonzero(flips)
+    return margins(X @ W, y, delta), rows, cols
+
+
+def near_kink_fraction(margin_values: np.ndarray, distance: float) -> float:
+    """Fraction of the N*(C-1) real margins with |M| <= distance (true-class entries are -inf)."""
+    real = np.isfinite(margin_values)
+    return float((np.abs(margin_values[real]) <= distance).mean()) if real.any() else 0.0
+
+
+def _centered(fn: LossFn, W, X, y, reg, delta, d, c, h) -> tuple[float, float, float]:
+    plus, minus = W.copy(), W.copy()
+    plus[d, c] += h
+    minus[d, c] -= h
+    lp, lm = fn(plus, X, y, reg, delta)[0], fn(minus, X, y, reg, delta)[0]
+    return (lp - lm) / (2 * h), lp, lm
+
+
+def _status_ok(numeric: float, analytic: float, lp: float, lm: float, h: float, tol: float):
+    err = relative_error(numeric, analytic)
+    # The difference of two losses carries about eps*|L| of rounding each; a
+    # mismatch below that is noise, not a wrong gradient.
+    noise = 8 * np.finfo(np.float64).eps * (abs(lp) + abs(lm) + 1) / (2 * h)
+    return err, err <= tol or abs(numeric - analytic) <= noise
+
+
+def check_coordinate(
+    W: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    reg: float,
+    delta: float,
+    d: int,
+    c: int,
+    h: float = 1e-5,
+    tol: float = DEFAULT_TOL,
+    loss_fn: LossFn = svm_loss,
+    dW: np.ndarray | None = None,
+) -> CoordCheck:
+    """Check dL/dW[d, c] of ``loss_fn`` against a centered difference of its loss."""
+    if dW is None:
+        dW = loss_fn(W, X, y, reg, delta)[1]
+    numeric, lp, lm = _centered(loss_fn, W, X, y, reg, delta, d, c, h)
+    analytic = float(dW[d, c])
+    err, ok = _status_ok(numeric, analytic, lp, lm, h, tol)
+    base, rows, cols = straddling(W, X, y, delta, d, c, h)
+    kinks = [
+        KinkSample(int(n), int(y[n]), int(j), float(base[n, j]), float(h * abs(X[n, d])))
+        for n, j in zip(rows, cols, strict=True)
+    ]
+    samples = np.unique(rows)
+    check = CoordCheck(d, c, numeric, analytic, err, int(samples.size), "ok", kinks=kinks)
+    if ok:
+        return check
+    if samples.size == 0:
+        check.status = "FAIL"
+        return check
+    if samples.size == X.shape[0]:
+        # Every sample straddles (a degenerate point such as W = 0, delta = 0):
+        # the mismatch is the kinks', but nothing is left to verify it on.
+        check.status = "kink"
+        return check
+    # Judge the same coordinate on the samples whose margins all stayed on
+    # one side of their kink: what remains is the analytic code's own error.
+    keep = np.setdiff1d(np.arange(X.shape[0]), samples)
+    Xk, yk = X[keep], y[keep]
+    numeric_k, lp_k, lm_k = _centered(loss_fn, W, Xk, yk, reg, delta, d, c, h)
+    analytic_k = float(loss_fn(W, Xk, yk, reg, delta)[1][d, c])
+    err_k, ok_k = _status_ok(numeric_k, analytic_k, lp_k, lm_k, h, tol)
+    check.kink_free_rel_error = err_k
+    check.status = "kink" if ok_k else "FAIL"
+    return check
+
+
+def draw_coordinates(shape: tuple[int, int], count: int, rng: np.random.Generator):
+    """``count`` distinct (d, c) pairs drawn with ``rng`` (all of them if fewer exist)."""
+    total = shape[0] * shape[1]
+    flat = rng.choice(total, size=min(count, total), replace=False)
+    return [(int(f // shape[1]), int(f % shape[1])) for f in flat]
+
+
+def gradcheck(
+    W: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    coords: Sequence[tuple[int, int]],
+    *,
+    reg: float = 0.0,
+    delta: float = 1.0,
+    h: float = 1e-5,
+    tol: float = DEFAULT_TOL,
+    loss_fn: LossFn = svm_loss,
+) -> GradcheckReport:
+    """Check the listed coordinates; W: (D, C), X: (N, D) float64, y: (N,)."""
+    if not h > 0:
+        raise ValueError(f"h must be > 0, got {h}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    for d, c in coords:
+        if not (0 <= d < W.shape[0] and 0 <= c < W.shape[1]):
+            raise ValueError(
+                f"coordinate ({d}, {c}) is outside W, which is {W.shape[0]} x {W.shape[1]}"
+            )
+    loss, dW = loss_fn(W, X, y, reg, delta)
+    checks = [check_coordinate(W, X, y, reg, delta, d, c, h, tol, loss_fn, dW) for d, c in coords]
+    distance = h * float(np.abs(X).max(initial=0.0))
+    free = [ch.rel_error for ch in checks if ch.straddled == 0]
+    return GradcheckReport(
+        checks=checks,
+        near_kink_fraction=near_kink_fraction(margins(X @ W, y, delta), distance),
+        near_kink_distance=distance,
+        worst_kink_free_error=max(free, default=float("nan")),
+        loss=float(loss),
+        tol=tol,
+        h=h,
+        delta=delta,
+        reg=reg,
+    )
+
+
+@dataclass
+class SweepRow:
+    delta: float
+    near_kink_fraction: float
+    straddled_fraction: float
+
+
+def sweep_delta(
+    W: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    coords: Sequence[tuple[int, int]],
+    deltas: Sequence[float],
+    h: float = 1e-5,
+) -> list[SweepRow]:
+    """For each delta: the fraction of margins within h*max|x| of 0 and the
+    fraction of the coordinates whose ±h step straddles a kink."""
+    distance = h * float(np.abs(X).max(initial=0.0))
+    rows = []
+    for delta in deltas:
+        base = margins(X @ W, y, delta)
+        hit = sum(straddling(W, X, y, delta, d, c, h)[1].size > 0 for d, c in coords)
+        rows.append(SweepRow(delta, near_kink_fraction(base, distance), hit / max(len(coords), 1)))
+    return rows
+
+
+@dataclass
+class NaiveComparison:
+    loss_difference: float
+    gradient_difference: float  # Frobenius norm of dW_naive - dW_vectorized
+    naive_seconds: float
+    vectorized_seconds: float
+
+
+def compare_naive(W, X, y, reg: float, delta: float) -> NaiveComparison:
+    """The CS231n notebook's check: naive and vectorized on the same batch."""
+    t0 = time.perf_counter()
+    loss_n, grad_n = svm_loss_naive(W, X, y, reg, delta)
+    t1 = time.perf_counter()
+    loss_v, grad_v = svm_loss(W, X, y, reg, delta)
+    t2 = time.perf_counter()
+    return NaiveComparison(
+        abs(loss_n - loss_v), float(np.linalg.norm(grad_n - grad_v, "fro")), t1 - t0, t2 - t1
+    )

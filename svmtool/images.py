@@ -1,0 +1,180 @@
+"""PNG output: class templates, the labelled montage, and optional plots."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from svmtool.errors import SvmtoolError
+
+
+def safe_filename(name: str) -> str:
+    """A class name as a portable file-name fragment ('automobile' stays, 'a/b c' -> 'a_b_c')."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return cleaned or "class"
+
+
+def templates(W: np.ndarray, image_shape: tuple[int, ...], scale: str = "global") -> np.ndarray:
+    """Class weights as uint8 images (C, H, W, channels).
+
+    W: (D+1, C) with the bias row last. ``global`` maps the min and max over
+    all classes to 0 and 255 (CS231n's way, so classes compare); ``per-class``
+    stretches each class on its own.
+    """
+    if scale not in ("global", "per-class"):
+        raise SvmtoolError(f"scale must be 'global' or 'per-class', got {scale!r}")
+    weights = np.asarray(W[:-1], dtype=np.float64).T.reshape(-1, *image_shape)
+    axes = tuple(range(1, weights.ndim))
+    if scale == "global":
+        lo, hi = weights.min(), weights.max()
+    else:
+        lo = weights.min(axis=axes, keepdims=True)
+        hi = weights.max(axis=axes, keepdims=True)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return np.rint(255.0 * (weights - lo) / span).astype(np.uint8)
+
+
+def to_pil(image: np.ndarray, zoom: int = 1) -> Image.Image:
+    """(H, W, 1|3) uint8 to a grayscale or RGB image, enlarged ``zoom`` times (nearest)."""
+    channels = image.shape[-1]
+    if channels == 1:
+        pil = Image.fromarray(np.ascontiguousarray(image[..., 0]))
+    elif channels == 3:
+        pil = Image.fromarray(np.ascontiguousarray(image))
+    else:
+        # Other channel counts have no colour meaning: show their mean as grey.
+        pil = Image.fromarray(np.rint(image.mean(axis=-1)).astype(np.uint8))
+    if zoom > 1:
+        pil = pil.resize((pil.width * zoom, pil.height * zoom), Image.Resampling.NEAREST)
+    return pil
+
+
+def montage(images: list[Image.Image], names: list[str], columns: int | None = None) -> Image.Image:
+    """All templates in one grid, each with its class name underneath."""
+    font = ImageFont.load_default()
+    columns = columns or min(len(images), 5)
+    rows = -(-len(images) // columns)
+    cell_w = max(im.width for im in images)
+    cell_h = max(im.height for im in images)
+    label_h = 16
+    pad = 6
+    mode = "L" if all(im.mode == "L" for im in images) else "RGB"
+    white = 255 if mode == "L" else (255, 255, 255)
+    sheet = Image.new(
+        mode, (columns * (cell_w + pad) + pad, rows * (cell_h + label_h + pad) + pad), white
+    )
+    draw = ImageDraw.Draw(sheet)
+    for i, (im, name) in enumerate(zip(images, names, strict=True)):
+        x = pad + (i % columns) * (cell_w + pad)
+        y = pad + (i // columns) * (cell_h + label_h + pad)
+        sheet.paste(im.convert(mode), (x, y))
+        text = name if draw.textlength(name, font=font) <= cell_w + pad else name[:12] + "…"
+        draw.text((x, y + cell_h + 2), text, fill=0 if mode == "L" else (0, 0, 0), font=font)
+    return sheet
+
+
+def plots_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def loss_plot(history: np.ndarray, path: Path) -> None:
+    """Loss against iteration, axes labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(np.arange(len(history)), history, lw=0.8)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("minibatch loss")
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def grid_heatmap(grid: list[dict], path: Path) -> None:
+    """Validation accuracy over lr x reg, each cell labelled with its value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lrs = sorted({g["lr"] for g in grid})
+    regs = sorted({g["reg"] for g in grid})
+    acc = np.full((len(lrs), len(regs)), np.nan)
+    for g in grid:
+        value = g.get("val_accuracy")
+        acc[lrs.index(g["lr"]), regs.index(g["reg"])] = np.nan if value is None else value
+    fig, ax = plt.subplots(figsize=(1.2 * len(regs) + 2.5, 0.6 * len(lrs) + 2), dpi=100)
+    im = ax.imshow(acc, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(regs)), [f"{r:g}" for r in regs])
+    ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    ax.set_xlabel("reg")
+    ax.set_ylabel("lr")
+    ax.set_title("validation accuracy")
+    for i in range(len(lrs)):
+        for j in range(len(regs)):
+            text = "diverged" if np.isnan(acc[i, j]) else f"{acc[i, j]:.3f}"
+            ax.text(j, i, text, ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def write_outputs(out_dir: Path, files: dict[str, object]) -> list[Path]:
+    """Write every file into a scratch folder beside ``out_dir``, then move them
+    in: an error midway leaves ``out_dir`` as it was.
+
+    files: name -> a PIL image, or a callable taking the destination path.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SvmtoolError(f"--out-dir {out_dir} exists and is not a folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for name, content in files.items():
+            target = scratch / name
+            if isinstance(content, Image.Image):
+                content.save(target, format="PNG")
+            else:
+                content(target)  # type: ignore[operator]
+        out_dir.mkdir(exist_ok=True)
+        written = []
+        for name in files:
+            destination = out_dir / name
+            (scratch / name).replace(destination)
+            written.append(destination)
+        return written
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def read_image(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
+    """An image file (PNG, JPEG, any size, RGB or grayscale) as uint8 image_shape (H, W, C)."""
+    h, w, c = image_shape
+    try:
+        with Image.open(path) as im:
+            im.load()
+            converted = im.convert("RGB" if c == 3 else "L")
+    except FileNotFoundError:
+        raise SvmtoolError(f"{path}: no such file") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise SvmtoolError(f"{path}: cannot read the image ({exc})") from None
+    if c not in (1, 3):
+        raise SvmtoolError(f"{path}: the model has {c} channels; only 1 or 3 can come from a file")
+    resized = converted.resize((w, h), Image.Resampling.BILINEAR)
+    array = np.asarray(resized, dtype=np.uint8)
+    return array.reshape(h, w, c)

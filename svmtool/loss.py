@@ -1,0 +1,106 @@
+"""The multi-class hinge loss with L2 regularization (pure numpy, no IO).
+
+Conventions (../shared/DESIGN.md): scores ``S = X @ W``; margins
+``M[n, j] = S[n, j] - S[n, y_n] + delta`` for ``j != y_n``; loss
+``(1/N) sum max(0, M) + reg * sum(W * W)``; a margin of exactly 0 is inactive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def margins(scores: np.ndarray, y: np.ndarray, delta: float) -> np.ndarray:
+    """Hinge margins of every sample against every class.
+
+    scores: (N, C) or (N, K, C) for K models side by side; y: (N,) int labels.
+    Returns an array shaped like ``scores``. The entries of the true class are
+    set to ``-inf``: they are not margins, so they must never count as active
+    nor as near a kink.
+    """
+    rows = np.arange(scores.shape[0])
+    correct = scores[rows, ..., y]  # (N,) or (N, K)
+    out = scores - correct[..., None]
+    out += delta
+    out[rows, ..., y] = -np.inf
+    return out
+
+
+def active(margin_values: np.ndarray) -> np.ndarray:
+    """The kink convention, in one place: a margin is active when strictly positive."""
+    return margin_values > 0
+
+
+def hinge(scores: np.ndarray, y: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Data loss and score coefficients of the hinge, averaged over samples.
+
+    scores: (N, C) or (N, K, C); y: (N,).
+    Returns ``(data_loss, coeff)``: data_loss is a scalar array (or (K,)),
+    coeff has the shape of ``scores`` and satisfies ``dL/dW = X.T @ coeff``
+    for the data term, that is ``(beta - onehot(y) * beta.sum(-1)) / N``.
+    """
+    n = scores.shape[0]
+    m = margins(scores, y, delta)
+    beta = active(m)
+    data_loss = np.where(beta, m, 0).sum(axis=(0, -1)) / n
+    coeff = beta.astype(scores.dtype)
+    rows = np.arange(n)
+    coeff[rows, ..., y] = -beta.sum(axis=-1)
+    coeff /= n
+    return data_loss, coeff
+
+
+def _check_inputs(W: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
+    if W.ndim != 2 or X.ndim != 2 or y.ndim != 1:
+        raise ValueError(
+            f"expected W (D, C), X (N, D), y (N,), got {W.shape}, {X.shape}, {y.shape}"
+        )
+    if X.shape[1] != W.shape[0] or X.shape[0] != y.shape[0]:
+        raise ValueError(f"shapes do not match: W {W.shape}, X {X.shape}, y {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= W.shape[1]):
+        raise ValueError(f"labels must be in [0, {W.shape[1]}), got {y.min()}..{y.max()}")
+
+
+def svm_loss(
+    W: np.ndarray, X: np.ndarray, y: np.ndarray, reg: float, delta: float = 1.0
+) -> tuple[float, np.ndarray]:
+    """Vectorized multi-class SVM loss and gradient.
+
+    W: (D, C); X: (N, D); y: (N,) ints in [0, C). Returns ``(loss, dW)`` with dW
+    shaped and typed like W (float32 stays float32).
+    """
+    _check_inputs(W, X, y)
+    data_loss, coeff = hinge(X @ W, y, delta)
+    loss = float(data_loss) + reg * float(np.vdot(W, W))
+    dW = X.T @ coeff
+    dW += (2 * reg) * W
+    return loss, dW
+
+
+def svm_loss_naive(
+    W: np.ndarray, X: np.ndarray, y: np.ndarray, reg: float, delta: float = 1.0
+) -> tuple[float, np.ndarray]:
+    """Loop-based loss and gradient, written for clarity: the oracle for ``svm_loss``.
+
+    W: (D, C); X: (N, D); y: (N,). Same results as ``svm_loss``.
+    """
+    _check_inputs(W, X, y)
+    num_train, num_classes = X.shape[0], W.shape[1]
+    dW = np.zeros_like(W)
+    loss = 0.0
+    for i in range(num_train):
+        scores = X[i] @ W
+        correct_class_score = scores[y[i]]
+        for j in range(num_classes):
+            if j == y[i]:
+                continue
+            margin = scores[j] - correct_class_score + delta
+            if margin > 0:  # exactly 0 is inactive, as in `active`
+                loss += margin
+                dW[:, j] += X[i]
+                dW[:, y[i]] -= X[i]
+    loss /= max(num_train, 1)
+    dW /= max(num_train, 1)
+    loss += reg * float(np.sum(W * W))
+    dW += 2 * reg * W
+    return float(loss), dW

@@ -1,0 +1,149 @@
+"""The model file: a plain .npz that loads with allow_pickle=False."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from svmtool import __version__
+from svmtool.errors import SvmtoolError
+
+FORMAT_VERSION = 1
+DEFAULT_MODEL = Path("svm_model.npz")
+
+
+@dataclass
+class Model:
+    """A trained linear SVM.
+
+    W: (D+1, C), bias row last, D = prod(image_shape); mean_image: image_shape.
+    settings/metrics/grid: JSON-able; loss_history: (iters,).
+    """
+
+    W: np.ndarray
+    mean_image: np.ndarray
+    class_names: list[str]
+    settings: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    loss_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    grid: list[dict] = field(default_factory=list)
+    svmtool_version: str = __version__
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.mean_image.shape)
+
+    @property
+    def num_classes(self) -> int:
+        return self.W.shape[1]
+
+
+def write_atomic(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then
+    rename it into place: a crash never leaves a half-written ``path``."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise SvmtoolError(f"cannot write {path}: folder {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(model: Model, path: Path) -> Path:
+    """Write the model to ``path`` atomically."""
+    if Path(path).is_dir():
+        raise SvmtoolError(f"cannot write the model to {path}: it is a folder")
+    arrays = {
+        "format_version": np.array(FORMAT_VERSION),
+        "svmtool_version": np.array(model.svmtool_version),
+        "W": model.W,
+        "mean_image": model.mean_image,
+        "image_shape": np.array(model.image_shape, dtype=np.int64),
+        "class_names": np.array(model.class_names, dtype=str),
+        "settings": np.array(json.dumps(model.settings)),
+        "metrics": np.array(json.dumps(model.metrics)),
+        "loss_history": np.asarray(model.loss_history, dtype=np.float64),
+        "grid": np.array(json.dumps(model.grid)),
+    }
+    write_atomic(Path(path), lambda f: np.savez(f, **arrays))
+    return Path(path)
+
+
+REQUIRED = (
+    "format_version", "svmtool_version", "W", "mean_image", "image_shape",
+    "class_names", "settings", "metrics", "loss_history", "grid",
+)  # fmt: skip
+
+
+def load(path: Path) -> Model:
+    """Read and check a model file; every problem is one ``SvmtoolError`` line."""
+    path = Path(path)
+    if not path.exists():
+        raise SvmtoolError(f"model file not found: {path} (train one with: svmtool train)")
+    if path.is_dir():
+        raise SvmtoolError(f"model path {path} is a folder, not a model file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise SvmtoolError(f"{path} is a single .npy array, not an svmtool model")
+            missing = [k for k in REQUIRED if k not in npz.files]
+            if "format_version" in npz.files and int(npz["format_version"]) != FORMAT_VERSION:
+                raise SvmtoolError(
+                    f"{path} has model format {int(npz['format_version'])};"
+                    f" this svmtool reads format {FORMAT_VERSION}"
+                )
+            if missing:
+                raise SvmtoolError(f"{path} is not an svmtool model: it lacks {', '.join(missing)}")
+            raw = {k: npz[k] for k in REQUIRED}
+    except SvmtoolError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise SvmtoolError(f"{path} holds Python objects; refusing to unpickle it") from None
+        raise SvmtoolError(f"cannot read model {path}: {exc}") from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise SvmtoolError(f"cannot read model {path}: {exc}") from None
+
+    W, mean_image = raw["W"], raw["mean_image"]
+    image_shape = tuple(int(v) for v in raw["image_shape"])
+    class_names = [str(n) for n in raw["class_names"]]
+    if (
+        W.ndim != 2
+        or not np.issubdtype(W.dtype, np.floating)
+        or mean_image.shape != image_shape
+        or W.shape[0] != int(np.prod(image_shape)) + 1
+        or W.shape[1] != len(class_names)
+        or len(class_names) < 2
+    ):
+        raise SvmtoolError(
+            f"{path} is inconsistent: W {W.shape}, image shape {image_shape},"
+            f" mean image {mean_image.shape}, {len(class_names)} class names"
+        )
+    try:
+        settings = json.loads(str(raw["settings"]))
+        metrics = json.loads(str(raw["metrics"]))
+        grid = json.loads(str(raw["grid"]))
+    except json.JSONDecodeError as exc:
+        raise SvmtoolError(f"{path} has damaged metadata: {exc}") from None
+    return Model(
+        W=W,
+        mean_image=mean_image,
+        class_names=class_names,
+        settings=settings,
+        metrics=metrics,
+        loss_history=raw["loss_history"],
+        grid=grid,
+        svmtool_version=str(raw["svmtool_version"]),
+    )

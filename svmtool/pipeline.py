@@ -1,0 +1,337 @@
+"""The jobs behind the commands: load, split, preprocess, train, evaluate.
+
+Each function returns plain results; the CLI renders them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from svmtool import __version__
+from svmtool.data import Dataset, Split, load_dataset, mean_image, preprocess, split
+from svmtool.errors import SvmtoolError
+from svmtool.model import Model
+from svmtool.train import StepFn, accuracy, check_settings, sgd_grid
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+@dataclass
+class TrainRequest:
+    """What ``svmtool train`` was asked for."""
+
+    lrs: list[float]
+    regs: list[float]
+    delta: float = 1.0
+    iters: int = 1500
+    batch_size: int = 200
+    seed: int = 0
+    dtype: str = "float32"
+    data: str = "cifar10"
+    data_dir: Path | None = None
+    num_train: int | None = None
+    num_val: int | None = None
+
+
+@dataclass
+class TrainOutcome:
+    """Every configuration's result, and the best model (None if all diverged)."""
+
+    grid: list[dict]
+    best: int | None
+    model: Model | None
+    timings: dict
+    sizes: dict
+    diverged: list[int] = field(default_factory=list)
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    """'1e-7,5e-7' -> [1e-7, 5e-7], with an error naming the option."""
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise SvmtoolError(
+                f"{name} must be a number or a comma-separated list, got {text!r}"
+            ) from None
+    if len(set(values)) != len(values):
+        raise SvmtoolError(f"{name} lists a value twice: {text!r}")
+    return values
+
+
+def load_split(
+    source: str, data_dir: Path | None, seed: int, **sizes: int | None
+) -> tuple[Dataset, Split]:
+    dataset = load_dataset(source, data_dir)
+    return dataset, split(dataset, seed=seed, **sizes)
+
+
+def run_training(request: TrainRequest, on_step: StepFn | None = None) -> TrainOutcome:
+    """Load and preprocess the data, train every (lr, reg) pair together, evaluate."""
+    if request.dtype not in DTYPES:
+        raise SvmtoolError(f"dtype must be float32 or float64, got {request.dtype!r}")
+    try:
+        check_settings(request.lrs, request.regs, request.delta, request.iters, request.batch_size)
+    except ValueError as exc:
+        raise SvmtoolError(str(exc)) from None
+    dtype = DTYPES[request.dtype]
+    t0 = time.perf_counter()
+    dataset, parts = load_split(
+        request.data,
+        request.data_dir,
+        request.seed,
+        num_train=request.num_train,
+        num_val=request.num_val,
+    )
+    mean = mean_image(dataset.train_images, parts.train)
+    # parts.train is a seeded permutation: the rows come out shuffled at no
+    # extra cost, and SGD walks them as contiguous views.
+    X_train = preprocess(dataset.train_images, mean, parts.train, dtype)
+    y_train = np.asarray(dataset.train_labels)[parts.train]
+    X_val = preprocess(dataset.train_images, mean, parts.val, dtype)
+    y_val = np.asarray(dataset.train_labels)[parts.val]
+    t1 = time.perf_counter()
+
+    pairs = list(itertools.product(request.lrs, request.regs))
+    num_classes = len(dataset.class_names)
+    if y_train.max(initial=0) >= num_classes:
+        raise SvmtoolError(f"labels go up to {y_train.max()} but there are {num_classes} classes")
+    result = sgd_grid(
+        X_train,
+        y_train,
+        num_classes,
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+        delta=request.delta,
+        iters=request.iters,
+        batch_size=request.batch_size,
+        rng=np.random.default_rng(request.seed),
+        on_step=on_step,
+    )
+    t2 = time.perf_counter()
+    train_acc = accuracy(result.weights, X_train, y_train)
+    val_acc = accuracy(result.weights, X_val, y_val)
+    t3 = time.perf_counter()
+
+    grid = []
+    for k, (lr, reg) in enumerate(pairs):
+        diverged = bool(result.diverged_at[k] >= 0)
+        history = result.losses[:, k]
+        grid.append(
+            {
+                "lr": lr,
+                "reg": reg,
+                "diverged": diverged,
+                "diverged_at": int(result.diverged_at[k]) if diverged else None,
+                "train_accuracy": None if diverged else float(train_acc[k]),
+                "val_accuracy": None if diverged else float(val_acc[k]),
+                "final_loss": None if diverged else float(history[-1]),
+            }
+        )
+    alive = [k for k, g in enumerate(grid) if not g["diverged"]]
+    best = None
+    if alive:
+        # Best by validation accuracy; without a validation split, by training accuracy.
+        key = "val_accuracy" if X_val.shape[0] else "train_accuracy"
+        best = max(alive, key=lambda k: (grid[k][key], -k))
+        grid[best]["best"] = True
+    train_seconds = t2 - t1
+    timings = {
+        "load_seconds": t1 - t0,
+        "train_seconds": train_seconds,
+        "evaluate_seconds": t3 - t2,
+        "iterations_per_second": request.iters / train_seconds if train_seconds > 0 else None,
+    }
+    sizes = {"train": int(X_train.shape[0]), "val": int(X_val.shape[0])}
+    model = None
+    if best is not None:
+        settings = {
+            "lr": grid[best]["lr"],
+            "reg": grid[best]["reg"],
+            "delta": request.delta,
+            "iters": request.iters,
+            "batch_size": result.batch_size,
+            "seed": request.seed,
+            "dtype": request.dtype,
+            "data": request.data,
+            "num_train": sizes["train"],
+            "num_val": sizes["val"],
+            "sampling": "shuffled epochs",
+            "init_scale": 1e-4,
+        }
+        model = Model(
+            W=result.weights[best],
+            mean_image=mean.astype(np.float32),
+            class_names=list(dataset.class_names),
+            settings=settings,
+            metrics={
+                "train_accuracy": grid[best]["train_accuracy"],
+                "val_accuracy": grid[best]["val_accuracy"],
+                "final_loss": grid[best]["final_loss"],
+                **timings,
+            },
+            loss_history=result.losses[:, best],
+            grid=grid if len(grid) > 1 else [],
+            svmtool_version=__version__,
+        )
+    return TrainOutcome(
+        grid=grid,
+        best=best,
+        model=model,
+        timings=timings,
+        sizes=sizes,
+        diverged=[k for k, g in enumerate(grid) if g["diverged"]],
+    )
+
+
+@dataclass
+class Evaluation:
+    """Accuracy of a model on one split. confusion[i, j]: true i predicted j."""
+
+    split: str
+    accuracy: float
+    per_class: list[float | None]
+    confusion: np.ndarray
+    count: int
+
+
+def model_rows(model: Model, images: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Preprocess images with the model's own mean image, in the model's dtype."""
+    if tuple(images.shape[1:]) != model.image_shape:
+        raise SvmtoolError(
+            f"the data's images are {tuple(images.shape[1:])} but the model expects"
+            f" {model.image_shape}"
+        )
+    return preprocess(images, model.mean_image, rows, dtype=model.W.dtype.type)
+
+
+def evaluate(model: Model, which: str, data: str | None, data_dir: Path | None) -> Evaluation:
+    """Accuracy, per-class accuracy and confusion matrix on the train, val or test split."""
+    if which not in ("train", "val", "test"):
+        raise SvmtoolError(f"split must be train, val or test, got {which!r}")
+    source = data or model.settings.get("data", "cifar10")
+    settings = model.settings
+    dataset, parts = load_split(
+        source,
+        data_dir,
+        int(settings.get("seed", 0)),
+        num_train=settings.get("num_train"),
+        num_val=settings.get("num_val"),
+    )
+    if len(dataset.class_names) != model.num_classes:
+        raise SvmtoolError(
+            f"the data has {len(dataset.class_names)} classes, the model {model.num_classes}"
+        )
+    if which == "test":
+        images, labels, rows = dataset.test_images, dataset.test_labels, parts.test
+    else:
+        images, labels = dataset.train_images, dataset.train_labels
+        rows = parts.train if which == "train" else parts.val
+    if rows.size == 0:
+        raise SvmtoolError(f"the {which} split of {source} is empty")
+    X = model_rows(model, images, rows)
+    y = np.asarray(labels)[rows]
+    from svmtool.train import predict
+
+    predicted = predict(model.W, X)
+    c = model.num_classes
+    confusion = np.zeros((c, c), dtype=np.int64)
+    np.add.at(confusion, (y, predicted), 1)
+    totals = confusion.sum(axis=1)
+    per_class = [float(confusion[i, i] / totals[i]) if totals[i] else None for i in range(c)]
+    return Evaluation(which, float((predicted == y).mean()), per_class, confusion, int(y.size))
+
+
+@dataclass
+class GradcheckBatch:
+    """The point and batch a gradient check runs on (float64)."""
+
+    W: np.ndarray  # (D+1, C)
+    X: np.ndarray  # (N, D+1)
+    y: np.ndarray  # (N,)
+    source: str
+    notice: str | None = None
+
+
+def gradcheck_batch(
+    data: str | None, data_dir: Path | None, model: Model | None, seed: int
+) -> GradcheckBatch:
+    """The dev sample (500 images) of the chosen data, preprocessed in float64.
+
+    Without --data: the model's own data, else CIFAR-10 when it has been
+    downloaded, else synthetic data with a notice saying so.
+    """
+    from svmtool import cifar
+    from svmtool.data import CIFAR10, SYNTHETIC, default_data_dir
+
+    notice = None
+    source = data or (model.settings.get("data") if model else None)
+    if source is None:
+        where = data_dir or default_data_dir()
+        try:
+            cifar.load(where)
+            source = CIFAR10
+        except SvmtoolError:
+            source = SYNTHETIC
+            notice = (
+                f"CIFAR-10 is not downloaded in {where}; checking on a synthetic"
+                " CIFAR-shaped batch (svmtool download fetches the real one)"
+            )
+    dataset, parts = load_split(source, data_dir, seed)
+    if model is not None:
+        if len(dataset.class_names) != model.num_classes:
+            raise SvmtoolError(
+                f"the data has {len(dataset.class_names)} classes, the model {model.num_classes}"
+            )
+        X = preprocess(dataset.train_images, model.mean_image, parts.dev, np.float64)
+        if X.shape[1] != model.W.shape[0]:
+            raise SvmtoolError(
+                f"the data's images are {dataset.image_shape}, the model's {model.image_shape}"
+            )
+        W = model.W.astype(np.float64)
+    else:
+        mean = mean_image(dataset.train_images, parts.train)
+        X = preprocess(dataset.train_images, mean, parts.dev, np.float64)
+        rng = np.random.default_rng(seed)
+        W = 1e-4 * rng.standard_normal((X.shape[1], len(dataset.class_names)))
+    y = np.asarray(dataset.train_labels)[parts.dev]
+    return GradcheckBatch(W, X, y, source, notice)
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str | None = None
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+def predict_files(model: Model, paths: list[Path], top: int = 3) -> list[Prediction]:
+    """Predict each image file; an unreadable file gets its own error, the rest go on."""
+    from svmtool.images import read_image
+
+    results = []
+    for path in paths:
+        try:
+            image = read_image(path, model.image_shape)
+        except SvmtoolError as exc:
+            results.append(Prediction(str(path), error=str(exc)))
+            continue
+        row = model_rows(model, image[None])
+        scores = (row @ model.W)[0].astype(np.float64)
+        order = np.argsort(-scores, kind="stable")[:top]
+        results.append(
+            Prediction(
+                str(path),
+                label=model.class_names[order[0]],
+                top=[(model.class_names[i], float(scores[i])) for i in order],
+            )
+        )
+    return results
