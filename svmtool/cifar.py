@@ -98,6 +98,10 @@ def _numpy_reconstruct():
     return _reconstruct
 
 
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for something other than what CIFAR batches hold."""
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickles CIFAR batches and nothing else: only the globals those files
     need are resolved, so a tampered file cannot run code."""
@@ -114,16 +118,24 @@ class _BatchUnpickler(pickle.Unpickler):
             import codecs
 
             return codecs.encode
-        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        raise ForbiddenGlobal(f"forbidden global {module}.{name}")
 
 
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _BatchUnpickler(f, encoding="bytes").load()
-    except pickle.UnpicklingError as exc:
+    except ForbiddenGlobal as exc:
         raise SvmtoolError(f"refusing to load {path}: {exc}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+    ) as exc:
         raise SvmtoolError(f"truncated or malformed batch {path}: {exc}") from None
     if not isinstance(obj, dict):
         raise SvmtoolError(f"malformed batch {path}: expected a dict, got {type(obj).__name__}")

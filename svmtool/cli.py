@@ -150,13 +150,23 @@ def fetch_cifar(
 ):
     from svmtool import cifar
 
-    with _download_progress() as progress:
-        task = progress.add_task("download", total=None)
+    bar = None
+    task = None
 
-        def report(done: int, total: int | None) -> None:
-            progress.update(task, completed=done, total=total)
+    def report(done: int, total: int | None) -> None:
+        nonlocal bar, task
+        if bar is None:
+            # Shown from the first byte on, so a refused or 404 request prints no bar.
+            bar = _download_progress()
+            bar.start()
+            task = bar.add_task("download", total=total)
+        bar.update(task, completed=done, total=total)
 
+    try:
         return cifar.download(data_dir, fmt, url, md5, from_file, force, keep_archive, report)
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 @app.command()
@@ -259,7 +269,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from svmtool import model as model_io
-    from svmtool.pipeline import TrainRequest, parse_floats, run_training
+    from svmtool.pipeline import TrainRequest, parse_floats, prepare_training, run_training
 
     request = TrainRequest(
         lrs=parse_floats(lr, "lr"),
@@ -286,6 +296,7 @@ def train(
             cifar.load(where)
         except SvmtoolError:
             fetch_cifar(where)
+    prepared = prepare_training(request)
     configs = len(request.lrs) * len(request.regs)
     with Progress(
         TextColumn("training" if configs == 1 else f"training {configs} configurations"),
@@ -304,7 +315,7 @@ def train(
             shown = f"{finite.min():.4f}" if finite.size else "diverged"
             progress.update(task, completed=it + 1, loss=shown)
 
-        outcome = run_training(request, on_step)
+        outcome = run_training(request, prepared, on_step)
     grid = outcome.grid
     if outcome.model is None:
         lrs = sorted({g["lr"] for g in grid})

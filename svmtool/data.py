@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from svmtool.errors import SvmtoolError
+from svmtool.npzfile import read_npz
 
 DATA_DIR_ENV = "SVMTOOL_DATA_DIR"
 SYNTHETIC = "synthetic"
@@ -104,23 +104,12 @@ NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
 def load_npz(path: Path) -> Dataset:
     """A user's dataset: X_train, y_train, X_test, y_test (uint8 N x H x W x C images,
     integer labels), optional class_names. Never unpickles."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in NPZ_KEYS if k not in npz.files]
-            if missing:
-                raise SvmtoolError(
-                    f"{path} lacks {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})"
-                )
-            arrays = {k: npz[k] for k in NPZ_KEYS}
-            names = npz["class_names"] if "class_names" in npz.files else None
-    except FileNotFoundError:
-        raise SvmtoolError(f"dataset file not found: {path}") from None
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise SvmtoolError(f"{path} holds Python objects; refusing to unpickle it") from None
-        raise SvmtoolError(f"cannot read {path}: {exc}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise SvmtoolError(f"cannot read {path}: {exc}") from None
+    content = read_npz(path, "dataset")
+    missing = [k for k in NPZ_KEYS if k not in content]
+    if missing:
+        raise SvmtoolError(f"{path} lacks {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})")
+    arrays = {k: content[k] for k in NPZ_KEYS}
+    names = content.get("class_names")
 
     for part in ("train", "test"):
         images, labels = arrays[f"X_{part}"], arrays[f"y_{part}"]

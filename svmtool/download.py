@@ -17,7 +17,7 @@ import requests
 
 from svmtool.errors import SvmtoolError
 
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = 1 << 16
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 RETRIES = 4

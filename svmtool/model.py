@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from svmtool import __version__
 from svmtool.errors import SvmtoolError
+from svmtool.npzfile import read_npz
 
 FORMAT_VERSION = 1
 DEFAULT_MODEL = Path("svm_model.npz")
@@ -92,29 +92,16 @@ def load(path: Path) -> Model:
     path = Path(path)
     if not path.exists():
         raise SvmtoolError(f"model file not found: {path} (train one with: svmtool train)")
-    if path.is_dir():
-        raise SvmtoolError(f"model path {path} is a folder, not a model file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise SvmtoolError(f"{path} is a single .npy array, not an svmtool model")
-            missing = [k for k in REQUIRED if k not in npz.files]
-            if "format_version" in npz.files and int(npz["format_version"]) != FORMAT_VERSION:
-                raise SvmtoolError(
-                    f"{path} has model format {int(npz['format_version'])};"
-                    f" this svmtool reads format {FORMAT_VERSION}"
-                )
-            if missing:
-                raise SvmtoolError(f"{path} is not an svmtool model: it lacks {', '.join(missing)}")
-            raw = {k: npz[k] for k in REQUIRED}
-    except SvmtoolError:
-        raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise SvmtoolError(f"{path} holds Python objects; refusing to unpickle it") from None
-        raise SvmtoolError(f"cannot read model {path}: {exc}") from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise SvmtoolError(f"cannot read model {path}: {exc}") from None
+    raw = read_npz(path, "model")
+    if "format_version" in raw and raw["format_version"].shape == ():
+        found = raw["format_version"].item()
+        if found != FORMAT_VERSION:
+            raise SvmtoolError(
+                f"{path} has model format {found}; this svmtool reads format {FORMAT_VERSION}"
+            )
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise SvmtoolError(f"{path} is not an svmtool model: it lacks {', '.join(missing)}")
 
     W, mean_image = raw["W"], raw["mean_image"]
     image_shape = tuple(int(v) for v in raw["image_shape"])

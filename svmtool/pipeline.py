@@ -73,8 +73,21 @@ def load_split(
     return dataset, split(dataset, seed=seed, **sizes)
 
 
-def run_training(request: TrainRequest, on_step: StepFn | None = None) -> TrainOutcome:
-    """Load and preprocess the data, train every (lr, reg) pair together, evaluate."""
+@dataclass
+class PreparedData:
+    """Preprocessed rows for training: X_train in a seeded random order."""
+
+    X_train: np.ndarray  # (num_train, D+1)
+    y_train: np.ndarray
+    X_val: np.ndarray  # (num_val, D+1)
+    y_val: np.ndarray
+    mean: np.ndarray  # (H, W, C) float64
+    class_names: list[str]
+    load_seconds: float
+
+
+def prepare_training(request: TrainRequest) -> PreparedData:
+    """Check the request, load and split the data, preprocess it."""
     if request.dtype not in DTYPES:
         raise SvmtoolError(f"dtype must be float32 or float64, got {request.dtype!r}")
     try:
@@ -92,15 +105,33 @@ def run_training(request: TrainRequest, on_step: StepFn | None = None) -> TrainO
     )
     mean = mean_image(dataset.train_images, parts.train)
     # parts.train is a seeded permutation: the rows come out shuffled at no
-    # extra cost, and SGD walks them as contiguous views.
-    X_train = preprocess(dataset.train_images, mean, parts.train, dtype)
-    y_train = np.asarray(dataset.train_labels)[parts.train]
-    X_val = preprocess(dataset.train_images, mean, parts.val, dtype)
-    y_val = np.asarray(dataset.train_labels)[parts.val]
+    # extra cost, and SGD walks them as views.
+    labels = np.asarray(dataset.train_labels)
+    prepared = PreparedData(
+        X_train=preprocess(dataset.train_images, mean, parts.train, dtype),
+        y_train=labels[parts.train],
+        X_val=preprocess(dataset.train_images, mean, parts.val, dtype),
+        y_val=labels[parts.val],
+        mean=mean,
+        class_names=list(dataset.class_names),
+        load_seconds=0.0,
+    )
+    prepared.load_seconds = time.perf_counter() - t0
+    return prepared
+
+
+def run_training(
+    request: TrainRequest, prepared: PreparedData | None = None, on_step: StepFn | None = None
+) -> TrainOutcome:
+    """Train every (lr, reg) pair together on prepared data, then evaluate."""
+    if prepared is None:
+        prepared = prepare_training(request)
+    X_train, y_train = prepared.X_train, prepared.y_train
+    X_val, y_val = prepared.X_val, prepared.y_val
     t1 = time.perf_counter()
 
     pairs = list(itertools.product(request.lrs, request.regs))
-    num_classes = len(dataset.class_names)
+    num_classes = len(prepared.class_names)
     if y_train.max(initial=0) >= num_classes:
         raise SvmtoolError(f"labels go up to {y_train.max()} but there are {num_classes} classes")
     result = sgd_grid(
@@ -144,7 +175,7 @@ def run_training(request: TrainRequest, on_step: StepFn | None = None) -> TrainO
         grid[best]["best"] = True
     train_seconds = t2 - t1
     timings = {
-        "load_seconds": t1 - t0,
+        "load_seconds": prepared.load_seconds,
         "train_seconds": train_seconds,
         "evaluate_seconds": t3 - t2,
         "iterations_per_second": request.iters / train_seconds if train_seconds > 0 else None,
@@ -168,8 +199,8 @@ def run_training(request: TrainRequest, on_step: StepFn | None = None) -> TrainO
         }
         model = Model(
             W=result.weights[best],
-            mean_image=mean.astype(np.float32),
-            class_names=list(dataset.class_names),
+            mean_image=prepared.mean.astype(np.float32),
+            class_names=prepared.class_names,
             settings=settings,
             metrics={
                 "train_accuracy": grid[best]["train_accuracy"],

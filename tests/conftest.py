@@ -1,0 +1,135 @@
+"""Shared fixtures: small CIFAR-format archives built on the fly, a quiet environment."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svmtool import download
+
+TRAIN_PER_BATCH = 12
+TEST_COUNT = 10
+CLASS_NAMES = [
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+
+
+@dataclass
+class TinyCifar:
+    """A CIFAR-format dataset small enough to build in milliseconds."""
+
+    train_images: np.ndarray  # (60, 32, 32, 3) uint8
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+def make_tiny(seed: int = 0) -> TinyCifar:
+    rng = np.random.default_rng(seed)
+    n = 5 * TRAIN_PER_BATCH
+    return TinyCifar(
+        rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, 10, n).astype(np.int64),
+        rng.integers(0, 256, (TEST_COUNT, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, 10, TEST_COUNT).astype(np.int64),
+    )
+
+
+def chw_rows(images: np.ndarray) -> np.ndarray:
+    """(N, 32, 32, 3) -> (N, 3072) in CIFAR's R, G, B plane order."""
+    return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+
+
+def binary_batch(images: np.ndarray, labels: np.ndarray) -> bytes:
+    records = np.concatenate([labels.astype(np.uint8)[:, None], chw_rows(images)], axis=1)
+    return records.tobytes()
+
+
+def python_batch(images: np.ndarray, labels: np.ndarray) -> bytes:
+    batch = {
+        b"batch_label": b"testing batch",
+        b"labels": [int(v) for v in labels],
+        b"data": chw_rows(images),
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))],
+    }
+    return pickle.dumps(batch, protocol=2)
+
+
+def batch_files(tiny: TinyCifar, fmt: str) -> dict[str, bytes]:
+    """name -> content of every file of an extracted archive."""
+    files = {}
+    for b in range(5):
+        sl = slice(b * TRAIN_PER_BATCH, (b + 1) * TRAIN_PER_BATCH)
+        args = (tiny.train_images[sl], tiny.train_labels[sl])
+        if fmt == "binary":
+            files[f"data_batch_{b + 1}.bin"] = binary_batch(*args)
+        else:
+            files[f"data_batch_{b + 1}"] = python_batch(*args)
+    if fmt == "binary":
+        files["test_batch.bin"] = binary_batch(tiny.test_images, tiny.test_labels)
+        files["batches.meta.txt"] = ("\n".join(CLASS_NAMES) + "\n").encode()
+    else:
+        files["test_batch"] = python_batch(tiny.test_images, tiny.test_labels)
+        files["batches.meta"] = pickle.dumps(
+            {b"label_names": [n.encode() for n in CLASS_NAMES], b"num_vis": 3072}, protocol=2
+        )
+    return files
+
+
+def tar_gz(members: dict[str, bytes], extra: list[tarfile.TarInfo] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        for info in extra or []:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.size else None)
+    return buffer.getvalue()
+
+
+def cifar_archive(tiny: TinyCifar, fmt: str) -> bytes:
+    folder = "cifar-10-batches-bin" if fmt == "binary" else "cifar-10-batches-py"
+    return tar_gz({f"{folder}/{k}": v for k, v in batch_files(tiny, fmt).items()})
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture
+def tiny() -> TinyCifar:
+    return make_tiny()
+
+
+@pytest.fixture(params=["binary", "python"])
+def archive(request, tiny) -> tuple[str, bytes]:
+    """(format, archive bytes) for both CIFAR-10 formats."""
+    return request.param, cifar_archive(tiny, request.param)
+
+
+@pytest.fixture(autouse=True)
+def quiet_env(monkeypatch, tmp_path):
+    """No retries' sleeping, no real data folder, no colour."""
+    monkeypatch.setattr(download, "BACKOFF", 0.0)
+    monkeypatch.setenv("SVMTOOL_DATA_DIR", str(tmp_path / "default-data"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+
+
+def extracted(tmp_path: Path, tiny: TinyCifar, fmt: str) -> Path:
+    """Write an extracted batches folder and return it."""
+    folder = tmp_path / ("cifar-10-batches-bin" if fmt == "binary" else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    for name, content in batch_files(tiny, fmt).items():
+        (folder / name).write_bytes(content)
+    return folder
