@@ -25,6 +25,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain usage errors: "Error: ..." on one line, like the tool's own errors.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -55,6 +57,8 @@ def handle_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
         except SvmtoolError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
@@ -188,7 +192,10 @@ def download(
     force: bool = typer.Option(False, "--force", help="Start over even if the data is there."),
     keep_archive: bool = typer.Option(False, "--keep-archive", help="Keep the .tar.gz afterwards."),
 ) -> None:
-    """Fetch CIFAR-10, verify its md5, and convert it into a fast uint8 cache.
+    """Fetch CIFAR-10, verify it, and cache it.
+
+    The archive's md5 is checked before anything is extracted; the images are
+    then converted once into a uint8 cache that loads in milliseconds.
 
     Interrupted downloads resume. Proxies and CA bundles come from the usual
     environment variables (HTTPS_PROXY, REQUESTS_CA_BUNDLE).
@@ -253,7 +260,9 @@ def train(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Train a linear SVM with minibatch SGD on the hinge loss with L2.
+    """Train a linear SVM with minibatch SGD.
+
+    The loss is the multi-class hinge with L2 regularization (reg * sum(W^2)).
 
     W starts as 1e-4 * standard normal. Batches: shuffled epochs. The training
     rows are put in a seeded random order once; each epoch starts at a random
@@ -386,7 +395,7 @@ def evaluate(
     data_dir: Path | None = data_dir_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Accuracy of a model, per class, with a confusion matrix.
+    """Accuracy per class, and a confusion matrix.
 
     Example: svmtool evaluate --split val
     """
@@ -431,7 +440,10 @@ def predict(
     model_path: Path = typer.Option(Path("svm_model.npz"), "--model", help="The model file."),
     top: int = typer.Option(3, "--top", help="How many scores to show."),
 ) -> None:
-    """Predict the class of image files with a trained model.
+    """Predict the class of image files.
+
+    Each image is resized to the model's image shape and converted to its
+    channels, then preprocessed with the model's mean image.
 
     Example: svmtool predict cat.png plane.jpg
     """
@@ -537,7 +549,9 @@ def gradcheck(
     model_path: Path | None = typer.Option(None, "--model", help="Check at a trained model's W."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
 ) -> None:
-    """Check the analytic gradient against centered differences, per coordinate.
+    """Check the gradient; explain every kink.
+
+    Compares the analytic gradient with centered differences, per coordinate.
 
     Runs in float64 on the 500-image dev sample: in float32 the rounding of a
     loss difference over h=1e-5 would swamp the comparison. Each coordinate is
@@ -701,7 +715,7 @@ def visualize(
     ),
     zoom: int = typer.Option(4, "--zoom", help="Enlarge each template this many times."),
 ) -> None:
-    """Write each class's weights as a PNG template, a labelled montage, and plots.
+    """Write class templates and plots as PNGs.
 
     Files: NN_classname.png per class, templates.png, and with matplotlib
     (pip install 'svmtool[plots]') loss.png and, after a grid search, grid.png.

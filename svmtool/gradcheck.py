@@ -123,10 +123,12 @@ def check_coordinate(
     c: int,
     h: float = 1e-5,
     tol: float = DEFAULT_TOL,
-    loss_fn: LossFn = svm_loss,
+    loss_fn: LossFn | None = None,
     dW: np.ndarray | None = None,
 ) -> CoordCheck:
-    """Check dL/dW[d, c] of ``loss_fn`` against a centered difference of its loss."""
+    """Check dL/dW[d, c] of ``loss_fn`` (default ``svm_loss``) against a centered
+    difference of its loss."""
+    loss_fn = loss_fn or svm_loss
     if dW is None:
         dW = loss_fn(W, X, y, reg, delta)[1]
     numeric, lp, lm = _centered(loss_fn, W, X, y, reg, delta, d, c, h)
@@ -178,9 +180,11 @@ def gradcheck(
     delta: float = 1.0,
     h: float = 1e-5,
     tol: float = DEFAULT_TOL,
-    loss_fn: LossFn = svm_loss,
+    loss_fn: LossFn | None = None,
 ) -> GradcheckReport:
-    """Check the listed coordinates; W: (D, C), X: (N, D) float64, y: (N,)."""
+    """Check the listed coordinates of ``loss_fn`` (default ``svm_loss``);
+    W: (D, C), X: (N, D) float64, y: (N,)."""
+    loss_fn = loss_fn or svm_loss
     if not h > 0:
         raise ValueError(f"h must be > 0, got {h}")
     if not tol > 0:

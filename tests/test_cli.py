@@ -1,0 +1,280 @@
+"""The command line, driven through typer.testing.CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import cifar_archive, md5
+from PIL import Image
+from typer.testing import CliRunner
+
+from svmtool import __version__, cifar
+from svmtool import gradcheck as gc
+from svmtool import model as model_io
+from svmtool.cli import app
+from svmtool.loss import hinge
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ")
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model trained on the synthetic data through the CLI, shared by the module."""
+    path = tmp_path_factory.mktemp("model") / "svm_model.npz"
+    result = run("train", "--data", "synthetic", "--iters", "300", "--model", str(path))
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_help_lists_every_command():
+    result = run("--help")
+    assert result.exit_code == 0
+    for name in ("download", "train", "evaluate", "predict", "gradcheck", "visualize"):
+        assert name in result.output
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"svmtool {__version__}"
+
+
+def test_train_synthetic_table_and_model(trained):
+    model = model_io.load(trained)
+    assert model.W.shape == (3073, 10) and model.W.dtype == np.float32
+    assert model.settings["data"] == "synthetic" and model.settings["iters"] == 300
+    assert model.metrics["val_accuracy"] > 0.3  # chance is 0.1
+    assert model.loss_history.shape == (300,)
+
+
+def test_train_prints_table_and_path(tmp_path):
+    result = run(
+        "train", "--data", "synthetic", "--iters", "20", "--model", str(tmp_path / "m.npz")
+    )
+    assert result.exit_code == 0, result.output
+    assert "val accuracy" in result.stdout and "iterations/s" in result.stdout
+    assert f"model written to {tmp_path / 'm.npz'}" in result.output
+
+
+def test_train_json(tmp_path):
+    result = run(
+        "train",
+        "--data",
+        "synthetic",
+        "--iters",
+        "20",
+        "--json",
+        "--model",
+        str(tmp_path / "m.npz"),
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["settings"]["lr"] == 1e-7 and payload["settings"]["batch_size"] == 200
+    assert 0 <= payload["metrics"]["val_accuracy"] <= 1
+    assert payload["metrics"]["train_seconds"] > 0
+    assert len(payload["grid"]) == 1
+
+
+def test_grid_search_marks_best_and_diverged(tmp_path):
+    path = tmp_path / "grid.npz"
+    result = run(
+        "train", "--data", "synthetic", "--iters", "60", "--lr", "1e-7,3e-7,1e-2",
+        "--reg", "1e3,2.5e4", "--model", str(path), "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    grid = json.loads(result.stdout)["grid"]
+    assert len(grid) == 6
+    diverged = [g for g in grid if g["diverged"]]
+    assert diverged and all(g["lr"] == 1e-2 for g in diverged)
+    assert diverged[0]["val_accuracy"] is None
+    best = [g for g in grid if g.get("best")]
+    assert len(best) == 1
+    alive = [g for g in grid if not g["diverged"]]
+    assert best[0]["val_accuracy"] == max(g["val_accuracy"] for g in alive)
+    model = model_io.load(path)
+    assert model.settings["lr"] == best[0]["lr"] and len(model.grid) == 6
+
+    table = run(
+        "train", "--data", "synthetic", "--iters", "60", "--lr", "1e-7,1e-2", "--reg", "2.5e4",
+        "--model", str(path),
+    )  # fmt: skip
+    assert table.exit_code == 0
+    assert "best" in table.stdout and "diverged" in table.stdout
+
+
+def test_divergence_names_the_lr_and_saves_nothing(tmp_path):
+    path = tmp_path / "m.npz"
+    result = run(
+        "train", "--data", "synthetic", "--lr", "5e-2", "--iters", "100", "--model", str(path)
+    )
+    assert result.exit_code == 1
+    assert (
+        "diverged" in result.output
+        and "lr=0.05" in result.output
+        and "smaller --lr" in result.output
+    )
+    assert "Traceback" not in result.output
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--lr", "-1"], ["lr must be > 0, got -1.0"]),
+        (["--lr", "fast"], ["lr must be a number"]),
+        (["--reg", "-5"], ["reg must be >= 0, got -5.0"]),
+        (["--iters", "0"], ["iters must be >= 1, got 0"]),
+        (["--batch-size", "0"], ["batch_size must be >= 1"]),
+        (["--dtype", "float16"], ["dtype must be float32 or float64"]),
+        (["--num-train", "999999"], ["exceeds the 5000 training images"]),
+        (["--model", "no/such/dir/m.npz"], ["does not exist"]),
+        (["--data", "missing.npz"], ["not found"]),
+    ],
+)
+def test_train_bad_options(args, fragments):
+    one_line_error(run("train", "--data", "synthetic", "--iters", "5", *args), *fragments)
+
+
+def test_train_without_data_names_the_download_command(tmp_path):
+    result = run("train", "--data-dir", str(tmp_path / "nothing"))
+    one_line_error(result, "svmtool download --data-dir", "not in")
+
+
+def test_train_download_flag_fetches_first(httpserver, tiny, tmp_path, monkeypatch):
+    body = cifar_archive(tiny, "binary")
+    httpserver.expect_request("/c.tgz").respond_with_data(body)
+    spec = cifar.ARCHIVES["binary"]
+    monkeypatch.setitem(
+        cifar.ARCHIVES,
+        "binary",
+        cifar.Archive(
+            "binary", httpserver.url_for("/c.tgz"), md5(body), len(body), spec.filename, spec.folder
+        ),
+    )
+    data_dir = tmp_path / "data"
+    result = run(
+        "train", "--download", "--data-dir", str(data_dir), "--iters", "5",
+        "--model", str(tmp_path / "m.npz"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert cifar.cache_state(data_dir) == "ok"
+    assert model_io.load(tmp_path / "m.npz").settings["num_train"] == 54
+
+
+def test_evaluate_table_and_json(trained):
+    result = run("evaluate", "--model", str(trained))
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.stdout and "confusion matrix" in result.stdout
+    payload = json.loads(
+        run("evaluate", "--model", str(trained), "--split", "val", "--json").stdout
+    )
+    assert payload["count"] == 500 and len(payload["confusion"]) == 10
+    assert sum(map(sum, payload["confusion"])) == 500
+    assert payload["accuracy"] > 0.3
+    one_line_error(run("evaluate", "--model", str(trained), "--split", "dev"), "split must be")
+
+
+def test_predict_images(trained, tmp_path):
+    data = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    Image.fromarray(data).save(tmp_path / "a.png")
+    Image.fromarray(data[..., 0]).save(tmp_path / "b.jpg")  # grayscale JPEG
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    result = run(
+        "predict", str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), str(tmp_path / "c.png"),
+        "--model", str(trained),
+    )  # fmt: skip
+    assert result.exit_code == 1  # one file failed
+    assert "a.png" in result.stdout and "b.jpg" in result.stdout
+    assert "c.png: cannot read the image" in result.output
+    ok = run("predict", str(tmp_path / "a.png"), "--model", str(trained))
+    assert ok.exit_code == 0 and "stripes-" in ok.stdout
+
+
+def test_gradcheck_table_defaults_to_synthetic_with_notice():
+    result = run("gradcheck", "--delta", "1.0")
+    assert result.exit_code == 0, result.output
+    assert "not downloaded" in result.output and "synthetic" in result.output
+    assert "status" in result.stdout and "worst relative error" in result.stdout
+    assert "naive vs vectorized" in result.stdout
+    assert "FAIL" not in result.stdout
+
+
+def test_gradcheck_json_sweep_and_kinks(trained):
+    result = run(
+        "gradcheck", "--model", str(trained), "--checks", "20", "--json", "--sweep-delta", "0,1,10"
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["data"] == "synthetic" and payload["samples"] == 500
+    assert len(payload["checks"]) == 20 and payload["passed"] is True
+    assert [row["delta"] for row in payload["sweep_delta"]] == [0.0, 1.0, 10.0]
+    assert payload["naive_vs_vectorized"]["loss_difference"] < 1e-9
+    statuses = {c["status"] for c in payload["checks"]}
+    assert statuses <= {"ok", "kink"}
+
+
+def test_gradcheck_show_kinks_at_a_degenerate_point():
+    # delta = 0 with W tiny: the sweep and the kink listing have plenty to show.
+    result = run(
+        "gradcheck", "--data", "synthetic", "--delta", "0", "--show-kinks", "--coord", "5,3",
+        "--coord", "3072,0", "--sweep-delta", "0,1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "h*|x_nd|" in result.stdout or "kink samples" in result.stdout
+
+
+def test_gradcheck_fails_with_a_wrong_gradient(monkeypatch):
+    def wrong(W, X, y, reg, delta):
+        data_loss, coeff = hinge(X @ W, y, delta)
+        coeff[np.arange(len(y)), y] = 0.0  # the forgotten -sum(beta) term
+        return float(data_loss), X.T @ coeff
+
+    monkeypatch.setattr(gc, "svm_loss", wrong)
+    result = run("gradcheck", "--data", "synthetic", "--checks", "5")
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout and "likely wrong" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--h", "-1e-5"], ["h must be > 0, got -1e-05"]),
+        (["--h", "0"], ["h must be > 0"]),
+        (["--coord", "99999,0"], ["coordinate (99999, 0) is outside W, which is 3073 x 10"]),
+        (["--coord", "1,2,3"], ["--coord must be d,c"]),
+        (["--tol", "0"], ["tol must be > 0"]),
+        (["--delta", "-1"], ["delta must be >= 0"]),
+        (["--sweep-delta", "0,x"], ["sweep-delta must be a number"]),
+        (["--model", "nope.npz"], ["model file not found"]),
+    ],
+)
+def test_gradcheck_bad_options(args, fragments):
+    one_line_error(run("gradcheck", "--data", "synthetic", *args), *fragments)
+
+
+def test_download_bad_options(tmp_path):
+    one_line_error(
+        run("download", "--data-dir", str(tmp_path), "--format", "zip"), "format must be"
+    )
+    one_line_error(run("download", "--data-dir", str(tmp_path), "--md5", "xyz"), "md5 must be 32")
+    one_line_error(
+        run("download", "--data-dir", str(tmp_path), "--from-file", str(tmp_path / "no.tgz")),
+        "no such file",
+    )
+    (tmp_path / "file").write_text("x")
+    one_line_error(run("download", "--data-dir", str(tmp_path / "file")), "not a folder")
