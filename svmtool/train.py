@@ -121,37 +121,43 @@ def sgd_grid(
     alive = np.arange(k)  # configurations still training, in W's column order
     losses = np.full((iters, k), np.nan)
     diverged_at = np.full(k, -1)
-    # The update W <- W - lr * (X_b.T @ coeff + 2 reg W) as a decay and a step.
+    # The update W <- W - lr * (X_b.T @ coeff + 2 reg W) as a decay and a step,
+    # one value per column of W: 2-D broadcasting over K*C columns is several
+    # times faster than a (K, 1) factor broadcast over (D, K, C).
     decay = (1 - 2 * lr * reg).astype(dtype)
     neg_step = (-lr).astype(dtype)
     y = np.asarray(y)
 
     with np.errstate(over="ignore", invalid="ignore"):
+        decay_cols = np.repeat(decay[alive], c)
+        step_cols = np.repeat(neg_step[alive], c)
         for it, rows in enumerate(minibatches(n, batch_size, iters, rng)):
             batch = X[rows]
             labels = y[rows]
             ka = alive.size
             scores = (batch @ W).reshape(batch.shape[0], ka, c)
             data_loss, coeff = hinge(scores, labels, delta)
-            W3 = W.reshape(d, ka, c)
             # reg * sum(W^2) per configuration: column sums of squares (one
             # pass, float32-accurate), then summed per configuration in float64.
             sq = np.einsum("ij,ij->j", W, W).reshape(ka, c).sum(axis=1, dtype=np.float64)
             loss = data_loss.astype(np.float64) + reg[alive] * sq
             losses[it, alive] = loss
-            # W <- decay * W - lr * X_b.T @ coeff, with -lr folded into the small coeff.
-            coeff *= neg_step[alive][:, None]
-            W3 *= decay[alive][:, None]
-            W += batch.T @ coeff.reshape(batch.shape[0], ka * c)
+            # -lr is folded into the small coeff before the product.
+            step = coeff.reshape(batch.shape[0], ka * c)
+            step *= step_cols
+            W *= decay_cols
+            W += batch.T @ step
 
             bad = ~np.isfinite(loss)
             if it == iters - 1:
-                bad |= ~np.isfinite(W3).all(axis=(0, 2))
+                bad |= ~np.isfinite(W.reshape(d, ka, c)).all(axis=(0, 2))
             if bad.any():
                 # Drop diverged configurations so they cannot poison the others.
                 diverged_at[alive[bad]] = it
-                W = np.ascontiguousarray(W3[:, ~bad, :].reshape(d, -1))
+                W = np.ascontiguousarray(W.reshape(d, ka, c)[:, ~bad, :].reshape(d, -1))
                 alive = alive[~bad]
+                decay_cols = np.repeat(decay[alive], c)
+                step_cols = np.repeat(neg_step[alive], c)
                 if alive.size == 0:
                     break
             if on_step and (it % report_every == 0 or it == iters - 1):
