@@ -34,10 +34,11 @@ def write_python_batches(folder: Path, rng: np.random.Generator) -> Dataset:
     for name in [*cifar.TRAIN_BATCHES, cifar.TEST_BATCH]:
         data = rng.integers(0, 256, (10_000, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, 10_000).tolist()
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data}
+        # str keys: what Python 2's pickles (the real files) give under encoding="latin1".
+        batch = {"batch_label": name, "labels": labels, "data": data}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
         parts.append((data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.array(labels)))
-    meta = {b"label_names": [n.encode() for n in cifar.CLASS_NAMES]}
+    meta = {"label_names": list(cifar.CLASS_NAMES)}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return Dataset(
         np.concatenate([p[0] for p in parts[:5]]),

@@ -63,6 +63,10 @@ def handle_errors(command):
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
+        except BrokenPipeError:
+            # The reader went away (svmtool ... | head): stop quietly.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
+            raise typer.Exit(1) from None
         except MemoryError:
             raise fail("out of memory; try a smaller --num-train or --batch-size") from None
         except OSError as exc:

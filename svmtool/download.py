@@ -121,19 +121,20 @@ def fetch(
             if attempt == retries:
                 raise SvmtoolError(f"download failed after {retries + 1} tries: {exc}") from None
             time.sleep(BACKOFF * 2**attempt)
-    verify_md5(part, md5)
+    verify_md5(part, md5, label=url)
     os.replace(part, dest)
     return dest
 
 
-def verify_md5(path: Path, expected: str, delete: bool = True) -> None:
-    """Raise ``SvmtoolError`` (and delete ``path`` if asked) when the md5 differs."""
+def verify_md5(path: Path, expected: str, delete: bool = True, label: str | None = None) -> None:
+    """Raise ``SvmtoolError`` (and delete ``path`` if asked) when the md5 differs;
+    ``label`` names the file in the message (default: its path)."""
     got = md5_of(path)
     if got != expected.lower():
         if delete:
             path.unlink(missing_ok=True)
         raise SvmtoolError(
-            f"checksum mismatch for {path.name}: expected md5 {expected.lower()}, got {got}"
+            f"checksum mismatch for {label or path}: expected md5 {expected.lower()}, got {got}"
             + (" (the file was deleted)" if delete else "")
         )
 

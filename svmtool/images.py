@@ -124,10 +124,15 @@ def grid_heatmap(grid: list[dict], path: Path) -> None:
     ax.set_xlabel("reg")
     ax.set_ylabel("lr")
     ax.set_title("validation accuracy")
+    lo, hi = np.nanmin(acc, initial=np.inf), np.nanmax(acc, initial=-np.inf)
+    middle = (lo + hi) / 2 if np.isfinite(lo) else 0.0
     for i in range(len(lrs)):
         for j in range(len(regs)):
-            text = "diverged" if np.isnan(acc[i, j]) else f"{acc[i, j]:.3f}"
-            ax.text(j, i, text, ha="center", va="center", color="w", fontsize=8)
+            value = acc[i, j]
+            text = "diverged" if np.isnan(value) else f"{value:.3f}"
+            # Dark text on the light (high) end of viridis, light text elsewhere.
+            color = "black" if not np.isnan(value) and value > middle else "white"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, format="png")
