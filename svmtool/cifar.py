@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from svmtool.data import Dataset
+from svmtool.download import ProgressFn, fetch, safe_extract, verify_md5
 from svmtool.errors import SvmtoolError
 
 
@@ -300,8 +301,6 @@ def load(data_dir: Path) -> Dataset:
 def install_archive(archive: Path, data_dir: Path, fmt: str) -> Path:
     """Extract a verified archive into a scratch folder, convert it into the
     cache, and remove the scratch folder. Returns the cache folder."""
-    from svmtool.download import safe_extract
-
     scratch = Path(tempfile.mkdtemp(prefix=".extract.", dir=data_dir))
     try:
         safe_extract(archive, scratch)
@@ -333,15 +332,13 @@ def download(
     from_file: Path | None = None,
     force: bool = False,
     keep_archive: bool = False,
-    progress=None,
+    progress: ProgressFn | None = None,
 ) -> DownloadResult:
     """Fetch (or import) a CIFAR-10 archive, verify it, and build the cache.
 
     Nothing unverified is extracted; the archive is removed afterwards unless
     ``keep_archive`` (an imported ``from_file`` is never removed).
     """
-    from svmtool.download import fetch, verify_md5
-
     if fmt not in ARCHIVES:
         raise SvmtoolError(f"format must be binary or python, got {fmt!r}")
     if md5 is not None and (

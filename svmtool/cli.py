@@ -147,15 +147,8 @@ def _download_progress():
     )
 
 
-def fetch_cifar(
-    data_dir: Path,
-    fmt: str = "binary",
-    url: str | None = None,
-    md5: str | None = None,
-    from_file: Path | None = None,
-    force: bool = False,
-    keep_archive: bool = False,
-):
+def fetch_cifar(data_dir: Path, **options):
+    """``cifar.download`` (same options) with a Rich progress bar on stderr."""
     from svmtool import cifar
 
     bar = None
@@ -171,7 +164,7 @@ def fetch_cifar(
         bar.update(task, completed=done, total=total)
 
     try:
-        return cifar.download(data_dir, fmt, url, md5, from_file, force, keep_archive, report)
+        return cifar.download(data_dir, progress=report, **options)
     finally:
         if bar is not None:
             bar.stop()
@@ -207,7 +200,15 @@ def download(
     Example: svmtool download --data-dir ./data
     """
     where = resolve_data_dir(data_dir)
-    result = fetch_cifar(where, format, url, md5, from_file, force, keep_archive)
+    result = fetch_cifar(
+        where,
+        fmt=format,
+        url=url,
+        md5=md5,
+        from_file=from_file,
+        force=force,
+        keep_archive=keep_archive,
+    )
     if result.already:
         say(f"CIFAR-10 is already in {result.cache} (use --force to fetch it again)")
     else:

@@ -97,7 +97,18 @@ def near_kink_fraction(margin_values: np.ndarray, distance: float) -> float:
     return float((np.abs(margin_values[real]) <= distance).mean()) if real.any() else 0.0
 
 
-def _centered(fn: LossFn, W, X, y, reg, delta, d, c, h) -> tuple[float, float, float]:
+def _centered(
+    fn: LossFn,
+    W: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    reg: float,
+    delta: float,
+    d: int,
+    c: int,
+    h: float,
+) -> tuple[float, float, float]:
+    """Centered difference of ``fn``'s loss along W[d, c], and the two losses."""
     plus, minus = W.copy(), W.copy()
     plus[d, c] += h
     minus[d, c] -= h
@@ -105,7 +116,9 @@ def _centered(fn: LossFn, W, X, y, reg, delta, d, c, h) -> tuple[float, float, f
     return (lp - lm) / (2 * h), lp, lm
 
 
-def _status_ok(numeric: float, analytic: float, lp: float, lm: float, h: float, tol: float):
+def _status_ok(
+    numeric: float, analytic: float, lp: float, lm: float, h: float, tol: float
+) -> tuple[float, bool]:
     err = relative_error(numeric, analytic)
     # The difference of two losses carries about eps*|L| of rounding each; a
     # mismatch below that is noise, not a wrong gradient.
@@ -163,7 +176,9 @@ def check_coordinate(
     return check
 
 
-def draw_coordinates(shape: tuple[int, int], count: int, rng: np.random.Generator):
+def draw_coordinates(
+    shape: tuple[int, int], count: int, rng: np.random.Generator
+) -> list[tuple[int, int]]:
     """``count`` distinct (d, c) pairs drawn with ``rng`` (all of them if fewer exist)."""
     total = shape[0] * shape[1]
     flat = rng.choice(total, size=min(count, total), replace=False)
@@ -245,7 +260,9 @@ class NaiveComparison:
     vectorized_seconds: float
 
 
-def compare_naive(W, X, y, reg: float, delta: float) -> NaiveComparison:
+def compare_naive(
+    W: np.ndarray, X: np.ndarray, y: np.ndarray, reg: float, delta: float
+) -> NaiveComparison:
     """The CS231n notebook's check: naive and vectorized on the same batch."""
     t0 = time.perf_counter()
     loss_n, grad_n = svm_loss_naive(W, X, y, reg, delta)

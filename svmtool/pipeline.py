@@ -199,7 +199,7 @@ def run_training(
         }
         model = Model(
             W=result.weights[best],
-            mean_image=prepared.mean.astype(np.float32),
+            mean_image=prepared.mean,  # float64: exactly what training subtracted
             class_names=prepared.class_names,
             settings=settings,
             metrics={
