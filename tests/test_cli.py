@@ -278,3 +278,45 @@ def test_download_bad_options(tmp_path):
     )
     (tmp_path / "file").write_text("x")
     one_line_error(run("download", "--data-dir", str(tmp_path / "file")), "not a folder")
+
+
+def test_users_own_grayscale_npz_end_to_end(tmp_path):
+    """Any H x W x C works through every command: here 8 x 6 grayscale, 3 classes."""
+    rng = np.random.default_rng(0)
+    patterns = rng.normal(0, 40, (3, 8, 6, 1))
+
+    def draw(n):
+        labels = rng.integers(0, 3, n)
+        images = np.clip(128 + patterns[labels] + rng.normal(0, 20, (n, 8, 6, 1)), 0, 255)
+        return images.astype(np.uint8), labels
+
+    X_train, y_train = draw(300)
+    X_test, y_test = draw(50)
+    data = tmp_path / "mine.npz"
+    np.savez(data, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,
+             class_names=np.array(["left", "middle", "right"]))  # fmt: skip
+    model = tmp_path / "m.npz"
+    trained = run(
+        "train", "--data", str(data), "--lr", "1e-4", "--reg", "1", "--iters", "200",
+        "--batch-size", "50", "--model", str(model),
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    loaded = model_io.load(model)
+    assert loaded.image_shape == (8, 6, 1) and loaded.W.shape == (49, 3)
+    assert loaded.metrics["val_accuracy"] > 0.6  # chance is 1/3
+
+    evaluated = run("evaluate", "--model", str(model), "--json")
+    assert evaluated.exit_code == 0 and json.loads(evaluated.stdout)["count"] == 50
+
+    pictures = run("visualize", "--model", str(model), "--out-dir", str(tmp_path / "t"))
+    assert pictures.exit_code == 0, pictures.output
+    with Image.open(tmp_path / "t" / "01_middle.png") as im:
+        assert im.mode == "L" and im.size == (6 * 4, 8 * 4)
+
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    predicted = run("predict", str(tmp_path / "c.png"), "--model", str(model))
+    assert predicted.exit_code == 0, predicted.output
+
+    checked = run("gradcheck", "--model", str(model), "--checks", "20")
+    assert checked.exit_code == 0, checked.output
+    assert "samples of " + str(data) in checked.stdout
