@@ -8,7 +8,7 @@ and all gradients with another. A single run is the grid with K = 1.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,7 +32,6 @@ class GridResult:
     losses: np.ndarray
     diverged_at: np.ndarray
     batch_size: int
-    extras: dict = field(default_factory=dict)
 
 
 def minibatches(
