@@ -345,11 +345,54 @@ def download(
         len(md5) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in md5)
     ):
         raise SvmtoolError(f"md5 must be 32 hexadecimal digits, got {md5!r}")
-    spec = ARCHIVES[fmt]
-    expected = (md5 or spec.md5).lower()
+    expected = (md5 or ARCHIVES[fmt].md5).lower()
     if data_dir.exists() and not data_dir.is_dir():
         raise SvmtoolError(f"--data-dir {data_dir} exists and is not a folder")
     data_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(data_dir):
+        return _download_locked(
+            data_dir, fmt, url, expected, from_file, force, keep_archive, progress
+        )
+
+
+SCRATCH_PREFIXES = (".extract.", f".{CACHE_DIRNAME}.")
+LOCK_NAME = ".svmtool-download.lock"
+
+
+@contextlib.contextmanager
+def _exclusive(data_dir: Path):
+    """Hold a lock on ``data_dir`` for one download at a time, and clear the
+    scratch folders a killed run left behind (no other run can own them)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, and leftovers are left alone
+        yield
+        return
+    with open(data_dir / LOCK_NAME, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SvmtoolError(f"another svmtool download is running in {data_dir}") from None
+        for leftover in data_dir.iterdir():
+            if leftover.is_dir() and leftover.name.startswith(SCRATCH_PREFIXES):
+                shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _download_locked(
+    data_dir: Path,
+    fmt: str,
+    url: str | None,
+    expected: str,
+    from_file: Path | None,
+    force: bool,
+    keep_archive: bool,
+    progress: ProgressFn | None,
+) -> DownloadResult:
+    spec = ARCHIVES[fmt]
     if not force and cache_state(data_dir) == "ok":
         meta = read_cache(data_dir)
         return DownloadResult(

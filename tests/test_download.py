@@ -320,3 +320,27 @@ def test_cli_reports_forbidden_pickle_in_one_line(tmp_path, tiny):
     assert result.exit_code == 1
     assert "forbidden global" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_leftovers_of_a_killed_run_are_cleared(httpserver, tiny, tmp_path):
+    body = cifar_archive(tiny, "binary")
+    url = serve(httpserver, body)
+    for name in (".extract.k1ll3d", ".cifar-10-cache.k1ll3d"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "half.npy").write_bytes(b"\0" * 100)
+    assert (
+        run("download", "--data-dir", str(tmp_path), "--url", url, "--md5", md5(body)).exit_code
+        == 0
+    )
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
+        ".svmtool-download.lock"
+    ]
+
+
+def test_one_download_at_a_time(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    with open(tmp_path / ".svmtool-download.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run("download", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/x")
+    assert result.exit_code == 1
+    assert "another svmtool download is running" in result.output
