@@ -270,10 +270,13 @@ def train(
     The loss is the multi-class hinge with L2 regularization (reg * sum(W^2)).
 
     W starts as 1e-4 * standard normal. Batches: shuffled epochs. The training
-    rows are put in a seeded random order once; each epoch starts at a random
-    offset and visits contiguous batches in random order. Every sample is seen
-    once per epoch and no rows are copied per step, which is faster than
-    CS231n's sampling with replacement and converges the same way.
+    rows are put in a seeded random order once; each epoch views them as s
+    interleaved columns (s drawn at random), cuts the columns into whole
+    batches from random offsets, and visits the batches in random order. A
+    batch is a view of the rows, never a copy, which is why this is faster
+    than CS231n's sampling with replacement (copying 200 random rows costs as
+    much as a matrix product); every epoch sees at least 90% of the samples
+    once, all of them when s = 1.
 
     A comma-separated --lr and/or --reg trains every pair together in one pass
     (same seed, same batches) and saves the best by validation accuracy.
