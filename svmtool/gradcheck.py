@@ -74,6 +74,14 @@ def relative_error(numeric: float, analytic: float) -> float:
     return abs(numeric - analytic) / max(abs(numeric) + abs(analytic), TINY)
 
 
+def stepped(W: np.ndarray, d: int, c: int, h: float) -> tuple[np.ndarray, np.ndarray]:
+    """W + h e_dc and W - h e_dc: the two points of a centered difference."""
+    plus, minus = W.copy(), W.copy()
+    plus[d, c] += h
+    minus[d, c] -= h
+    return plus, minus
+
+
 def straddling(
     W: np.ndarray, X: np.ndarray, y: np.ndarray, delta: float, d: int, c: int, h: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -83,9 +91,7 @@ def straddling(
     sees), so the test is exact. Returns the base margins (N, C) and the sample
     and class indices of the straddling margins.
     """
-    plus, minus = W.copy(), W.copy()
-    plus[d, c] += h
-    minus[d, c] -= h
+    plus, minus = stepped(W, d, c, h)
     flips = active(margins(X @ plus, y, delta)) != active(margins(X @ minus, y, delta))
     rows, cols = np.nonzero(flips)
     return margins(X @ W, y, delta), rows, cols
@@ -109,9 +115,7 @@ def _centered(
     h: float,
 ) -> tuple[float, float, float]:
     """Centered difference of ``fn``'s loss along W[d, c], and the two losses."""
-    plus, minus = W.copy(), W.copy()
-    plus[d, c] += h
-    minus[d, c] -= h
+    plus, minus = stepped(W, d, c, h)
     lp, lm = fn(plus, X, y, reg, delta)[0], fn(minus, X, y, reg, delta)[0]
     return (lp - lm) / (2 * h), lp, lm
 
