@@ -380,6 +380,7 @@ def train(
     summary.add_row("train accuracy", _fmt(best["train_accuracy"]))
     summary.add_row("val accuracy", _fmt(best["val_accuracy"]))
     summary.add_row("final loss", _fmt(best["final_loss"]))
+    summary.add_row("loading + preprocessing", f"{timings['load_seconds']:.2f} s")
     summary.add_row("training time", f"{timings['train_seconds']:.2f} s")
     summary.add_row("iterations/s", f"{timings['iterations_per_second']:.0f}")
     out.print(summary)
@@ -679,8 +680,9 @@ def gradcheck(
                 )
             out.print(kt)
     worst = report.worst_kink_free_error
+    worst_text = "none is kink-free" if math.isnan(worst) else f"{worst:.2e}"
     out.print(
-        f"worst relative error among kink-free coordinates: {_fmt(worst, '.2e')}\n"
+        f"worst relative error among kink-free coordinates: {worst_text}\n"
         f"coordinates that straddled a kink: {sum(1 for c in report.checks if c.straddled)}"
         f" of {len(report.checks)}\n"
         f"margins within h*max|x| = {report.near_kink_distance:.3g} of zero:"
