@@ -226,6 +226,8 @@ def write_cache(dataset: Dataset, data_dir: Path) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_DIRNAME}.", dir=data_dir))
     try:
+        # mkdtemp makes the folder private (0700); the cache is ordinary data.
+        tmp.chmod(0o755)
         arrays = {
             "train_images": dataset.train_images,
             "train_labels": dataset.train_labels,
