@@ -66,6 +66,14 @@ def parse_floats(text: str, name: str) -> list[float]:
     return values
 
 
+def data_source_name(source: str) -> str:
+    """How the model file records its data: a user's .npz by absolute path, so
+    evaluate and gradcheck find it from any folder."""
+    if source in ("cifar10", "synthetic"):
+        return source
+    return str(Path(source).expanduser().resolve())
+
+
 def load_split(
     source: str, data_dir: Path | None, seed: int, **sizes: int | None
 ) -> tuple[Dataset, Split]:
@@ -191,7 +199,7 @@ def run_training(
             "batch_size": result.batch_size,
             "seed": request.seed,
             "dtype": request.dtype,
-            "data": request.data,
+            "data": data_source_name(request.data),
             "num_train": sizes["train"],
             "num_val": sizes["val"],
             "sampling": "shuffled epochs",

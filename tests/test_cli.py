@@ -280,7 +280,7 @@ def test_download_bad_options(tmp_path):
     one_line_error(run("download", "--data-dir", str(tmp_path / "file")), "not a folder")
 
 
-def test_users_own_grayscale_npz_end_to_end(tmp_path):
+def test_users_own_grayscale_npz_end_to_end(tmp_path, monkeypatch):
     """Any H x W x C works through every command: here 8 x 6 grayscale, 3 classes."""
     rng = np.random.default_rng(0)
     patterns = rng.normal(0, 40, (3, 8, 6, 1))
@@ -293,18 +293,22 @@ def test_users_own_grayscale_npz_end_to_end(tmp_path):
     X_train, y_train = draw(300)
     X_test, y_test = draw(50)
     data = tmp_path / "mine.npz"
-    np.savez(data, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,
+    monkeypatch.chdir(tmp_path)
+    np.savez("mine.npz", X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,
              class_names=np.array(["left", "middle", "right"]))  # fmt: skip
     model = tmp_path / "m.npz"
     trained = run(
-        "train", "--data", str(data), "--lr", "1e-4", "--reg", "1", "--iters", "200",
+        "train", "--data", "mine.npz", "--lr", "1e-4", "--reg", "1", "--iters", "200",
         "--batch-size", "50", "--model", str(model),
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
     loaded = model_io.load(model)
     assert loaded.image_shape == (8, 6, 1) and loaded.W.shape == (49, 3)
     assert loaded.metrics["val_accuracy"] > 0.6  # chance is 1/3
+    assert loaded.settings["data"] == str(data.resolve())  # found from any folder later
 
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     evaluated = run("evaluate", "--model", str(model), "--json")
     assert evaluated.exit_code == 0 and json.loads(evaluated.stdout)["count"] == 50
 
