@@ -84,17 +84,17 @@ def stepped(W: np.ndarray, d: int, c: int, h: float) -> tuple[np.ndarray, np.nda
 
 def straddling(
     W: np.ndarray, X: np.ndarray, y: np.ndarray, delta: float, d: int, c: int, h: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Margins whose activity differs between W - h e_dc and W + h e_dc.
 
     Recomputed from the full products at both points (what the loss itself
-    sees), so the test is exact. Returns the base margins (N, C) and the sample
-    and class indices of the straddling margins.
+    sees), so the test is exact. Returns the sample and class indices of the
+    straddling margins.
     """
     plus, minus = stepped(W, d, c, h)
     flips = active(margins(X @ plus, y, delta)) != active(margins(X @ minus, y, delta))
     rows, cols = np.nonzero(flips)
-    return margins(X @ W, y, delta), rows, cols
+    return rows, cols
 
 
 def near_kink_fraction(margin_values: np.ndarray, distance: float) -> float:
@@ -151,7 +151,9 @@ def check_coordinate(
     numeric, lp, lm = _centered(loss_fn, W, X, y, reg, delta, d, c, h)
     analytic = float(dW[d, c])
     err, ok = _status_ok(numeric, analytic, lp, lm, h, tol)
-    base, rows, cols = straddling(W, X, y, delta, d, c, h)
+    rows, cols = straddling(W, X, y, delta, d, c, h)
+    # The base margins are only needed to describe kinks, when there are some.
+    base = margins(X @ W, y, delta) if rows.size else None
     kinks = [
         KinkSample(int(n), int(y[n]), int(j), float(base[n, j]), float(h * abs(X[n, d])))
         for n, j in zip(rows, cols, strict=True)
@@ -251,7 +253,7 @@ def sweep_delta(
     rows = []
     for delta in deltas:
         base = margins(X @ W, y, delta)
-        hit = sum(straddling(W, X, y, delta, d, c, h)[1].size > 0 for d, c in coords)
+        hit = sum(straddling(W, X, y, delta, d, c, h)[0].size > 0 for d, c in coords)
         rows.append(SweepRow(delta, near_kink_fraction(base, distance), hit / max(len(coords), 1)))
     return rows
 

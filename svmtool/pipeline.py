@@ -311,11 +311,12 @@ def gradcheck_batch(
     from svmtool.data import CIFAR10, SYNTHETIC, default_data_dir
 
     notice = None
+    dataset = None
     source = data or (model.settings.get("data") if model else None)
     if source is None:
         where = data_dir or default_data_dir()
         try:
-            cifar.load(where)
+            dataset = cifar.load(where)  # kept: an extracted folder is not parsed twice
             source = CIFAR10
         except SvmtoolError:
             source = SYNTHETIC
@@ -323,7 +324,9 @@ def gradcheck_batch(
                 f"CIFAR-10 is not downloaded in {where}; checking on a synthetic"
                 " CIFAR-shaped batch (svmtool download fetches the real one)"
             )
-    dataset, parts = load_split(source, data_dir, seed)
+    if dataset is None:
+        dataset = load_dataset(source, data_dir)
+    parts = split(dataset, seed=seed)
     if model is not None:
         if len(dataset.class_names) != model.num_classes:
             raise SvmtoolError(

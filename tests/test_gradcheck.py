@@ -109,7 +109,7 @@ def test_straddle_detection_agrees_with_brute_force(seed):
     W, X, y = batch(n=40, d=6, c=4, seed=seed, scale=1e-6)
     h = 1e-5
     for d, c in draw_coordinates(W.shape, 8, np.random.default_rng(seed)):
-        _, rows, cols = straddling(W, X, y, 0.0, d, c, h)
+        rows, cols = straddling(W, X, y, 0.0, d, c, h)
         found = set(zip(rows.tolist(), cols.tolist(), strict=True))
         expected = brute_force_flips(W, X, y, 0.0, d, c, h)
         assert found == expected
@@ -120,7 +120,7 @@ def test_straddle_detection_matches_recount_exactly():
     W, X, y = batch(n=50, d=5, c=3, seed=9, scale=1e-6)
     h = 1e-5
     for d, c in [(0, 0), (1, 2), (4, 1)]:
-        _, rows, cols = straddling(W, X, y, 0.0, d, c, h)
+        rows, cols = straddling(W, X, y, 0.0, d, c, h)
         plus, minus = W.copy(), W.copy()
         plus[d, c] += h
         minus[d, c] -= h
