@@ -6,6 +6,7 @@ numpy and the library modules are imported inside the commands so that
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -224,6 +225,63 @@ def download(
 # --- train -------------------------------------------------------------------------
 
 
+def _features_text(features) -> str:
+    """'pixels', 'hog (154 values)', 'kmeans (K = 1600, 6400 values)'."""
+    if features.kind == "pixels":
+        return "pixels"
+    size = features.arrays["mean"].shape[0]
+    if features.kind == "kmeans":
+        return f"kmeans (K = {features.arrays['centroids'].shape[0]}, {size} values)"
+    return f"{features.kind} ({size} values)"
+
+
+@contextlib.contextmanager
+def feature_progress():
+    """A progress callback for feature learning and extraction: one bar per stage
+    (k-means iterations; images, with images/s and ETA), on stderr."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            unit = task.fields.get("unit", "")
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:,.1f} {unit}/s")
+
+    bar = None
+    tasks: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                Rate(),
+                TimeRemainingColumn(),
+                console=err,
+            )
+            bar.start()
+        if stage not in tasks:
+            unit = "iterations" if stage == "k-means" else "images"
+            tasks[stage] = bar.add_task(stage, total=total, unit=unit)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
 def _fmt(value, spec: str = ".4f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -238,14 +296,43 @@ def train(
     download_first: bool = typer.Option(
         False, "--download", help="Fetch CIFAR-10 first if it is missing."
     ),
-    lr: str = typer.Option(
-        "1e-7", "--lr", help="Learning rate, or a comma-separated list for a grid."
+    lr: str | None = typer.Option(
+        None,
+        "--lr",
+        help="Learning rate, or a comma-separated list for a grid"
+        " (default: pixels 1e-7, hog 1e-3, kmeans 1e-3).",
     ),
-    reg: str = typer.Option(
-        "2.5e4", "--reg", help="L2 strength, or a comma-separated list for a grid."
+    reg: str | None = typer.Option(
+        None,
+        "--reg",
+        help="L2 strength, or a comma-separated list for a grid"
+        " (default: pixels 2.5e4, hog 1e-2, kmeans 1e-3).",
     ),
     delta: float = typer.Option(1.0, "--delta", help="The hinge margin."),
-    iters: int = typer.Option(1500, "--iters", help="SGD steps."),
+    iters: int | None = typer.Option(
+        None, "--iters", help="SGD steps (default: pixels 1500, hog 1500, kmeans 1500)."
+    ),
+    features: str = typer.Option(
+        "pixels",
+        "--features",
+        help="pixels (CS231n's rows), hog (HOG + hue histogram, standardized) or kmeans"
+        " (Coates, Lee & Ng 2011: a learned dictionary of 6x6 patches, 4 x centroids"
+        " pooled triangle activations, standardized).",
+    ),
+    centroids: int | None = typer.Option(
+        None, "--centroids", help="kmeans: dictionary size K (default 1600, as in the paper)."
+    ),
+    patches: int | None = typer.Option(
+        None, "--patches", help="kmeans: random training patches k-means learns from (400000)."
+    ),
+    kmeans_iters: int | None = typer.Option(
+        None, "--kmeans-iters", help="kmeans: k-means iterations (default 50)."
+    ),
+    use_cache: bool = typer.Option(
+        True,
+        "--cache/--no-cache",
+        help="Read and store features in the feature cache (DATA_DIR/feature-cache).",
+    ),
     batch_size: int = typer.Option(200, "--batch-size", help="Rows per minibatch."),
     seed: int = typer.Option(0, "--seed", help="Seeds the split, the initial W and the batches."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (fast) or float64."),
@@ -269,6 +356,11 @@ def train(
 
     The loss is the multi-class hinge with L2 regularization (reg * sum(W^2)).
 
+    --features hog or kmeans trains on image features instead of pixels; the
+    model file keeps the whole feature pipeline. Features of a dataset are
+    kept in a cache keyed by the data and the settings, so a second run (or
+    another lr/reg) does not compute them again.
+
     W starts as 1e-4 * standard normal. Batches: shuffled epochs. The training
     rows are put in a seeded random order once; each epoch views them as s
     interleaved columns (s drawn at random), cuts the columns into whole
@@ -286,11 +378,21 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from svmtool import model as model_io
-    from svmtool.pipeline import TrainRequest, parse_floats, prepare_training, run_training
+    from svmtool.pipeline import (
+        TRAIN_DEFAULTS,
+        TrainRequest,
+        parse_floats,
+        prepare_training,
+        run_training,
+    )
 
+    if features not in TRAIN_DEFAULTS:
+        raise SvmtoolError(f"features must be pixels, hog or kmeans, got {features!r}")
+    defaults = TRAIN_DEFAULTS[features]
+    iters = defaults["iters"] if iters is None else iters
     request = TrainRequest(
-        lrs=parse_floats(lr, "lr"),
-        regs=parse_floats(reg, "reg"),
+        lrs=parse_floats(lr, "lr") if lr is not None else [defaults["lr"]],
+        regs=parse_floats(reg, "reg") if reg is not None else [defaults["reg"]],
         delta=delta,
         iters=iters,
         batch_size=batch_size,
@@ -300,6 +402,17 @@ def train(
         data_dir=data_dir,
         num_train=num_train,
         num_val=num_val,
+        features=features,
+        use_cache=use_cache,
+        **{
+            name: value
+            for name, value in (
+                ("centroids", centroids),
+                ("patches", patches),
+                ("kmeans_iters", kmeans_iters),
+            )
+            if value is not None
+        },
     )
     if model_path.is_dir():
         raise SvmtoolError(f"--model {model_path} is a folder; give a file name")
@@ -313,7 +426,10 @@ def train(
             cifar.load(where)
         except SvmtoolError:
             fetch_cifar(where)
-    prepared = prepare_training(request)
+    with feature_progress() as progress:
+        prepared = prepare_training(request, progress)
+    for note in prepared.notes:
+        say(note)
     configs = len(request.lrs) * len(request.regs)
     with Progress(
         TextColumn("training" if configs == 1 else f"training {configs} configurations"),
@@ -376,11 +492,14 @@ def train(
     summary.add_column(justify="left")
     summary.add_column(justify="right")
     summary.add_row("data", f"{data} ({outcome.sizes['train']} train, {outcome.sizes['val']} val)")
+    summary.add_row("features", _features_text(outcome.model.features))
     summary.add_row("lr, reg", f"{best['lr']:g}, {best['reg']:g}")
     summary.add_row("train accuracy", _fmt(best["train_accuracy"]))
     summary.add_row("val accuracy", _fmt(best["val_accuracy"]))
     summary.add_row("final loss", _fmt(best["final_loss"]))
     summary.add_row("loading + preprocessing", f"{timings['load_seconds']:.2f} s")
+    if outcome.model.features.kind != "pixels":
+        summary.add_row("features (learn + extract)", f"{timings['feature_seconds']:.2f} s")
     summary.add_row("training time", f"{timings['train_seconds']:.2f} s")
     summary.add_row("iterations/s", f"{timings['iterations_per_second']:.0f}")
     out.print(summary)
@@ -403,6 +522,9 @@ def evaluate(
     ),
     data_dir: Path | None = data_dir_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    use_cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="kmeans models: read and store the split's features."
+    ),
 ) -> None:
     """Accuracy per class, and a confusion matrix.
 
@@ -412,7 +534,11 @@ def evaluate(
     from svmtool.pipeline import evaluate as run_evaluate
 
     model = model_io.load(model_path)
-    result = run_evaluate(model, split, data, data_dir)
+    notes: list[str] = []
+    with feature_progress() as progress:
+        result = run_evaluate(model, split, data, data_dir, progress, notes, use_cache)
+    for note in notes:
+        say(note)
     names = model.class_names
     if as_json:
         print_json(
@@ -729,6 +855,9 @@ def visualize(
 
     Files: NN_classname.png per class, templates.png, and with matplotlib
     (pip install 'svmtool[plots]') loss.png and, after a grid search, grid.png.
+    A hog model has no image template: its files show each class's weight per
+    HOG cell (NN_classname_hog_cells.png, hog_cells.png). A kmeans model's
+    centroids.png shows its dictionary as 6x6 patches.
 
     Example: svmtool visualize --out-dir templates
     """
@@ -742,12 +871,37 @@ def visualize(
     model = model_io.load(model_path)
     if len(model.image_shape) != 3:
         raise SvmtoolError(f"{model_path}: image shape {model.image_shape} is not H x W x C")
-    pictures = images.templates(model.W, model.image_shape, scale)
-    tiles = [images.to_pil(p, zoom) for p in pictures]
     files: dict[str, object] = {}
-    for i, (tile, name) in enumerate(zip(tiles, model.class_names, strict=True)):
-        files[f"{i:02d}_{images.safe_filename(name)}.png"] = tile
-    files["templates.png"] = images.montage(tiles, model.class_names)
+    kind = model.features.kind
+    if kind == "pixels":
+        pictures = images.templates(model.W, model.image_shape, scale)
+        tiles = [images.to_pil(p, zoom) for p in pictures]
+        for i, (tile, name) in enumerate(zip(tiles, model.class_names, strict=True)):
+            files[f"{i:02d}_{images.safe_filename(name)}.png"] = tile
+        files["templates.png"] = images.montage(tiles, model.class_names)
+    elif kind == "hog":
+        say(
+            "a hog model has no image template: W weighs HOG cells and hue bins, not"
+            " pixels. Writing each class's weight per 8x8 cell (sum over the 9 orientations;"
+            " red for, blue against the class, one scale for all classes) instead."
+        )
+        maps = images.diverging(images.hog_cell_maps(model.W, model.image_shape))
+        cell_zoom = zoom * 8
+        tiles = [images.to_pil(m, cell_zoom) for m in maps]
+        for i, (tile, name) in enumerate(zip(tiles, model.class_names, strict=True)):
+            files[f"{i:02d}_{images.safe_filename(name)}_hog_cells.png"] = tile
+        files["hog_cells.png"] = images.montage(tiles, model.class_names)
+    else:
+        a = model.features.arrays
+        say(
+            "a kmeans model's W weighs pooled centroid activations, not pixels. Writing its"
+            f" {a['centroids'].shape[0]} centroids mapped back through the whitening as 6x6"
+            " patches (each stretched to full contrast)."
+        )
+        patches = images.centroid_patches(
+            a["centroids"], a["whiten_mean"], a["whiten"], model.image_shape[2]
+        )
+        files["centroids.png"] = images.patch_montage(patches, zoom)
     if images.plots_available():
         if len(model.loss_history):
             files["loss.png"] = functools.partial(images.loss_plot, model.loss_history)
