@@ -355,8 +355,8 @@ def reg_verdict(loss: Reading | None, grad: Reading | None, reg: float) -> tuple
     if a == 0 and b == 0:
         return "reg is not used: neither the loss nor the gradient is regularized", "none"
     return (
-        f"the loss has {a:g} * reg * sum(W*W), whose gradient is {2 * a:g} * reg * W, but the"
-        f" code adds {b:g} * reg * W",
+        f"the regularization gradient does not fit the loss: the loss has {a:g} * reg *"
+        f" sum(W*W), whose gradient is {2 * a:g} * reg * W, but the code adds {b:g} * reg * W",
         "mixed",
     )
 

@@ -79,7 +79,10 @@ def python2_hint(exc: BaseException, source: str | None = None) -> str | None:
         )
     if isinstance(exc, AttributeError) and getattr(exc, "name", None) in _PY2_ATTRS:
         return f".{exc.name}() is Python 2: use .{exc.name.removeprefix('iter')}() or `in`"
-    if isinstance(exc, ModuleNotFoundError) and exc.name in ("past", "future"):
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in (
+        "past",
+        "future",
+    ):
         return (
             "CS231n's files import past.builtins (the 'future' package): pip install future,"
             " or delete that import line (Python 3 does not need it)"
@@ -91,7 +94,11 @@ def user_traceback(exc: BaseException) -> tuple[str, str | None]:
     """The traceback without svmtool's frames, and 'file, line N' of the deepest
     frame in the user's own code (not svmtool, not the standard library, not an
     installed package)."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _is_ours(f.filename)]
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not (_is_ours(f.filename) or f.filename.startswith("<frozen importlib"))
+    ]
     where = None
     for frame in reversed(frames):
         if not _is_library(frame.filename):
@@ -154,15 +161,15 @@ def import_target(spec: LossSpec):
     if spec.is_path:
         path = Path(spec.target).expanduser()
         if not path.exists():
-            raise SvmtoolError(f"--loss: {spec.target} does not exist")
+            raise UserCodeError(f"--loss: {spec.target} does not exist")
         if not path.is_file():
-            raise SvmtoolError(f"--loss: {spec.target} is not a file")
+            raise UserCodeError(f"--loss: {spec.target} is not a file")
         path = path.resolve()
         source = None
         try:
             source = path.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
-            raise SvmtoolError(f"--loss: cannot read {spec.target}: {exc.strerror}") from None
+            raise UserCodeError(f"--loss: cannot read {spec.target}: {exc.strerror}") from None
         # Like running the file as a script: its own folder is importable.
         if str(path.parent) not in sys.path:
             sys.path.insert(0, str(path.parent))
@@ -305,7 +312,11 @@ def load_functions(spec: LossSpec) -> list[UserFunction]:
     for name in names:
         if not hasattr(module, name):
             defined = sorted(
-                n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                n
+                for n, v in vars(module).items()
+                if inspect.isfunction(v)
+                and v.__module__ == module.__name__
+                and not n.startswith("_")
             )
             raise UserCodeError(
                 f"{spec.target} has no function {name!r}"
