@@ -181,6 +181,12 @@ def import_target(spec: LossSpec):
         sys.modules[name] = module
         try:
             module_spec.loader.exec_module(module)
+        except SystemExit as exc:
+            sys.modules.pop(name, None)
+            raise UserCodeError(
+                f"importing {spec.target} called sys.exit({exc.code!r}): put the script part"
+                " under if __name__ == '__main__':"
+            ) from None
         except Exception as exc:
             sys.modules.pop(name, None)
             raise error_from(exc, f"importing {spec.target} failed", source) from None
@@ -245,8 +251,10 @@ class UserFunction:
         self.calls += 1
         try:
             result = self.raw_call(*args, reg, delta)
-        except (KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt:
             raise
+        except SystemExit as exc:
+            raise UserCodeError(f"{self.name} called sys.exit({exc.code!r})") from None
         except Exception as exc:
             raise error_from(exc, f"{self.name} raised") from None
         for label, given, original in zip("WXy", args, (W, X, y), strict=True):

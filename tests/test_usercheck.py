@@ -492,3 +492,23 @@ def test_loaded_function_is_called_on_copies(tmp_path):
     path = write_loss(tmp_path, "loop", 1.0, "correct")
     (fn,) = load_functions(parse_spec(str(path)))
     assert isinstance(fn, UserFunction) and fn.name == "svm_loss_naive" and not fn.takes_delta
+
+
+def test_bias_left_out_is_seen_in_the_loss_too(tmp_path):
+    report = check_file(write_loss(tmp_path, "vectorized", 1.0, "bias-not-regularized"))
+    keys = report.functions[0].regs[1].diagnosis.keys
+    assert "loss:bias-not-regularized" in keys and "gradient:bias-not-regularized" in keys
+
+
+def test_sys_exit_in_user_code_is_their_error(tmp_path, small_npz):
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nsys.exit(2)\n")
+    result = cli("--loss", str(script), "--data", str(small_npz))
+    assert result.exit_code == 3 and "if __name__ == '__main__'" in result.stderr
+    W, X, y = small_batch()
+
+    def exits(W, X, y, reg):
+        raise SystemExit(0)
+
+    report = check_gradient(exits, W, X, y)
+    assert report.exit_code == 3 and "sys.exit(0)" in report.functions[0].error.summary
