@@ -154,7 +154,9 @@ def layout_hint(fn: UserFunction, W, X, y, reg: float, delta: float) -> str | No
                 "the code expects the 2015 layout (W: C x D, X: D x N); today's CS231n"
                 f" passes W as D x C {W.shape} and X as N x D {X.shape}"
             )
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # their code, any way it fails (sys.exit included)
         return None
     return None
 
@@ -318,7 +320,9 @@ def compare_functions(
         (l2, g2), t2 = timed(second)
     except (UserCodeError, BadReturn):
         return None
-    except Exception:  # raw_call is unchecked; the checked call above says what failed
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # raw_call is unchecked; the checked calls say what failed
         return None
     return Comparison(
         first.name, second.name, reg, abs(l1 - l2), float(np.linalg.norm(g1 - g2, "fro")), t1, t2
