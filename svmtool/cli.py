@@ -20,6 +20,7 @@ from rich.table import Table
 
 from svmtool import __version__
 from svmtool.errors import SvmtoolError
+from svmtool.report import literal
 
 app = typer.Typer(
     help="The multi-class linear SVM on CIFAR-10: download, train, gradcheck, visualize.",
@@ -658,7 +659,11 @@ def _interpretation(report) -> list[str]:
 @handle_errors
 def gradcheck(
     delta: float = typer.Option(1.0, "--delta", help="The hinge margin."),
-    reg: float = typer.Option(0.0, "--reg", help="L2 strength."),
+    reg: float | None = typer.Option(
+        None,
+        "--reg",
+        help="L2 strength (default 0; with --loss, 0 and then 5e1, as CS231n's notebook).",
+    ),
     checks: int = typer.Option(10, "--checks", help="How many coordinates to draw with the seed."),
     h: float = typer.Option(1e-5, "--h", help="The centered-difference step."),
     seed: int = typer.Option(0, "--seed", help="Seeds W, the batch and the coordinates."),
@@ -682,18 +687,44 @@ def gradcheck(
     ),
     data_dir: Path | None = data_dir_option(),
     model_path: Path | None = typer.Option(None, "--model", help="Check at a trained model's W."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="Check at this W: a .npy file saved with np.save (D+1 x C)."
+    ),
+    loss: str | None = typer.Option(
+        None,
+        "--loss",
+        help="Check YOUR loss function: PATH.py:FUNC, package.module:FUNC, or PATH.py for its"
+        " svm_loss_naive and svm_loss_vectorized. Called as FUNC(W, X, y, reg) -> (loss, dW)"
+        " (delta too if it takes one). Loading the file runs it, as pytest does.",
+    ),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Write a PNG of the loss along the coordinate that straddled a kink worst"
+        " (needs matplotlib).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
 ) -> None:
-    """Check the gradient; explain every kink.
+    """Check the gradient; explain every kink. With --loss, check YOUR code.
 
     Compares the analytic gradient with centered differences, per coordinate.
 
     Runs in float64 on the 500-image dev sample: in float32 the rounding of a
     loss difference over h=1e-5 would swamp the comparison. Each coordinate is
     ok, kink (the step crossed a margin's kink, which explains the mismatch) or
-    FAIL. Exit status 1 when any coordinate FAILs.
+    FAIL.
 
-    Example: svmtool gradcheck --delta 1.0 --sweep-delta 0,1e-3,0.1,1,10
+    With --loss, your function is also held against the multi-class hinge loss
+    under both regularization conventions (reg*sum(W*W) and 0.5*reg*sum(W*W));
+    a mismatch is named after the known mistake that reproduces it. It is run
+    at other shapes (7 classes, N < D and N > D), and checked for changing its
+    inputs in place.
+
+    Exit status: 0 right; 1 wrong (a FAIL, or with --loss any finding);
+    3 your code could not be imported or raised.
+
+    Examples: svmtool gradcheck --delta 1.0 --sweep-delta 0,1e-3,0.1,1,10;
+    svmtool gradcheck --loss cs231n/classifiers/linear_svm.py
     """
     import numpy as np
 
@@ -705,7 +736,7 @@ def gradcheck(
         raise SvmtoolError(f"h must be > 0, got {h}")
     if not (delta >= 0 and math.isfinite(delta)):
         raise SvmtoolError(f"delta must be >= 0, got {delta}")
-    if not (reg >= 0 and math.isfinite(reg)):
+    if reg is not None and not (reg >= 0 and math.isfinite(reg)):
         raise SvmtoolError(f"reg must be >= 0, got {reg}")
     if checks < 1 and not coord:
         raise SvmtoolError(f"checks must be >= 1, got {checks}")
@@ -715,15 +746,32 @@ def gradcheck(
     deltas = parse_floats(sweep, "sweep-delta") if sweep else []
     if any(v < 0 for v in deltas):
         raise SvmtoolError(f"sweep-delta values must be >= 0, got {sweep}")
+    if model_path and weights:
+        raise SvmtoolError("give --model or --weights, not both")
+    if plot is not None:
+        check_plot_destination(plot)
+    functions = load_user_functions(loss) if loss else None
     model = model_io.load(model_path) if model_path else None
     batch = gradcheck_batch(data, data_dir, model, seed)
     if batch.notice:
         say(batch.notice)
     W, X, y = batch.W, batch.X, batch.y
+    point = "a trained model's W" if model else "W = 1e-4 * N(0, 1)"
+    if weights is not None:
+        W = weights_for(weights, X.shape[1], int(W.shape[1]))
+        point = f"W from {weights}"
     if coord:
         coords = [_parse_coord(t) for t in coord]
     else:
         coords = gc.draw_coordinates(W.shape, checks, np.random.default_rng(seed + 1))
+    if functions is not None:
+        regs = list(DEFAULT_USER_REGS) if reg is None else [reg]
+        run_user_check(
+            functions, W, X, y, regs=regs, delta=delta, coords=coords, h=h, tol=tol,
+            seed=seed, source=batch.source, point=point, plot=plot, as_json=as_json,
+        )  # fmt: skip
+        return
+    reg = 0.0 if reg is None else reg
     try:
         report = gc.gradcheck(W, X, y, coords, reg=reg, delta=delta, h=h, tol=tol)
     except ValueError as exc:
@@ -731,13 +779,14 @@ def gradcheck(
     sweep_rows = gc.sweep_delta(W, X, y, coords, deltas, h) if deltas else []
     naive = gc.compare_naive(W, X, y, reg, delta)
     failed = any(c.status == "FAIL" for c in report.checks)
+    plotted = write_kink_plot(plot, report, W, X, y, reg=reg, delta=delta, h=h) if plot else None
 
     if as_json:
         print_json(
             {
                 "data": batch.source,
                 "samples": int(X.shape[0]),
-                "point": "model" if model else "random W (1e-4 * N(0, 1))",
+                "point": point,
                 "delta": delta,
                 "reg": reg,
                 "h": h,
@@ -766,12 +815,12 @@ def gradcheck(
                 },
                 "sweep_delta": [vars(r) for r in sweep_rows],
                 "naive_vs_vectorized": vars(naive),
+                "plot": plotted,
                 "passed": not failed,
             }
         )
         raise typer.Exit(1 if failed else 0)
 
-    point = "a trained model's W" if model else "W = 1e-4 * N(0, 1)"
     out.print(
         f"gradient check on {X.shape[0]} samples of {batch.source} (float64) at {point};"
         f" delta={delta:g}, reg={reg:g}, h={h:g}, tol={tol:g}, loss={report.loss:.6f}",
@@ -834,6 +883,144 @@ def gradcheck(
         out.print(st)
     if failed:
         raise typer.Exit(1)
+
+
+DEFAULT_USER_REGS = (0.0, 5e1)
+
+
+def check_plot_destination(plot: Path) -> None:
+    """Fail before any work if --plot cannot be written."""
+    from svmtool import images
+
+    if not images.plots_available():
+        raise SvmtoolError("--plot needs matplotlib: pip install 'svmtool[plots]'")
+    if plot.is_dir():
+        raise SvmtoolError(f"--plot {plot} is a folder; give a file name such as kink.png")
+    parent = plot.parent if str(plot.parent) else Path(".")
+    if not parent.is_dir():
+        raise SvmtoolError(f"--plot {plot}: folder {parent} does not exist")
+
+
+def write_kink_plot(plot: Path, report, W, X, y, *, reg, delta, h, loss_fn=None) -> str | None:
+    """Draw the worst kink-straddling coordinate of a GradcheckReport into ``plot``."""
+    from svmtool import gradcheck as gc
+    from svmtool import images
+    from svmtool.model import write_atomic
+
+    worst = gc.worst_kink(report.checks)
+    if worst is None:
+        say(
+            f"no checked coordinate straddled a kink, so {plot} was not written"
+            " (try more --checks, or --model for a trained W)"
+        )
+        return None
+    curve = gc.kink_curve(W, X, y, worst, reg=reg, delta=delta, h=h, loss_fn=loss_fn)
+    write_atomic(plot, lambda f: images.kink_plot(curve, f))
+    say(f"the loss along W[{worst.d}, {worst.c}] around its kink: {plot}")
+    return str(plot)
+
+
+def load_user_functions(spec_text: str):
+    """Import the user's file (this runs it); their errors become exit code 3."""
+    from contextlib import redirect_stdout
+
+    from svmtool.usercode import UserCodeError, load_functions, parse_spec
+
+    spec = parse_spec(spec_text)
+    try:
+        # Their prints go to stderr: stdout carries the report (and --json).
+        with redirect_stdout(sys.stderr):
+            return load_functions(spec)
+    except UserCodeError as exc:
+        raise user_code_failure(exc) from None
+
+
+def user_code_failure(exc) -> typer.Exit:
+    """Their traceback (their frames only), a hint if one fits, and one line. Exit 3."""
+    if exc.details:
+        err.print(literal(exc.details), soft_wrap=True)
+    if exc.hint:
+        say(f"hint: {exc.hint}")
+    return fail(exc.summary, 3)
+
+
+def weights_for(path: Path, rows: int, classes: int):
+    """W from a .npy (np.save in a notebook), checked against the data: (D+1, C) floats."""
+    import numpy as np
+
+    from svmtool.npzfile import read_npy
+
+    W = read_npy(path, "weights")
+    if W.ndim != 2 or W.dtype.kind not in "fiu":
+        raise SvmtoolError(
+            f"--weights {path}: expected a 2-D array of numbers, got {W.dtype} {W.shape}"
+        )
+    if W.shape != (rows, classes):
+        hint = ""
+        if W.shape == (classes, rows):
+            hint = " (transposed: C x D is the 2015 assignment's layout; use W.T)"
+        elif W.shape == (rows - 1, classes):
+            hint = " (one row short: the bias row goes last)"
+        raise SvmtoolError(
+            f"--weights {path} is {W.shape[0]} x {W.shape[1]}, the data needs {rows} x"
+            f" {classes}{hint}"
+        )
+    W = W.astype(np.float64)
+    if not np.all(np.isfinite(W)):
+        raise SvmtoolError(f"--weights {path} holds NaN or infinite values")
+    return W
+
+
+def run_user_check(functions, W, X, y, *, regs, delta, coords, h, tol, seed, source, point,
+                   plot, as_json) -> None:  # fmt: skip
+    """gradcheck --loss: check the user's function(s), render, exit with the verdict."""
+    from contextlib import redirect_stdout
+
+    from svmtool.report import render_user_check, user_check_json
+    from svmtool.usercheck import run_check
+
+    with redirect_stdout(sys.stderr):
+        report = run_check(
+            functions, W, X, y, regs=regs, delta=delta, coords=coords, h=h, tol=tol,
+            seed=seed, source=source, point=point,
+        )  # fmt: skip
+        plotted = None
+        if plot is not None:
+            plotted = _plot_user_kink(plot, report, functions, W, X, y, h)
+    if as_json:
+        document = user_check_json(report)
+        document["plot"] = plotted
+        print_json(document)
+    else:
+        render_user_check(report, out)
+    for fn in report.functions:
+        if fn.error is not None:
+            if fn.error.details:
+                err.print(literal(fn.error.details), soft_wrap=True)
+            if fn.error.hint:
+                say(f"hint: {fn.error.hint}")
+            say(f"Error: {fn.error.summary}")
+    raise typer.Exit(report.exit_code)
+
+
+def _plot_user_kink(plot, report, functions, W, X, y, h):
+    """The worst kink among every function's checks, drawn with that function's loss."""
+    from svmtool import gradcheck as gc
+
+    best = None
+    for fn, fr in zip(functions, report.functions, strict=True):
+        for rc in fr.regs:
+            if rc.gradcheck is None:
+                continue
+            worst = gc.worst_kink(rc.gradcheck.checks)
+            if worst is not None and (best is None or worst.rel_error > best[0].rel_error):
+                best = (worst, fn, rc.gradcheck, fr.delta)
+    if best is None:
+        say(f"no checked coordinate straddled a kink, so {plot} was not written")
+        return None
+    worst, fn, gcr, used_delta = best
+    single = type(gcr)(**{**vars(gcr), "checks": [worst]})
+    return write_kink_plot(plot, single, W, X, y, reg=gcr.reg, delta=used_delta, h=h, loss_fn=fn)
 
 
 # --- visualize -----------------------------------------------------------------------

@@ -185,6 +185,67 @@ def read_image(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
     return array.reshape(h, w, c)
 
 
+def kink_plot(curve, path) -> None:
+    """The loss along one coordinate around a kink, the two points of the centered
+    difference, their secant, and the analytic slope (a KinkCurve from gradcheck).
+
+    Below it, the same lines minus the analytic tangent: the corner, a change of
+    slope of about |x_nd| / N, is too small to see on the loss itself.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = curve.h
+    t = curve.offsets / h  # in units of h: the picture reads the same for any h
+    ends = np.array([t.min(), t.max()])
+    at = np.interp([-1.0, 1.0], t, curve.losses)
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6.4), dpi=100, sharex=True)
+    for ax, tangent in ((axes[0], 0.0), (axes[1], curve.analytic)):
+        ax.plot(t, curve.losses - tangent * t * h, color="black", lw=1.5, label="the loss")
+        ax.plot(
+            ends,
+            (curve.numeric - tangent) * ends * h,
+            "--",
+            color="tab:orange",
+            lw=1.2,
+            label=f"secant through W ± h e: slope {curve.numeric:.6g}",
+        )
+        ax.plot(
+            ends,
+            (curve.analytic - tangent) * ends * h,
+            ":",
+            color="tab:blue",
+            lw=1.8,
+            label=f"analytic gradient: slope {curve.analytic:.6g}",
+        )
+        ax.plot(
+            [-1, 1],
+            at - tangent * np.array([-1, 1]) * h,
+            "o",
+            color="tab:orange",
+            label="the two points of the centered difference",
+        )
+        for i, k in enumerate(curve.kinks):
+            ax.axvline(
+                k / h,
+                color="tab:red",
+                alpha=0.6,
+                lw=1,
+                label="a margin crosses 0: the kink" if i == 0 else None,
+            )
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"loss along W[{curve.d}, {curve.c}]: the ±h step straddles a kink")
+    axes[0].set_ylabel("L(W + t e) - L(W)")
+    axes[0].legend(fontsize=8, loc="best")
+    axes[1].set_ylabel("minus the analytic tangent")
+    axes[1].set_xlabel(f"t / h   (h = {h:g})")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
 def centroid_patches(
     centroids: np.ndarray, whiten_mean: np.ndarray, whiten: np.ndarray, channels: int
 ) -> np.ndarray:
