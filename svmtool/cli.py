@@ -301,17 +301,23 @@ def train(
         None,
         "--lr",
         help="Learning rate, or a comma-separated list for a grid"
-        " (default: pixels 1e-7, hog 1e-3, kmeans 1e-3).",
+        " (default: pixels 1e-7, hog and kmeans 1e-2).",
     ),
     reg: str | None = typer.Option(
         None,
         "--reg",
         help="L2 strength, or a comma-separated list for a grid"
-        " (default: pixels 2.5e4, hog 1e-2, kmeans 1e-3).",
+        " (default: pixels 2.5e4, hog 1e-2, kmeans 1e-4).",
     ),
     delta: float = typer.Option(1.0, "--delta", help="The hinge margin."),
     iters: int | None = typer.Option(
-        None, "--iters", help="SGD steps (default: pixels 1500, hog 1500, kmeans 1500)."
+        None, "--iters", help="SGD steps (default: pixels 1500, hog and kmeans 5000)."
+    ),
+    lr_decay: float | None = typer.Option(
+        None,
+        "--lr-decay",
+        help="Multiply the learning rate by this after every epoch (default: pixels 1, i.e."
+        " none, as CS231n; hog and kmeans 0.95).",
     ),
     features: str = typer.Option(
         "pixels",
@@ -405,6 +411,7 @@ def train(
         num_val=num_val,
         features=features,
         use_cache=use_cache,
+        lr_decay=defaults["lr_decay"] if lr_decay is None else lr_decay,
         **{
             name: value
             for name, value in (

@@ -23,12 +23,16 @@ from svmtool.train import StepFn, accuracy, check_settings, sgd_grid
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 # Training defaults per feature set. Pixels: CS231n's. Standardized features
-# (every column mean 0, variance 1) need a learning rate and a regularization
-# orders of magnitude away from those; see the README for the grid behind these.
+# (every column mean 0, variance 1, so |x|^2 is about D) need a learning rate
+# and a regularization orders of magnitude away from those: one step moves a
+# batch's scores by about lr * D / batch_size * (active margins), which at
+# lr 1e-2 is well under one margin unit for D = 154 (hog) and ~0.3 for
+# D = 6400 (kmeans, K = 1600). The values come from grids on generated data
+# (README: "Training defaults for features").
 TRAIN_DEFAULTS = {
-    "pixels": {"lr": 1e-7, "reg": 2.5e4, "iters": 1500},
-    "hog": {"lr": 1e-3, "reg": 1e-2, "iters": 1500},
-    "kmeans": {"lr": 1e-3, "reg": 1e-3, "iters": 1500},
+    "pixels": {"lr": 1e-7, "reg": 2.5e4, "iters": 1500, "lr_decay": 1.0},
+    "hog": {"lr": 1e-2, "reg": 1e-2, "iters": 5000, "lr_decay": 0.95},
+    "kmeans": {"lr": 1e-2, "reg": 1e-4, "iters": 5000, "lr_decay": 0.95},
 }
 KMEANS_DEFAULTS = {"centroids": 1600, "patches": 400_000, "kmeans_iters": 50}
 
@@ -57,6 +61,7 @@ class TrainRequest:
     patches: int = KMEANS_DEFAULTS["patches"]
     kmeans_iters: int = KMEANS_DEFAULTS["kmeans_iters"]
     use_cache: bool = True
+    lr_decay: float = 1.0
 
 
 @dataclass
@@ -116,6 +121,7 @@ class PreparedData:
     features: Features = field(default_factory=Features)
     notes: list[str] = field(default_factory=list)  # what the feature cache did
     feature_seconds: float = 0.0
+    feature_timings: dict = field(default_factory=dict)  # dictionary / extraction seconds
 
 
 def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) -> PreparedData:
@@ -128,6 +134,8 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
         check_settings(request.lrs, request.regs, request.delta, request.iters, request.batch_size)
     except ValueError as exc:
         raise SvmtoolError(str(exc)) from None
+    if not 0 < request.lr_decay <= 1:
+        raise SvmtoolError(f"lr-decay must be in (0, 1], got {request.lr_decay}")
     dtype = DTYPES[request.dtype]
     t0 = time.perf_counter()
     dataset, parts = load_split(
@@ -153,6 +161,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             features=built.features,
             notes=built.notes,
             feature_seconds=time.perf_counter() - t1,
+            feature_timings=built.timings,
         )
     # parts.train is a seeded permutation: the rows come out shuffled at no
     # extra cost, and SGD walks them as views.
@@ -211,6 +220,7 @@ class BuiltFeatures:
     X_val: np.ndarray  # (num_val, F+1)
     features: Features
     notes: list[str]
+    timings: dict = field(default_factory=dict)
 
 
 def _check_feature_request(request: TrainRequest, image_shape: tuple[int, ...]) -> None:
@@ -256,6 +266,7 @@ def build_features(
     train_sorted = np.sort(parts.train)
 
     arrays: dict[str, np.ndarray] = {}
+    t0 = time.perf_counter()
     if request.features == "kmeans":
         key = {
             "what": "kmeans-fit",
@@ -287,7 +298,9 @@ def build_features(
 
     features = Features(request.features, params, arrays)
     rows = np.sort(np.concatenate([parts.train, parts.val]))
+    t1 = time.perf_counter()
     raw = cached_raw_features(features, images, rows, cache, notes, progress)
+    t2 = time.perf_counter()
     pos_train = np.searchsorted(rows, parts.train)
     pos_val = np.searchsorted(rows, parts.val)
     mean, scale = F.standardization(raw, eps=params["std_eps"], rows=pos_train)
@@ -297,6 +310,11 @@ def build_features(
         X_val=F.standardized_rows(raw, mean, scale, pos_val, dtype),
         features=features,
         notes=notes,
+        timings={
+            "dictionary_seconds": t1 - t0,
+            "extraction_seconds": t2 - t1,
+            "standardization_seconds": time.perf_counter() - t2,
+        },
     )
 
 
@@ -363,6 +381,7 @@ def run_training(
         batch_size=request.batch_size,
         rng=np.random.default_rng(request.seed),
         on_step=on_step,
+        lr_decay=request.lr_decay,
     )
     t2 = time.perf_counter()
     train_acc = accuracy(result.weights, X_train, y_train)
@@ -395,6 +414,7 @@ def run_training(
     timings = {
         "load_seconds": prepared.load_seconds,
         "feature_seconds": prepared.feature_seconds,
+        **prepared.feature_timings,
         "train_seconds": train_seconds,
         "evaluate_seconds": t3 - t2,
         "iterations_per_second": request.iters / train_seconds if train_seconds > 0 else None,
@@ -416,6 +436,7 @@ def run_training(
             "sampling": "shuffled epochs",
             "init_scale": 1e-4,
             "features": prepared.features.kind,
+            "lr_decay": request.lr_decay,
         }
         model = Model(
             W=result.weights[best],

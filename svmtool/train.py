@@ -105,18 +105,23 @@ def sgd_grid(
     init_scale: float = 1e-4,
     on_step: StepFn | None = None,
     report_every: int = 10,
+    lr_decay: float = 1.0,
 ) -> GridResult:
     """Train K = len(lrs) linear SVMs side by side; configuration k uses lrs[k], regs[k].
 
     X: (N, D) rows in random order (see ``minibatches``), dtype float32 or
     float64; y: (N,). All configurations start from the same W (drawn once
-    from ``rng``) and see the same minibatches.
+    from ``rng``) and see the same minibatches. Every learning rate is
+    multiplied by ``lr_decay`` after each epoch (N // batch_size steps), as
+    CS231n's solvers do; 1 keeps it constant.
     """
     lr = np.asarray(lrs, dtype=np.float64)
     reg = np.asarray(regs, dtype=np.float64)
     if lr.shape != reg.shape or lr.ndim != 1 or lr.size == 0:
         raise ValueError("lrs and regs must be equal-length, non-empty sequences")
     check_settings(lr.tolist(), reg.tolist(), delta, iters, batch_size)
+    if not 0 < lr_decay <= 1:
+        raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
     n, d = X.shape
     k, c = lr.size, num_classes
     dtype = X.dtype
@@ -134,6 +139,7 @@ def sgd_grid(
     decay = (1 - 2 * lr * reg).astype(dtype)
     neg_step = (-lr).astype(dtype)
     y = np.asarray(y)
+    epoch = max(1, n // batch_size)
 
     with np.errstate(over="ignore", invalid="ignore"):
         decay_cols, step_cols = _per_column(decay[alive], c), _per_column(neg_step[alive], c)
@@ -169,6 +175,12 @@ def sgd_grid(
                 step_cols = _per_column(neg_step[alive], c)
                 if alive.size == 0:
                     break
+            if lr_decay != 1 and (it + 1) % epoch == 0:
+                current = lr * lr_decay ** ((it + 1) // epoch)
+                decay = (1 - 2 * current * reg).astype(dtype)
+                neg_step = (-current).astype(dtype)
+                decay_cols = _per_column(decay[alive], c)
+                step_cols = _per_column(neg_step[alive], c)
             if on_step and (it % report_every == 0 or it == iters - 1):
                 on_step(it, losses[it])
 
