@@ -16,7 +16,7 @@ from svmtool import __version__
 from svmtool.data import Dataset, Split, load_dataset, mean_image, preprocess, split
 from svmtool.errors import SvmtoolError
 from svmtool.model import Model
-from svmtool.train import StepFn, accuracy, check_settings, sgd_grid
+from svmtool.train import StepFn, accuracy, check_settings, divergence_cause, sgd_grid
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -66,6 +66,12 @@ def parse_floats(text: str, name: str) -> list[float]:
     return values
 
 
+def check_seed(seed: int) -> None:
+    """numpy seeds must be non-negative; say so before anything is loaded."""
+    if seed < 0:
+        raise SvmtoolError(f"seed must be >= 0, got {seed}")
+
+
 def data_source_name(source: str) -> str:
     """How the model file records its data: a user's .npz by absolute path, so
     evaluate and gradcheck find it from any folder."""
@@ -92,6 +98,8 @@ class PreparedData:
     mean: np.ndarray  # (H, W, C) float64
     class_names: list[str]
     load_seconds: float
+    batch_size: int = 0  # what SGD will use: the request, or all rows if there are fewer
+    notices: list[str] = field(default_factory=list)  # for the user, before training
 
 
 def prepare_training(request: TrainRequest) -> PreparedData:
@@ -102,6 +110,7 @@ def prepare_training(request: TrainRequest) -> PreparedData:
         check_settings(request.lrs, request.regs, request.delta, request.iters, request.batch_size)
     except ValueError as exc:
         raise SvmtoolError(str(exc)) from None
+    check_seed(request.seed)
     dtype = DTYPES[request.dtype]
     t0 = time.perf_counter()
     dataset, parts = load_split(
@@ -125,6 +134,13 @@ def prepare_training(request: TrainRequest) -> PreparedData:
         load_seconds=0.0,
     )
     prepared.load_seconds = time.perf_counter() - t0
+    n = prepared.X_train.shape[0]
+    prepared.batch_size = min(request.batch_size, n)
+    if request.batch_size > n:
+        prepared.notices.append(
+            f"--batch-size {request.batch_size} is larger than the {n} training images:"
+            f" every step uses all {n} (full-batch gradient descent)"
+        )
     return prepared
 
 
@@ -153,6 +169,8 @@ def run_training(
         batch_size=request.batch_size,
         rng=np.random.default_rng(request.seed),
         on_step=on_step,
+        X_val=X_val,
+        y_val=y_val,
     )
     t2 = time.perf_counter()
     train_acc = accuracy(result.weights, X_train, y_train)
@@ -169,6 +187,17 @@ def run_training(
                 "reg": reg,
                 "diverged": diverged,
                 "diverged_at": int(result.diverged_at[k]) if diverged else None,
+                "diverged_because": divergence_cause(
+                    lr,
+                    reg,
+                    request.delta,
+                    int(result.diverged_at[k]),
+                    num_classes=num_classes,
+                    batch_size=result.batch_size,
+                    dtype=X_train.dtype.type,
+                )
+                if diverged
+                else None,
                 "train_accuracy": None if diverged else float(train_acc[k]),
                 "val_accuracy": None if diverged else float(val_acc[k]),
                 "final_loss": None if diverged else float(history[-1]),
@@ -197,6 +226,7 @@ def run_training(
             "delta": request.delta,
             "iters": request.iters,
             "batch_size": result.batch_size,
+            "batch_size_requested": request.batch_size,
             "seed": request.seed,
             "dtype": request.dtype,
             "data": data_source_name(request.data),
@@ -310,6 +340,7 @@ def gradcheck_batch(
     from svmtool import cifar
     from svmtool.data import CIFAR10, SYNTHETIC, default_data_dir
 
+    check_seed(seed)
     notice = None
     dataset = None
     source = data or (model.settings.get("data") if model else None)
