@@ -251,10 +251,10 @@ def test_negative_seed_is_one_line(command):
 def test_a_warning_from_anywhere_does_not_reach_the_user(monkeypatch, tmp_path):
     original = pipeline.prepare_training
 
-    def noisy(request):
+    def noisy(*args, **kwargs):
         warnings.warn("something numpy said", RuntimeWarning, stacklevel=1)
         np.float32(1e39)  # an overflow numpy warns about
-        return original(request)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "prepare_training", noisy)
     with warnings.catch_warnings(record=True) as caught:
