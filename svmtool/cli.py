@@ -26,6 +26,7 @@ from svmtool.terminal import (
     clean,
     fits,
     literal,
+    literal_lines,
     make_console,
     number_column,
     print_table,
@@ -605,7 +606,7 @@ def train(
     fixed = functools.partial(Column, no_wrap=True)
     with Progress(
         TextColumn(title if width >= 50 else "", table_column=fixed()),
-        BarColumn(bar_width=None),
+        BarColumn(bar_width=None, table_column=Column(max_width=40)),
         MofNCompleteColumn(table_column=fixed()),
         TextColumn("{task.fields[loss]}", table_column=fixed()),
         TimingColumn(table_column=fixed()),
@@ -1186,7 +1187,7 @@ def load_user_functions(spec_text: str):
 def user_code_failure(exc) -> typer.Exit:
     """Their traceback (their frames only), a hint if one fits, and one line. Exit 3."""
     if exc.details:
-        err.print(literal(exc.details), soft_wrap=True)
+        err.print(literal_lines(exc.details), soft_wrap=True)
     if exc.hint:
         say(f"hint: {exc.hint}")
     return fail(exc.summary, 3)
@@ -1244,7 +1245,7 @@ def run_user_check(functions, W, X, y, *, regs, delta, coords, h, tol, seed, sou
     for fn in report.functions:
         if fn.error is not None:
             if fn.error.details:
-                err.print(literal(fn.error.details), soft_wrap=True)
+                err.print(literal_lines(fn.error.details), soft_wrap=True)
             if fn.error.hint:
                 say(f"hint: {fn.error.hint}")
             say(f"Error: {fn.error.summary}")

@@ -15,9 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from svmtool.diagnose import CONVENTIONS
-from svmtool.terminal import clean, literal, number_column, print_table, text_column
+from svmtool.terminal import literal, literal_lines, number_column, print_table, text_column
 
-__all__ = ["literal"]  # the one helper for outside text lives in svmtool.terminal
+__all__ = ["literal", "literal_lines"]  # the one helper for outside text lives in svmtool.terminal
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -108,11 +108,6 @@ def _print_lines(console: Console, lines: list[str], indent: int = 0) -> None:
             break_on_hyphens=False,
         )
         console.print(literal_lines(filled), soft_wrap=True)
-
-
-def literal_lines(text: str) -> Text:
-    """Like ``literal`` but keeps newlines (the wrapping is ours)."""
-    return Text("\n".join(clean(part) for part in text.split("\n")))
 
 
 def render_user_check(report, console: Console) -> None:

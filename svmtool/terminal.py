@@ -41,6 +41,11 @@ def literal(text: object, style: str = "") -> Text:
     return Text(clean(text), style=style)
 
 
+def literal_lines(text: object, style: str = "") -> Text:
+    """Like ``literal``, but keeps line breaks (a traceback, text we wrapped ourselves)."""
+    return Text("\n".join(clean(line) for line in str(text).split("\n")), style=style)
+
+
 def make_console(stderr: bool = False) -> Console:
     """A console that interprets nothing in the strings it is given."""
     return Console(stderr=stderr, highlight=False, markup=False, emoji=False)

@@ -18,7 +18,15 @@ from typer.testing import CliRunner
 from svmtool import gradcheck as gc
 from svmtool import pipeline
 from svmtool.cli import app
-from svmtool.terminal import clean, literal, make_console, number_column, print_table, text_column
+from svmtool.terminal import (
+    clean,
+    literal,
+    literal_lines,
+    make_console,
+    number_column,
+    print_table,
+    text_column,
+)
 
 runner = CliRunner()
 
@@ -44,6 +52,11 @@ def test_clean_shows_control_characters_as_escapes():
     assert clean(HOSTILE) == VISIBLE
     assert clean("tab\there\nnew\u2028line\x7f") == "tab\\x09here\\x0anew\\u2028line\\x7f"
     assert clean("plain café ✓ [b]") == "plain café ✓ [b]"
+
+
+def test_literal_lines_keeps_line_breaks_only():
+    text = literal_lines('Traceback:\n  File "[bold]x.py"\x1b[2J\n\rError').plain
+    assert text.split("\n") == ["Traceback:", '  File "[bold]x.py"\\x1b[2J', "\\x0dError"]
 
 
 def test_literal_is_not_markup():
