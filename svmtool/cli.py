@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from svmtool import __version__
-from svmtool.errors import SvmtoolError
+from svmtool.errors import DataNotFound, SvmtoolError
 
 app = typer.Typer(
     help="The multi-class linear SVM on CIFAR-10: download, train, gradcheck, visualize.",
@@ -37,7 +37,22 @@ DATA_HELP = (
     "cifar10, synthetic (offline, seeded), or a path to an .npz with"
     " X_train, y_train, X_test, y_test."
 )
-DATA_DIR_HELP = "Where CIFAR-10 lives (default: the platform's user cache folder)."
+DATA_DIR_HELP = (
+    "Where CIFAR-10 lives: its cache, or an extracted cifar-10-batches-bin/-py folder"
+    " (default: $SVMTOOL_DATA_DIR, else the platform's user cache folder)."
+)
+MODEL_DATA_DIR_HELP = (
+    "Where CIFAR-10 lives (default: the folder the model was trained from, else"
+    " $SVMTOOL_DATA_DIR, else the platform's user cache folder)."
+)
+
+# What each command adds to "CIFAR-10 is not in ...": only options that command has.
+MISSING_DATA_ADVICE = {
+    "train": " (or pass --download, or --data synthetic to try the tool offline)",
+    "evaluate": " (or pass --data-dir FOLDER if it is elsewhere)",
+    "gradcheck": " (or pass --data-dir FOLDER if it is elsewhere, or --data synthetic)",
+}
+OUT_OF_MEMORY_ADVICE = {"train": "; try a smaller --num-train or --batch-size"}
 
 
 def say(message: str) -> None:
@@ -59,6 +74,8 @@ def handle_errors(command):
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
+        except DataNotFound as exc:
+            raise fail(str(exc) + MISSING_DATA_ADVICE.get(command.__name__, "")) from None
         except SvmtoolError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
@@ -68,7 +85,7 @@ def handle_errors(command):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
             raise typer.Exit(1) from None
         except MemoryError:
-            raise fail("out of memory; try a smaller --num-train or --batch-size") from None
+            raise fail("out of memory" + OUT_OF_MEMORY_ADVICE.get(command.__name__, "")) from None
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
             raise fail(f"{exc.strerror or exc}{where}") from None
@@ -98,8 +115,11 @@ def main_options(
     """The multi-class linear SVM on CIFAR-10: download, train, gradcheck, visualize."""
 
 
-def data_dir_option():
-    return typer.Option(None, "--data-dir", envvar="SVMTOOL_DATA_DIR", help=DATA_DIR_HELP)
+def data_dir_option(help: str = DATA_DIR_HELP):
+    # No envvar= here: $SVMTOOL_DATA_DIR is read by default_data_dir(), so the
+    # commands can tell a folder the user typed (which must hold the data) from
+    # the standing default (where gradcheck may find nothing and say so).
+    return typer.Option(None, "--data-dir", help=help)
 
 
 def resolve_data_dir(data_dir: Path | None) -> Path:
@@ -247,18 +267,37 @@ def train(
     delta: float = typer.Option(1.0, "--delta", help="The hinge margin."),
     iters: int = typer.Option(1500, "--iters", help="SGD steps."),
     batch_size: int = typer.Option(200, "--batch-size", help="Rows per minibatch."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the split, the initial W and the batches."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seeds the initial W, the order of the training rows and the batches; for data"
+        " other than CIFAR-10 also which images are validation and, with --num-train, which"
+        " train (CIFAR-10's split is by position, the same for every seed).",
+    ),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (fast) or float64."),
     num_train: int | None = typer.Option(
         None,
         "--num-train",
-        help="Training images (CIFAR-10: 49000; smaller data: all but the validation split).",
+        help="Training images (default: every image not in the validation split, 49000 for"
+        " CIFAR-10). CIFAR-10: the first N, as CS231n; other data: N drawn with --seed.",
     ),
     num_val: int | None = typer.Option(
         None,
         "--num-val",
-        help="Validation images, the last of the training set"
-        " (CIFAR-10: 1000; else min(1000, N/10)).",
+        help="Validation images (default: min(1000, N/10), 1000 for CIFAR-10). CIFAR-10: the"
+        " last of the training set (49000-49999), as CS231n; other data: a stratified sample"
+        " drawn with --seed, so data saved sorted by label still validates on every class.",
+    ),
+    init_scale: float = typer.Option(
+        1e-3,
+        "--init-scale",
+        help="W starts as this times a standard normal (CS231n's LinearClassifier: 0.001).",
+    ),
+    print_every: int = typer.Option(
+        0,
+        "--print-every",
+        help="Print 'iteration k / ITERS: loss L' every N steps to stderr, as CS231n's"
+        " notebook does with N=100 (0: only the progress bar).",
     ),
     model_path: Path = typer.Option(
         Path("svm_model.npz"), "--model", help="Where to write the model."
@@ -269,7 +308,8 @@ def train(
 
     The loss is the multi-class hinge with L2 regularization (reg * sum(W^2)).
 
-    W starts as 1e-4 * standard normal. Batches: shuffled epochs. The training
+    W starts as 0.001 * standard normal (--init-scale), as in CS231n's
+    LinearClassifier.train. Batches: shuffled epochs. The training
     rows are put in a seeded random order once; each epoch views them as s
     interleaved columns (s drawn at random), cuts the columns into whole
     batches from random offsets, and visits the batches in random order. A
@@ -280,6 +320,11 @@ def train(
 
     A comma-separated --lr and/or --reg trains every pair together in one pass
     (same seed, same batches) and saves the best by validation accuracy.
+
+    Split: CIFAR-10 keeps CS231n's (train images 0-48,999, validation
+    49,000-49,999). Any other data (an .npz, synthetic): the validation split
+    is a seeded, stratified random sample and every other image trains. The
+    test set is not touched here: svmtool evaluate --split test uses it.
 
     Example: svmtool train --lr 1e-7,5e-7 --reg 2.5e4,5e4
     """
@@ -300,7 +345,10 @@ def train(
         data_dir=data_dir,
         num_train=num_train,
         num_val=num_val,
+        init_scale=init_scale,
     )
+    if print_every < 0:
+        raise SvmtoolError(f"print_every must be >= 0, got {print_every}")
     if model_path.is_dir():
         raise SvmtoolError(f"--model {model_path} is a folder; give a file name")
     if not model_path.parent.is_dir():
@@ -314,7 +362,10 @@ def train(
         except SvmtoolError:
             fetch_cifar(where)
     prepared = prepare_training(request)
+    for warning in prepared.warnings:
+        say(f"Warning: {warning}")
     configs = len(request.lrs) * len(request.regs)
+    pairs = [(a, b) for a in request.lrs for b in request.regs]
     with Progress(
         TextColumn("training" if configs == 1 else f"training {configs} configurations"),
         BarColumn(),
@@ -328,11 +379,17 @@ def train(
         def on_step(it: int, losses) -> None:
             import numpy as np
 
+            if print_every and it % print_every == 0:
+                # Through the progress bar's console: the lines scroll above the bar.
+                for line in loss_lines(it, iters, losses, pairs):
+                    progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
             finite = losses[np.isfinite(losses)]
             shown = f"{finite.min():.4f}" if finite.size else "diverged"
             progress.update(task, completed=it + 1, loss=shown)
 
-        outcome = run_training(request, prepared, on_step)
+        # The bar needs a report every 10 steps; --print-every N needs one every N.
+        every = math.gcd(10, print_every) if print_every else 10
+        outcome = run_training(request, prepared, on_step, report_every=every)
     grid = outcome.grid
     if outcome.model is None:
         lrs = sorted({g["lr"] for g in grid})
@@ -352,6 +409,9 @@ def train(
                 "metrics": outcome.model.metrics,
                 "sizes": outcome.sizes,
                 "grid": grid,
+                # The best configuration's minibatch loss before each step (null once diverged).
+                "loss_history": outcome.model.loss_history.tolist(),
+                "warnings": outcome.warnings,
             }
         )
         return
@@ -375,7 +435,11 @@ def train(
     summary = Table(title="training result", show_header=False)
     summary.add_column(justify="left")
     summary.add_column(justify="right")
-    summary.add_row("data", f"{data} ({outcome.sizes['train']} train, {outcome.sizes['val']} val)")
+    sizes = outcome.sizes
+    rule = "CS231n's split" if sizes["split"] == "cs231n" else f"stratified val, seed {seed}"
+    summary.add_row("data", data)
+    summary.add_row("split", f"{sizes['train']} train, {sizes['val']} val ({rule})")
+    summary.add_row("test set", f"{sizes['test']} images (for svmtool evaluate)")
     summary.add_row("lr, reg", f"{best['lr']:g}, {best['reg']:g}")
     summary.add_row("train accuracy", _fmt(best["train_accuracy"]))
     summary.add_row("val accuracy", _fmt(best["val_accuracy"]))
@@ -390,6 +454,16 @@ def train(
     say(f"model written to {model_path}")
 
 
+def loss_lines(it: int, iters: int, losses, pairs: list[tuple[float, float]]) -> list[str]:
+    """CS231n's verbose line, 'iteration k / N: loss L', per configuration."""
+    if len(pairs) == 1:
+        return [f"iteration {it} / {iters}: loss {losses[0]:f}"]
+    return [
+        f"iteration {it} / {iters}: loss {loss:f} (lr {lr:g}, reg {reg:g})"
+        for loss, (lr, reg) in zip(losses, pairs, strict=True)
+    ]
+
+
 # --- evaluate / predict ------------------------------------------------------------
 
 
@@ -399,26 +473,47 @@ def evaluate(
     model_path: Path = typer.Option(Path("svm_model.npz"), "--model", help="The model file."),
     split: str = typer.Option("test", "--split", help="val, train or test."),
     data: str | None = typer.Option(
-        None, "--data", help="Default: the data the model was trained on."
+        None,
+        "--data",
+        help="Default: the data the model was trained on. Other data needs the model's image"
+        " shape and classes.",
     ),
-    data_dir: Path | None = data_dir_option(),
+    data_dir: Path | None = data_dir_option(MODEL_DATA_DIR_HELP),
+    num_test: int | None = typer.Option(
+        None,
+        "--num-test",
+        help="Evaluate on the first N test images (CS231n: 1000; default: the whole test set).",
+    ),
+    ignore_class_names: bool = typer.Option(
+        False,
+        "--ignore-class-names",
+        help="Evaluate data whose class names differ from the model's (the count must match;"
+        " label k is taken to be the model's class k).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Accuracy per class, and a confusion matrix.
 
-    Example: svmtool evaluate --split val
+    The test split is the whole test set (10,000 images for CIFAR-10) unless
+    --num-test asks for its first N. The train and val splits are the model's
+    own, recomputed from its seed and sizes.
+
+    Example: svmtool evaluate --split test --num-test 1000
     """
     from svmtool import model as model_io
     from svmtool.pipeline import evaluate as run_evaluate
 
     model = model_io.load(model_path)
-    result = run_evaluate(model, split, data, data_dir)
+    result = run_evaluate(model, split, data, data_dir, num_test, ignore_class_names)
+    for warning in result.warnings:
+        say(f"Warning: {warning}")
     names = model.class_names
     if as_json:
         print_json(
             {
                 "split": result.split,
                 "count": result.count,
+                "available": result.available,
                 "accuracy": result.accuracy,
                 "per_class": dict(zip(names, result.per_class, strict=True)),
                 "class_names": names,
@@ -426,7 +521,13 @@ def evaluate(
             }
         )
         return
-    out.print(f"{split} accuracy: {result.accuracy:.4f} on {result.count} images")
+    if split != "test":
+        scope = ""
+    elif result.count == result.available:
+        scope = " (the whole test set)"
+    else:
+        scope = f" (the first {result.count} of {result.available} test images)"
+    out.print(f"{split} accuracy: {result.accuracy:.4f} on {result.count} images{scope}")
     per = Table(title="per-class accuracy")
     per.add_column("class")
     per.add_column("accuracy", justify="right")
@@ -552,9 +653,13 @@ def gradcheck(
         None, "--sweep-delta", help="Comma-separated deltas: how often kinks occur for each."
     ),
     data: str | None = typer.Option(
-        None, "--data", help="Default: CIFAR-10's dev sample if downloaded, else synthetic."
+        None,
+        "--data",
+        help="Default: the model's data with --model; else CIFAR-10 when it is in the default"
+        " folder ($SVMTOOL_DATA_DIR, else the user cache), else synthetic, with a notice. Data"
+        " named by --data or --data-dir must be there.",
     ),
-    data_dir: Path | None = data_dir_option(),
+    data_dir: Path | None = data_dir_option(MODEL_DATA_DIR_HELP),
     model_path: Path | None = typer.Option(None, "--model", help="Check at a trained model's W."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
 ) -> None:
