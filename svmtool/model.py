@@ -12,9 +12,14 @@ import numpy as np
 
 from svmtool import __version__
 from svmtool.errors import SvmtoolError
+from svmtool.features import Features, feature_dim
 from svmtool.npzfile import read_npz
 
-FORMAT_VERSION = 1
+# 2: the feature pipeline (``features`` JSON and ``feature_*`` arrays). Format 1
+# files have neither and load as pixel models.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+FEATURE_PREFIX = "feature_"
 DEFAULT_MODEL = Path("svm_model.npz")
 
 
@@ -22,7 +27,9 @@ DEFAULT_MODEL = Path("svm_model.npz")
 class Model:
     """A trained linear SVM.
 
-    W: (D+1, C), bias row last, D = prod(image_shape); mean_image: image_shape.
+    W: (F+1, C), bias row last; F = prod(image_shape) for pixels, else the
+    feature length. mean_image: image_shape (the training mean; what pixel
+    models subtract). features: the pipeline that turns images into rows.
     settings/metrics/grid: JSON-able; loss_history: (iters,).
     """
 
@@ -34,6 +41,7 @@ class Model:
     loss_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
     grid: list[dict] = field(default_factory=list)
     svmtool_version: str = __version__
+    features: Features = field(default_factory=Features)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -76,7 +84,12 @@ def save(model: Model, path: Path) -> Path:
         "metrics": np.array(json.dumps(model.metrics)),
         "loss_history": np.asarray(model.loss_history, dtype=np.float64),
         "grid": np.array(json.dumps(model.grid)),
+        "features": np.array(
+            json.dumps({"kind": model.features.kind, "params": model.features.params})
+        ),
     }
+    for name, array in model.features.arrays.items():
+        arrays[FEATURE_PREFIX + name] = np.asarray(array)
     write_atomic(Path(path), lambda f: np.savez(f, **arrays))
     return Path(path)
 
@@ -95,9 +108,10 @@ def load(path: Path) -> Model:
     raw = read_npz(path, "model")
     if "format_version" in raw and raw["format_version"].shape == ():
         found = raw["format_version"].item()
-        if found != FORMAT_VERSION:
+        if found not in READABLE_VERSIONS:
             raise SvmtoolError(
-                f"{path} has model format {found}; this svmtool reads format {FORMAT_VERSION}"
+                f"{path} has model format {found}; this svmtool reads formats"
+                f" {', '.join(map(str, READABLE_VERSIONS))}"
             )
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
@@ -106,11 +120,12 @@ def load(path: Path) -> Model:
     W, mean_image = raw["W"], raw["mean_image"]
     image_shape = tuple(int(v) for v in raw["image_shape"])
     class_names = [str(n) for n in raw["class_names"]]
+    features = _load_features(path, raw, image_shape)
     if (
         W.ndim != 2
         or not np.issubdtype(W.dtype, np.floating)
         or mean_image.shape != image_shape
-        or W.shape[0] != int(np.prod(image_shape)) + 1
+        or W.shape[0] != feature_dim(features, image_shape) + 1
         or W.shape[1] != len(class_names)
         or len(class_names) < 2
     ):
@@ -133,4 +148,27 @@ def load(path: Path) -> Model:
         loss_history=raw["loss_history"],
         grid=grid,
         svmtool_version=str(raw["svmtool_version"]),
+        features=features,
     )
+
+
+def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple) -> Features:
+    """The model's feature pipeline, checked; a file without one is a pixel model."""
+    from svmtool.features import check
+
+    arrays = {k[len(FEATURE_PREFIX) :]: v for k, v in raw.items() if k.startswith(FEATURE_PREFIX)}
+    if "features" not in raw:
+        spec = {"kind": "pixels", "params": {}}
+    else:
+        try:
+            spec = json.loads(str(raw["features"]))
+        except json.JSONDecodeError as exc:
+            raise SvmtoolError(f"{path} has a damaged feature description: {exc}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("params", {}), dict):
+        raise SvmtoolError(f"{path} has a damaged feature description")
+    features = Features(str(spec.get("kind")), dict(spec.get("params", {})), arrays)
+    try:
+        check(features, image_shape)
+    except ValueError as exc:
+        raise SvmtoolError(f"{path}: {exc}") from None
+    return features

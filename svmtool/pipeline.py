@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +25,25 @@ from svmtool.data import (
     split,
 )
 from svmtool.errors import DataNotFound, SvmtoolError
+from svmtool.features import KINDS, Features
 from svmtool.model import Model
 from svmtool.train import StepFn, accuracy, check_settings, sgd_grid
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+# Training defaults per feature set. Pixels: CS231n's. Standardized features
+# (every column mean 0, variance 1) need a learning rate and a regularization
+# orders of magnitude away from those; see the README for the grid behind these.
+TRAIN_DEFAULTS = {
+    "pixels": {"lr": 1e-7, "reg": 2.5e4, "iters": 1500},
+    "hog": {"lr": 1e-3, "reg": 1e-2, "iters": 1500},
+    "kmeans": {"lr": 1e-3, "reg": 1e-3, "iters": 1500},
+}
+KMEANS_DEFAULTS = {"centroids": 1600, "patches": 400_000, "kmeans_iters": 50}
+
+ProgressFn = Callable[[str, int, int], None]
+"""Called as ``progress(stage, done, total)`` while features are learned or extracted;
+stage is 'k-means' (iterations) or 'features' (images)."""
 
 
 @dataclass
@@ -46,6 +62,11 @@ class TrainRequest:
     num_train: int | None = None
     num_val: int | None = None
     init_scale: float = 1e-3  # CS231n's LinearClassifier.train: W = 0.001 * randn
+    features: str = "pixels"
+    centroids: int = KMEANS_DEFAULTS["centroids"]
+    patches: int = KMEANS_DEFAULTS["patches"]
+    kmeans_iters: int = KMEANS_DEFAULTS["kmeans_iters"]
+    use_cache: bool = True
 
 
 @dataclass
@@ -112,12 +133,17 @@ class PreparedData:
     test_count: int = 0  # test images the data holds (evaluate uses them, train does not)
     data_dir: Path | None = None  # where CIFAR-10 was read from; None for other data
     warnings: list[str] = field(default_factory=list)
+    features: Features = field(default_factory=Features)
+    notes: list[str] = field(default_factory=list)  # what the feature cache did
+    feature_seconds: float = 0.0
 
 
-def prepare_training(request: TrainRequest) -> PreparedData:
-    """Check the request, load and split the data, preprocess it."""
+def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) -> PreparedData:
+    """Check the request, load and split the data, preprocess it (or turn it into features)."""
     if request.dtype not in DTYPES:
         raise SvmtoolError(f"dtype must be float32 or float64, got {request.dtype!r}")
+    if request.features not in KINDS:
+        raise SvmtoolError(f"features must be {', '.join(KINDS)}, got {request.features!r}")
     try:
         check_settings(request.lrs, request.regs, request.delta, request.iters, request.batch_size)
     except ValueError as exc:
@@ -135,9 +161,28 @@ def prepare_training(request: TrainRequest) -> PreparedData:
         num_val=request.num_val,
     )
     mean = mean_image(dataset.train_images, parts.train)
+    labels = np.asarray(dataset.train_labels)
+    if request.features != "pixels":
+        t1 = time.perf_counter()
+        built = build_features(dataset, parts, request, dtype, progress)
+        return PreparedData(
+            X_train=built.X_train,
+            y_train=labels[parts.train],
+            X_val=built.X_val,
+            y_val=labels[parts.val],
+            mean=mean,
+            class_names=list(dataset.class_names),
+            load_seconds=t1 - t0,
+            split_rule=parts.rule,
+            test_count=int(dataset.test_images.shape[0]),
+            data_dir=folder if request.data == CIFAR10 else None,
+            warnings=list(parts.warnings),
+            features=built.features,
+            notes=built.notes,
+            feature_seconds=time.perf_counter() - t1,
+        )
     # parts.train is a seeded permutation: the rows come out shuffled at no
     # extra cost, and SGD walks them as views.
-    labels = np.asarray(dataset.train_labels)
     prepared = PreparedData(
         X_train=preprocess(dataset.train_images, mean, parts.train, dtype),
         y_train=labels[parts.train],
@@ -153,6 +198,175 @@ def prepare_training(request: TrainRequest) -> PreparedData:
     )
     prepared.load_seconds = time.perf_counter() - t0
     return prepared
+
+
+# --- features -----------------------------------------------------------------------------
+
+
+def feature_cache(request_dir: Path | None):
+    """The feature cache under the data folder (``--data-dir``, else the default)."""
+    from svmtool.data import default_data_dir
+    from svmtool.featurecache import DIRNAME, FeatureCache
+
+    return FeatureCache((request_dir or default_data_dir()) / DIRNAME)
+
+
+def feature_params(request: TrainRequest) -> dict:
+    """The settings that define a feature pipeline (and key its cache entries)."""
+    from svmtool import features as F
+    from svmtool import kmeans as K
+
+    if request.features == "hog":
+        return {
+            "orientations": F.ORIENTATIONS,
+            "cell": F.CELL,
+            "hue_bins": F.HUE_BINS,
+            "unsigned": True,
+            "std_eps": F.HOG_STD_EPS,
+        }
+    return {
+        "centroids": request.centroids,
+        "patches": request.patches,
+        "kmeans_iters": request.kmeans_iters,
+        "seed": request.seed,
+        "patch": K.PATCH,
+        "norm_eps": K.NORM_EPS,
+        "whiten_eps": K.WHITEN_EPS,
+        "std_eps": 0.01,
+    }
+
+
+@dataclass
+class BuiltFeatures:
+    X_train: np.ndarray  # (num_train, F+1), standardized, bias last, parts.train order
+    X_val: np.ndarray  # (num_val, F+1)
+    features: Features
+    notes: list[str]
+
+
+def _check_feature_request(request: TrainRequest, image_shape: tuple[int, ...]) -> None:
+    from svmtool.kmeans import PATCH
+
+    if request.features == "kmeans":
+        if min(image_shape[:2]) < PATCH:
+            raise SvmtoolError(
+                f"k-means features need images of at least {PATCH} x {PATCH}, got"
+                f" {image_shape[0]} x {image_shape[1]}"
+            )
+        if request.centroids < 1:
+            raise SvmtoolError(f"centroids must be >= 1, got {request.centroids}")
+        if request.patches < request.centroids:
+            raise SvmtoolError(
+                f"patches must be >= centroids ({request.centroids}), got {request.patches}"
+            )
+        if request.kmeans_iters < 1:
+            raise SvmtoolError(f"kmeans-iters must be >= 1, got {request.kmeans_iters}")
+
+
+def build_features(
+    dataset: Dataset,
+    parts: Split,
+    request: TrainRequest,
+    dtype: type,
+    progress: ProgressFn | None = None,
+) -> BuiltFeatures:
+    """Fit the feature pipeline on the training split and turn train and val into rows.
+
+    The fitted pipeline (k-means) and the raw features of the train + val
+    images are read from the feature cache when an entry with the same data
+    fingerprint and settings exists, and stored there otherwise.
+    """
+    from svmtool import features as F
+    from svmtool.featurecache import fingerprint
+
+    _check_feature_request(request, dataset.image_shape)
+    params = feature_params(request)
+    cache = feature_cache(request.data_dir) if request.use_cache else None
+    notes: list[str] = []
+    images = dataset.train_images
+    train_sorted = np.sort(parts.train)
+
+    arrays: dict[str, np.ndarray] = {}
+    if request.features == "kmeans":
+        key = {
+            "what": "kmeans-fit",
+            "data": fingerprint(images, train_sorted),
+            "params": params,
+        }
+        found = cache.load(key) if cache else None
+        if found is not None:
+            arrays = {k: np.array(v) for k, v in found.items()}
+            notes.append(f"k-means dictionary read from the feature cache ({cache.path(key)})")
+        else:
+            from svmtool import kmeans as K
+
+            def on_iteration(done: int, total: int) -> None:
+                if progress:
+                    progress("k-means", done, total)
+
+            arrays = K.fit(
+                images[train_sorted],
+                request.centroids,
+                request.patches,
+                request.kmeans_iters,
+                np.random.default_rng(request.seed),
+                on_iteration,
+            )
+            if cache:
+                where = cache.store(key, arrays)
+                notes.append(f"k-means dictionary stored in the feature cache ({where})")
+
+    features = Features(request.features, params, arrays)
+    rows = np.sort(np.concatenate([parts.train, parts.val]))
+    raw = cached_raw_features(features, images, rows, cache, notes, progress)
+    pos_train = np.searchsorted(rows, parts.train)
+    pos_val = np.searchsorted(rows, parts.val)
+    mean, scale = F.standardization(raw, eps=params["std_eps"], rows=pos_train)
+    features.arrays = {**arrays, "mean": mean, "scale": scale}
+    return BuiltFeatures(
+        X_train=F.standardized_rows(raw, mean, scale, pos_train, dtype),
+        X_val=F.standardized_rows(raw, mean, scale, pos_val, dtype),
+        features=features,
+        notes=notes,
+    )
+
+
+def cached_raw_features(
+    features: Features,
+    images: np.ndarray,
+    rows: np.ndarray,
+    cache,
+    notes: list[str],
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Raw features (len(rows), F) of images[rows], from the cache when it has them."""
+    from svmtool import features as F
+    from svmtool.featurecache import array_digest, fingerprint
+
+    fitted = {k: v for k, v in features.arrays.items() if k not in ("mean", "scale")}
+    key = {
+        "what": "features",
+        "kind": features.kind,
+        "params": features.params,
+        "fit": array_digest(fitted),
+        "data": fingerprint(images, rows),
+    }
+    if cache is not None:
+        found = cache.load(key)
+        if found is not None:
+            where = cache.path(key)
+            notes.append(f"features of {rows.size} images read from the feature cache ({where})")
+            return found["raw"]
+
+    def on_images(done: int, total: int) -> None:
+        if progress:
+            progress("features", done, total)
+
+    raw = F.raw_features(Features(features.kind, features.params, fitted), images[rows], on_images)
+    if cache is not None:
+        where = cache.store(key, {"raw": raw})
+        notes.append(f"features of {rows.size} images stored in the feature cache ({where})")
+    return raw
 
 
 def run_training(
@@ -219,6 +433,7 @@ def run_training(
     train_seconds = t2 - t1
     timings = {
         "load_seconds": prepared.load_seconds,
+        "feature_seconds": prepared.feature_seconds,
         "train_seconds": train_seconds,
         "evaluate_seconds": t3 - t2,
         "iterations_per_second": request.iters / train_seconds if train_seconds > 0 else None,
@@ -246,6 +461,7 @@ def run_training(
             "num_val": sizes["val"],
             "sampling": "shuffled epochs",
             "init_scale": request.init_scale,
+            "features": prepared.features.kind,
         }
         model = Model(
             W=result.weights[best],
@@ -261,6 +477,7 @@ def run_training(
             loss_history=result.losses[:, best],
             grid=grid if len(grid) > 1 else [],
             svmtool_version=__version__,
+            features=prepared.features,
         )
     return TrainOutcome(
         grid=grid,
@@ -291,15 +508,37 @@ class Evaluation:
 
 
 def model_rows(
-    model: Model, images: np.ndarray, rows: np.ndarray | None = None, dtype: type | None = None
+    model: Model,
+    images: np.ndarray,
+    rows: np.ndarray | None = None,
+    cache=None,
+    notes: list[str] | None = None,
+    progress: ProgressFn | None = None,
+    dtype: type | None = None,
 ) -> np.ndarray:
-    """Preprocess images with the model's own mean image, in the model's dtype (or ``dtype``)."""
+    """The rows the model's W scores: images preprocessed with the model's own mean
+    image, or turned into its features and standardized, in the model's dtype (or
+    ``dtype``).
+
+    images: (M, H, W, C) uint8; rows: which images (all if None). With a
+    ``cache``, raw features are read from and stored in it.
+    """
     if tuple(images.shape[1:]) != model.image_shape:
         raise SvmtoolError(
             f"the data's images are {tuple(images.shape[1:])} but the model expects"
             f" {model.image_shape}"
         )
-    return preprocess(images, model.mean_image, rows, dtype=dtype or model.W.dtype.type)
+    dtype = dtype or model.W.dtype.type
+    if model.features.kind == "pixels":
+        return preprocess(images, model.mean_image, rows, dtype=dtype)
+    from svmtool.features import standardized_rows
+
+    index = np.arange(images.shape[0]) if rows is None else np.asarray(rows)
+    if notes is None:
+        notes = []
+    raw = cached_raw_features(model.features, images, index, cache, notes, progress)
+    a = model.features.arrays
+    return standardized_rows(raw, a["mean"], a["scale"], None, dtype)
 
 
 def check_classes(dataset: Dataset, model: Model, ignore_names: bool = False) -> None:
@@ -351,6 +590,9 @@ def evaluate(
     data_dir: Path | None = None,
     num_test: int | None = None,
     ignore_class_names: bool = False,
+    progress: ProgressFn | None = None,
+    notes: list[str] | None = None,
+    use_cache: bool = True,
 ) -> Evaluation:
     """Accuracy, per-class accuracy and confusion matrix on the train, val or test split.
 
@@ -358,12 +600,14 @@ def evaluate(
     split is involved, so any data with the model's image shape and classes
     works. train/val: the model's own split when ``data`` is the model's data
     (same seed and sizes), else that data's default split with the model's seed.
+    Feature models compute their features of the split (k-means: read from or
+    stored in the feature cache; ``notes`` says which).
     """
     if which not in ("train", "val", "test"):
         raise SvmtoolError(f"split must be train, val or test, got {which!r}")
     if num_test is not None and which != "test":
         raise SvmtoolError(f"--num-test applies to --split test, not --split {which}")
-    source, _ = model_data(model, data, data_dir)
+    source, folder = model_data(model, data, data_dir)
     dataset = load_model_data(model, data, data_dir)
     check_classes(dataset, model, ignore_class_names)
     settings = model.settings
@@ -386,7 +630,9 @@ def evaluate(
         available = int(rows.size)
     if rows.size == 0:
         raise SvmtoolError(f"the {which} split of {source} is empty")
-    X = model_rows(model, images, rows)
+    # The cache lives beside the data the model was trained from, as in train.
+    cache = feature_cache(folder) if use_cache and model.features.kind == "kmeans" else None
+    X = model_rows(model, images, rows, cache, notes, progress)
     y = np.asarray(labels)[rows]
     from svmtool.train import predict
 
@@ -466,7 +712,11 @@ def gradcheck_batch(
     parts = split(dataset, seed=seed)
     if model is not None:
         check_classes(dataset, model, ignore_names=True)  # names do not enter the loss
-        X = model_rows(model, dataset.train_images, parts.dev, dtype=np.float64)
+        if model.features.kind == "pixels":
+            X = model_rows(model, dataset.train_images, parts.dev, dtype=np.float64)
+        else:
+            # A feature model is checked on the rows it scores: the dev images' features.
+            X = model_rows(model, dataset.train_images, parts.dev).astype(np.float64)
         W = model.W.astype(np.float64)
     else:
         mean = mean_image(dataset.train_images, parts.train)
