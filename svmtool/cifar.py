@@ -15,7 +15,7 @@ import numpy as np
 
 from svmtool.data import Dataset
 from svmtool.download import ProgressFn, fetch, safe_extract, verify_md5
-from svmtool.errors import SvmtoolError
+from svmtool.errors import DataNotFound, SvmtoolError
 
 
 @dataclass(frozen=True)
@@ -294,9 +294,8 @@ def load(data_dir: Path) -> Dataset:
             f"the CIFAR-10 cache in {data_dir} cannot be used: {state};"
             f" run: svmtool download --force --data-dir {data_dir}"
         )
-    raise SvmtoolError(
+    raise DataNotFound(
         f"CIFAR-10 is not in {data_dir}; run: svmtool download --data-dir {data_dir}"
-        " (or pass --download, or --data synthetic to try the tool offline)"
     )
 
 

@@ -21,7 +21,7 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from svmtool import __version__
-from svmtool.errors import SvmtoolError
+from svmtool.errors import DataNotFound, SvmtoolError
 from svmtool.terminal import (
     clean,
     fits,
@@ -102,7 +102,22 @@ DATA_HELP = (
     "cifar10, synthetic (offline, seeded), or a path to an .npz with"
     " X_train, y_train, X_test, y_test."
 )
-DATA_DIR_HELP = "Where CIFAR-10 lives (default: the platform's user cache folder)."
+DATA_DIR_HELP = (
+    "Where CIFAR-10 lives: its cache, or an extracted cifar-10-batches-bin/-py folder"
+    " (default: $SVMTOOL_DATA_DIR, else the platform's user cache folder)."
+)
+MODEL_DATA_DIR_HELP = (
+    "Where CIFAR-10 lives (default: the folder the model was trained from, else"
+    " $SVMTOOL_DATA_DIR, else the platform's user cache folder)."
+)
+
+# What each command adds to "CIFAR-10 is not in ...": only options that command has.
+MISSING_DATA_ADVICE = {
+    "train": " (or pass --download, or --data synthetic to try the tool offline)",
+    "evaluate": " (or pass --data-dir FOLDER if it is elsewhere)",
+    "gradcheck": " (or pass --data-dir FOLDER if it is elsewhere, or --data synthetic)",
+}
+OUT_OF_MEMORY_ADVICE = {"train": "; try a smaller --num-train or --batch-size"}
 DATA_METAVAR = "DATA"
 
 
@@ -137,6 +152,8 @@ def _run(command, *args, **kwargs):
         return command(*args, **kwargs)
     except (typer.Exit, typer.Abort):
         raise
+    except DataNotFound as exc:
+        raise fail(str(exc) + MISSING_DATA_ADVICE.get(command.__name__, "")) from None
     except SvmtoolError as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -146,7 +163,7 @@ def _run(command, *args, **kwargs):
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
         raise typer.Exit(EXIT_ERROR) from None
     except MemoryError:
-        raise fail("out of memory; try a smaller --num-train or --batch-size") from None
+        raise fail("out of memory" + OUT_OF_MEMORY_ADVICE.get(command.__name__, "")) from None
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
         raise fail(f"{exc.strerror or exc}{where}") from None
@@ -174,10 +191,11 @@ def main_options(
     """The multi-class linear SVM on CIFAR-10: download, train, gradcheck, visualize."""
 
 
-def data_dir_option():
-    return typer.Option(
-        None, "--data-dir", envvar="SVMTOOL_DATA_DIR", help=DATA_DIR_HELP, metavar="DIR"
-    )
+def data_dir_option(help: str = DATA_DIR_HELP):
+    # No envvar= here: $SVMTOOL_DATA_DIR is read by default_data_dir(), so the
+    # commands can tell a folder the user typed (which must hold the data) from
+    # the standing default (where gradcheck may find nothing and say so).
+    return typer.Option(None, "--data-dir", help=help, metavar="DIR")
 
 
 def resolve_data_dir(data_dir: Path | None) -> Path:
@@ -497,7 +515,12 @@ def train(
     ),
     batch_size: int = typer.Option(200, "--batch-size", help="Rows per minibatch.", metavar="N"),
     seed: int = typer.Option(
-        0, "--seed", help="Seeds the split, the initial W and the batches.", metavar="N"
+        0,
+        "--seed",
+        help="Seeds the initial W, the order of the training rows and the batches; for data"
+        " other than CIFAR-10 also which images are validation and, with --num-train, which"
+        " train (CIFAR-10's split is by position, the same for every seed).",
+        metavar="N",
     ),
     dtype: str = typer.Option(
         "float32", "--dtype", help="float32 (fast) or float64.", metavar="float32|float64"
@@ -505,14 +528,29 @@ def train(
     num_train: int | None = typer.Option(
         None,
         "--num-train",
-        help="Training images (CIFAR-10: 49000; smaller data: all but the validation split).",
+        help="Training images (default: every image not in the validation split, 49000 for"
+        " CIFAR-10). CIFAR-10: the first N, as CS231n; other data: N drawn with --seed.",
         metavar="N",
     ),
     num_val: int | None = typer.Option(
         None,
         "--num-val",
-        help="Validation images, the last of the training set"
-        " (CIFAR-10: 1000; else min(1000, N/10)).",
+        help="Validation images (default: min(1000, N/10), 1000 for CIFAR-10). CIFAR-10: the"
+        " last of the training set (49000-49999), as CS231n; other data: a stratified sample"
+        " drawn with --seed, so data saved sorted by label still validates on every class.",
+        metavar="N",
+    ),
+    init_scale: float = typer.Option(
+        1e-3,
+        "--init-scale",
+        help="W starts as this times a standard normal (CS231n's LinearClassifier: 0.001).",
+        metavar="FLOAT",
+    ),
+    print_every: int = typer.Option(
+        0,
+        "--print-every",
+        help="Print 'iteration k / ITERS: loss L' every N steps to stderr, as CS231n's"
+        " notebook does with N=100 (0: only the progress bar).",
         metavar="N",
     ),
     model_path: Path = typer.Option(
@@ -529,7 +567,8 @@ def train(
     kept in a cache keyed by the data and the settings, so a second run (or
     another lr/reg) does not compute them again.
 
-    W starts as 1e-4 * standard normal. Batches: shuffled epochs. The training
+    W starts as 0.001 * standard normal (--init-scale), as in CS231n's
+    LinearClassifier.train. Batches: shuffled epochs. The training
     rows are put in a seeded random order once; each epoch views them as s
     interleaved columns (s drawn at random), cuts the columns into whole
     batches from random offsets, and visits the batches in random order. A
@@ -540,6 +579,11 @@ def train(
 
     A comma-separated --lr and/or --reg trains every pair together in one pass
     (same seed, same batches) and saves the best by validation accuracy.
+
+    Split: CIFAR-10 keeps CS231n's (train images 0-48,999, validation
+    49,000-49,999). Any other data (an .npz, synthetic): the validation split
+    is a seeded, stratified random sample and every other image trains. The
+    test set is not touched here: svmtool evaluate --split test uses it.
 
     Example: svmtool train --lr 1e-7,5e-7 --reg 2.5e4,5e4
     """
@@ -571,6 +615,7 @@ def train(
         data_dir=data_dir,
         num_train=num_train,
         num_val=num_val,
+        init_scale=init_scale,
         features=features,
         use_cache=use_cache,
         **{
@@ -583,6 +628,8 @@ def train(
             if value is not None
         },
     )
+    if print_every < 0:
+        raise SvmtoolError(f"print_every must be >= 0, got {print_every}")
     if model_path.is_dir():
         raise SvmtoolError(f"--model {model_path} is a folder; give a file name")
     if not model_path.parent.is_dir():
@@ -599,6 +646,8 @@ def train(
         prepared = prepare_training(request, progress)
     for note in prepared.notes:
         say(note)
+    for warning in prepared.warnings:
+        say(f"Warning: {warning}")
     pairs = [(lr_k, reg_k) for lr_k in request.lrs for reg_k in request.regs]
     # Only the bar shrinks with the terminal; the text that would not fit is left out.
     width = err.width
@@ -615,6 +664,10 @@ def train(
         task = progress.add_task("train", total=iters, loss="loss —")
 
         def on_step(it: int, losses, leader: int) -> None:
+            if print_every and it % print_every == 0:
+                # Through the progress bar's console: the lines scroll above the bar.
+                for line in loss_lines(it, iters, losses, pairs):
+                    progress.console.print(clean(line), soft_wrap=True)
             # The loss of the configuration leading on validation accuracy (a
             # grid's configurations differ in reg, so their losses do not compare).
             if leader < 0:
@@ -628,7 +681,9 @@ def train(
                 shown = f"best loss {_loss_text(losses[leader])}"
             progress.update(task, completed=it + 1, loss=shown)
 
-        outcome = run_training(request, prepared, on_step)
+        # The bar needs a report every 10 steps; --print-every N needs one every N.
+        every = math.gcd(10, print_every) if print_every else 10
+        outcome = run_training(request, prepared, on_step, report_every=every)
     grid = outcome.grid
     if outcome.model is None:
         at = min(g["diverged_at"] for g in grid)
@@ -647,6 +702,9 @@ def train(
                 "metrics": outcome.model.metrics,
                 "sizes": outcome.sizes,
                 "grid": grid,
+                # The best configuration's minibatch loss before each step (null once diverged).
+                "loss_history": outcome.model.loss_history.tolist(),
+                "warnings": outcome.warnings,
             }
         )
         return
@@ -671,9 +729,11 @@ def train(
     summary = Table(title="training result", show_header=False)
     text_column(summary, "")
     text_column(summary, "", justify="right")
-    summary.add_row(
-        "data", literal(f"{data} ({outcome.sizes['train']} train, {outcome.sizes['val']} val)")
-    )
+    sizes = outcome.sizes
+    rule = "CS231n's split" if sizes["split"] == "cs231n" else f"stratified val, seed {seed}"
+    summary.add_row("data", literal(data))  # a path the user typed: never markup
+    summary.add_row("split", f"{sizes['train']} train, {sizes['val']} val ({rule})")
+    summary.add_row("test set", f"{sizes['test']} images (for svmtool evaluate)")
     summary.add_row("features", _features_text(outcome.model.features))
     summary.add_row("lr, reg", f"{best['lr']:g}, {best['reg']:g}")
     summary.add_row("train accuracy", _fmt(best["train_accuracy"]))
@@ -692,6 +752,16 @@ def train(
                 f" ({_CAUSE_SHORT[g['diverged_because']]})"
             )
     say(f"model written to {model_path}")
+
+
+def loss_lines(it: int, iters: int, losses, pairs: list[tuple[float, float]]) -> list[str]:
+    """CS231n's verbose line, 'iteration k / N: loss L', per configuration."""
+    if len(pairs) == 1:
+        return [f"iteration {it} / {iters}: loss {losses[0]:f}"]
+    return [
+        f"iteration {it} / {iters}: loss {loss:f} (lr {lr:g}, reg {reg:g})"
+        for loss, (lr, reg) in zip(losses, pairs, strict=True)
+    ]
 
 
 # --- evaluate / predict ------------------------------------------------------------
@@ -722,9 +792,25 @@ def evaluate(
         "test", "--split", help="val, train or test.", metavar="val|train|test"
     ),
     data: str | None = typer.Option(
-        None, "--data", help="Default: the data the model was trained on.", metavar=DATA_METAVAR
+        None,
+        "--data",
+        help="Default: the data the model was trained on. Other data needs the model's image"
+        " shape and classes.",
+        metavar=DATA_METAVAR,
     ),
-    data_dir: Path | None = data_dir_option(),
+    data_dir: Path | None = data_dir_option(MODEL_DATA_DIR_HELP),
+    num_test: int | None = typer.Option(
+        None,
+        "--num-test",
+        help="Evaluate on the first N test images (CS231n: 1000; default: the whole test set).",
+        metavar="N",
+    ),
+    ignore_class_names: bool = typer.Option(
+        False,
+        "--ignore-class-names",
+        help="Evaluate data whose class names differ from the model's (the count must match;"
+        " label k is taken to be the model's class k).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     use_cache: bool = typer.Option(
         True, "--cache/--no-cache", help="kmeans models: read and store the split's features."
@@ -732,7 +818,11 @@ def evaluate(
 ) -> None:
     """Accuracy per class, and a confusion matrix.
 
-    Example: svmtool evaluate --split val
+    The test split is the whole test set (10,000 images for CIFAR-10) unless
+    --num-test asks for its first N. The train and val splits are the model's
+    own, recomputed from its seed and sizes.
+
+    Example: svmtool evaluate --split test --num-test 1000
     """
     from svmtool import model as model_io
     from svmtool.pipeline import evaluate as run_evaluate
@@ -740,15 +830,20 @@ def evaluate(
     model = model_io.load(model_path)
     notes: list[str] = []
     with feature_progress() as progress:
-        result = run_evaluate(model, split, data, data_dir, progress, notes, use_cache)
+        result = run_evaluate(
+            model, split, data, data_dir, num_test, ignore_class_names, progress, notes, use_cache
+        )
     for note in notes:
         say(note)
+    for warning in result.warnings:
+        say(f"Warning: {warning}")
     names = model.class_names
     if as_json:
         print_json(
             {
                 "split": result.split,
                 "count": result.count,
+                "available": result.available,
                 "accuracy": result.accuracy,
                 "per_class": dict(zip(names, result.per_class, strict=True)),
                 "class_names": names,
@@ -756,7 +851,13 @@ def evaluate(
             }
         )
         return
-    out.print(f"{split} accuracy: {result.accuracy:.4f} on {result.count} images")
+    if split != "test":
+        scope = ""
+    elif result.count == result.available:
+        scope = " (the whole test set)"
+    else:
+        scope = f" (the first {result.count} of {result.available} test images)"
+    out.print(f"{split} accuracy: {result.accuracy:.4f} on {result.count} images{scope}")
     per = Table(title="per-class accuracy")
     text_column(per, "class")
     number_column(per, "accuracy")
@@ -938,10 +1039,12 @@ def gradcheck(
     data: str | None = typer.Option(
         None,
         "--data",
-        help="Default: CIFAR-10's dev sample if downloaded, else synthetic.",
+        help="Default: the model's data with --model; else CIFAR-10 when it is in the default"
+        " folder ($SVMTOOL_DATA_DIR, else the user cache), else synthetic, with a notice. Data"
+        " named by --data or --data-dir must be there.",
         metavar=DATA_METAVAR,
     ),
-    data_dir: Path | None = data_dir_option(),
+    data_dir: Path | None = data_dir_option(MODEL_DATA_DIR_HELP),
     model_path: Path | None = typer.Option(
         None, "--model", help="Check at a trained model's W.", metavar="FILE"
     ),
