@@ -147,9 +147,15 @@ def _download_progress():
     )
 
 
-def fetch_cifar(data_dir: Path, **options):
-    """``cifar.download`` (same options) with a Rich progress bar on stderr."""
+DOWNLOAD_ADVICE = "use --url MIRROR or --from-file ARCHIVE"
+
+
+def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, **options):
+    """``cifar.download`` (same options) with a Rich progress bar on stderr, a
+    line for each retry, and ``advice`` (which must work from the command
+    that called it) after a failed download."""
     from svmtool import cifar
+    from svmtool.download import DownloadFailed
 
     bar = None
     task = None
@@ -163,8 +169,13 @@ def fetch_cifar(data_dir: Path, **options):
             task = bar.add_task("download", total=total)
         bar.update(task, completed=done, total=total)
 
+    def retrying(reason: str, delay: float, attempt: int, tries: int) -> None:
+        say(f"{reason}, retrying in {delay:g} s ({attempt}/{tries})")
+
     try:
-        return cifar.download(data_dir, progress=report, **options)
+        return cifar.download(data_dir, progress=report, on_retry=retrying, **options)
+    except DownloadFailed as exc:
+        raise SvmtoolError(f"{exc}; {advice}") from None
     finally:
         if bar is not None:
             bar.stop()
@@ -209,6 +220,8 @@ def download(
         force=force,
         keep_archive=keep_archive,
     )
+    if result.note:
+        say(result.note)
     if result.already:
         say(f"CIFAR-10 is already in {result.cache} (use --force to fetch it again)")
     else:
@@ -305,6 +318,10 @@ def train(
         raise SvmtoolError(f"--model {model_path} is a folder; give a file name")
     if not model_path.parent.is_dir():
         raise SvmtoolError(f"--model {model_path}: folder {model_path.parent} does not exist")
+    # The model's temporary file is made now, so a folder that cannot take it
+    # fails before training, not after; it is removed unless committed, and
+    # the commit (the move into place) is the last step, after the output.
+    pending = model_io.reserve(model_path)
     if download_first and data == "cifar10":
         from svmtool import cifar
 
@@ -312,7 +329,14 @@ def train(
         try:
             cifar.load(where)
         except SvmtoolError:
-            fetch_cifar(where)
+            fetch_cifar(
+                where,
+                advice=(
+                    f"fetch it with: svmtool download --data-dir {where} --url MIRROR,"
+                    f" or import a copy with: svmtool download --data-dir {where}"
+                    " --from-file ARCHIVE"
+                ),
+            )
     prepared = prepare_training(request)
     configs = len(request.lrs) * len(request.regs)
     with Progress(
@@ -342,7 +366,7 @@ def train(
             + ",".join(f"{v:g}" for v in lrs)
             + f"; try a smaller --lr such as {min(lrs) / 10:g}. No model was saved."
         )
-    model_io.save(outcome.model, model_path)
+    model_io.save(outcome.model, pending)
     best = grid[outcome.best]
     if as_json:
         print_json(
@@ -354,6 +378,7 @@ def train(
                 "grid": grid,
             }
         )
+        pending.commit()
         return
     if len(grid) > 1:
         table = Table(title="grid search (same seed, same batches)")
@@ -387,6 +412,7 @@ def train(
     for g in grid:
         if g["diverged"]:
             say(f"lr={g['lr']:g}, reg={g['reg']:g} diverged at iteration {g['diverged_at']}")
+    pending.commit()
     say(f"model written to {model_path}")
 
 

@@ -104,6 +104,9 @@ def synthetic(
 # --- a user's .npz -----------------------------------------------------------
 
 NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
+# A bound on the number of classes: above ImageNet-21k's 21,841, far below
+# what a stray label (10**9) would ask for.
+MAX_CLASSES = 100_000
 
 
 def load_npz(path: Path) -> Dataset:
@@ -136,8 +139,18 @@ def load_npz(path: Path) -> Dataset:
     if arrays["y_train"].size == 0:
         raise SvmtoolError(f"{path}: X_train is empty")
     top = max(int(arrays["y_train"].max()), int(arrays["y_test"].max(initial=0)))
+    if top >= MAX_CLASSES:
+        # Checked before anything is sized by it (class names, W, a confusion matrix).
+        raise SvmtoolError(
+            f"{path}: label {top} would make {top + 1} classes; svmtool allows at most"
+            f" {MAX_CLASSES:,} (labels must be class indices 0..C-1)"
+        )
     if names is not None:
-        class_names = [str(n) for n in np.asarray(names).ravel()]
+        if names.ndim != 1 or names.dtype.kind not in "US":
+            raise SvmtoolError(
+                f"{path}: class_names must be a list of strings, got {names.dtype} {names.shape}"
+            )
+        class_names = [str(n) for n in names]
         if top >= len(class_names):
             raise SvmtoolError(
                 f"{path}: label {top} is out of range for {len(class_names)} class_names"

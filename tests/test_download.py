@@ -186,7 +186,11 @@ def test_refused_connection_is_one_clear_line(tmp_path):
     result = run("download", "--data-dir", str(tmp_path), "--url", url)
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and url in lines[0] and "--url" in lines[0], result.output
+    # Each retry is shown, then one error line.
+    assert lines[:-1] == [f"connection failed, retrying in 0 s ({k}/5)" for k in range(2, 6)], (
+        result.output
+    )
+    assert url in lines[-1] and "--url" in lines[-1] and "after 5 tries" in lines[-1]
 
 
 def test_from_file_imports_offline(archive, tiny, tmp_path):
