@@ -50,6 +50,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+_at_end: list = []
+
+
+def at_end(cleanup) -> None:
+    """Call ``cleanup()`` when the running command ends, however it ends."""
+    _at_end.append(cleanup)
+
+
 def handle_errors(command):
     """Library errors become one line and exit code 1, never a traceback."""
 
@@ -79,6 +87,9 @@ def handle_errors(command):
                 f"internal error: {type(exc).__name__}: {exc}"
                 " (set SVMTOOL_DEBUG=1 for the traceback, and please report it)"
             ) from None
+        finally:
+            while _at_end:
+                _at_end.pop()()
 
     return wrapper
 
@@ -322,6 +333,7 @@ def train(
     # fails before training, not after; it is removed unless committed, and
     # the commit (the move into place) is the last step, after the output.
     pending = model_io.reserve(model_path)
+    at_end(pending.discard)
     if download_first and data == "cifar10":
         from svmtool import cifar
 
