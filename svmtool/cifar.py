@@ -18,7 +18,7 @@ import numpy as np
 
 from svmtool.data import Dataset
 from svmtool.download import ProgressFn, RetryFn, fetch, safe_extract, verify_md5
-from svmtool.errors import SvmtoolError
+from svmtool.errors import DataNotFound, SvmtoolError
 from svmtool.files import (
     disk_error,
     is_regular_file,
@@ -485,9 +485,8 @@ def load(data_dir: Path) -> Dataset:
             return read_batches(folder)
     if opened != "missing":
         raise _unusable(data_dir, opened)
-    raise SvmtoolError(
+    raise DataNotFound(
         f"CIFAR-10 is not in {data_dir}; run: svmtool download --data-dir {data_dir}"
-        " (or pass --download, or --data synthetic to try the tool offline)"
     )
 
 

@@ -6,6 +6,7 @@ numpy and the library modules are imported inside the commands so that
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -16,9 +17,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from svmtool import __version__
-from svmtool.errors import SvmtoolError
+from svmtool.errors import DataNotFound, SvmtoolError
+from svmtool.report import literal
 
 app = typer.Typer(
     help="The multi-class linear SVM on CIFAR-10: download, train, gradcheck, visualize.",
@@ -37,7 +40,22 @@ DATA_HELP = (
     "cifar10, synthetic (offline, seeded), or a path to an .npz with"
     " X_train, y_train, X_test, y_test."
 )
-DATA_DIR_HELP = "Where CIFAR-10 lives (default: the platform's user cache folder)."
+DATA_DIR_HELP = (
+    "Where CIFAR-10 lives: its cache, or an extracted cifar-10-batches-bin/-py folder"
+    " (default: $SVMTOOL_DATA_DIR, else the platform's user cache folder)."
+)
+MODEL_DATA_DIR_HELP = (
+    "Where CIFAR-10 lives (default: the folder the model was trained from, else"
+    " $SVMTOOL_DATA_DIR, else the platform's user cache folder)."
+)
+
+# What each command adds to "CIFAR-10 is not in ...": only options that command has.
+MISSING_DATA_ADVICE = {
+    "train": " (or pass --download, or --data synthetic to try the tool offline)",
+    "evaluate": " (or pass --data-dir FOLDER if it is elsewhere)",
+    "gradcheck": " (or pass --data-dir FOLDER if it is elsewhere, or --data synthetic)",
+}
+OUT_OF_MEMORY_ADVICE = {"train": "; try a smaller --num-train or --batch-size"}
 
 
 def say(message: str) -> None:
@@ -67,6 +85,8 @@ def handle_errors(command):
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
+        except DataNotFound as exc:
+            raise fail(str(exc) + MISSING_DATA_ADVICE.get(command.__name__, "")) from None
         except SvmtoolError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
@@ -76,7 +96,7 @@ def handle_errors(command):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
             raise typer.Exit(1) from None
         except MemoryError:
-            raise fail("out of memory; try a smaller --num-train or --batch-size") from None
+            raise fail("out of memory" + OUT_OF_MEMORY_ADVICE.get(command.__name__, "")) from None
         except OSError as exc:
             where = f" ({exc.filename})" if exc.filename else ""
             raise fail(f"{exc.strerror or exc}{where}") from None
@@ -109,8 +129,11 @@ def main_options(
     """The multi-class linear SVM on CIFAR-10: download, train, gradcheck, visualize."""
 
 
-def data_dir_option():
-    return typer.Option(None, "--data-dir", envvar="SVMTOOL_DATA_DIR", help=DATA_DIR_HELP)
+def data_dir_option(help: str = DATA_DIR_HELP):
+    # No envvar= here: $SVMTOOL_DATA_DIR is read by default_data_dir(), so the
+    # commands can tell a folder the user typed (which must hold the data) from
+    # the standing default (where gradcheck may find nothing and say so).
+    return typer.Option(None, "--data-dir", help=help)
 
 
 def resolve_data_dir(data_dir: Path | None) -> Path:
@@ -248,6 +271,63 @@ def download(
 # --- train -------------------------------------------------------------------------
 
 
+def _features_text(features) -> str:
+    """'pixels', 'hog (154 values)', 'kmeans (K = 1600, 6400 values)'."""
+    if features.kind == "pixels":
+        return "pixels"
+    size = features.arrays["mean"].shape[0]
+    if features.kind == "kmeans":
+        return f"kmeans (K = {features.arrays['centroids'].shape[0]}, {size} values)"
+    return f"{features.kind} ({size} values)"
+
+
+@contextlib.contextmanager
+def feature_progress():
+    """A progress callback for feature learning and extraction: one bar per stage
+    (k-means iterations; images, with images/s and ETA), on stderr."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task):
+            unit = task.fields.get("unit", "")
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:,.1f} {unit}/s")
+
+    bar = None
+    tasks: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                Rate(),
+                TimeRemainingColumn(),
+                console=err,
+            )
+            bar.start()
+        if stage not in tasks:
+            unit = "iterations" if stage == "k-means" else "images"
+            tasks[stage] = bar.add_task(stage, total=total, unit=unit)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
 def _fmt(value, spec: str = ".4f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
@@ -262,27 +342,75 @@ def train(
     download_first: bool = typer.Option(
         False, "--download", help="Fetch CIFAR-10 first if it is missing."
     ),
-    lr: str = typer.Option(
-        "1e-7", "--lr", help="Learning rate, or a comma-separated list for a grid."
+    lr: str | None = typer.Option(
+        None,
+        "--lr",
+        help="Learning rate, or a comma-separated list for a grid"
+        " (default: pixels 1e-7, hog 1e-3, kmeans 1e-3).",
     ),
-    reg: str = typer.Option(
-        "2.5e4", "--reg", help="L2 strength, or a comma-separated list for a grid."
+    reg: str | None = typer.Option(
+        None,
+        "--reg",
+        help="L2 strength, or a comma-separated list for a grid"
+        " (default: pixels 2.5e4, hog 1e-2, kmeans 1e-3).",
     ),
     delta: float = typer.Option(1.0, "--delta", help="The hinge margin."),
-    iters: int = typer.Option(1500, "--iters", help="SGD steps."),
+    iters: int | None = typer.Option(
+        None, "--iters", help="SGD steps (default: pixels 1500, hog 1500, kmeans 1500)."
+    ),
+    features: str = typer.Option(
+        "pixels",
+        "--features",
+        help="pixels (CS231n's rows), hog (HOG + hue histogram, standardized) or kmeans"
+        " (Coates, Lee & Ng 2011: a learned dictionary of 6x6 patches, 4 x centroids"
+        " pooled triangle activations, standardized).",
+    ),
+    centroids: int | None = typer.Option(
+        None, "--centroids", help="kmeans: dictionary size K (default 1600, as in the paper)."
+    ),
+    patches: int | None = typer.Option(
+        None, "--patches", help="kmeans: random training patches k-means learns from (400000)."
+    ),
+    kmeans_iters: int | None = typer.Option(
+        None, "--kmeans-iters", help="kmeans: k-means iterations (default 50)."
+    ),
+    use_cache: bool = typer.Option(
+        True,
+        "--cache/--no-cache",
+        help="Read and store features in the feature cache (DATA_DIR/feature-cache).",
+    ),
     batch_size: int = typer.Option(200, "--batch-size", help="Rows per minibatch."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the split, the initial W and the batches."),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seeds the initial W, the order of the training rows and the batches; for data"
+        " other than CIFAR-10 also which images are validation and, with --num-train, which"
+        " train (CIFAR-10's split is by position, the same for every seed).",
+    ),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (fast) or float64."),
     num_train: int | None = typer.Option(
         None,
         "--num-train",
-        help="Training images (CIFAR-10: 49000; smaller data: all but the validation split).",
+        help="Training images (default: every image not in the validation split, 49000 for"
+        " CIFAR-10). CIFAR-10: the first N, as CS231n; other data: N drawn with --seed.",
     ),
     num_val: int | None = typer.Option(
         None,
         "--num-val",
-        help="Validation images, the last of the training set"
-        " (CIFAR-10: 1000; else min(1000, N/10)).",
+        help="Validation images (default: min(1000, N/10), 1000 for CIFAR-10). CIFAR-10: the"
+        " last of the training set (49000-49999), as CS231n; other data: a stratified sample"
+        " drawn with --seed, so data saved sorted by label still validates on every class.",
+    ),
+    init_scale: float = typer.Option(
+        1e-3,
+        "--init-scale",
+        help="W starts as this times a standard normal (CS231n's LinearClassifier: 0.001).",
+    ),
+    print_every: int = typer.Option(
+        0,
+        "--print-every",
+        help="Print 'iteration k / ITERS: loss L' every N steps to stderr, as CS231n's"
+        " notebook does with N=100 (0: only the progress bar).",
     ),
     model_path: Path = typer.Option(
         Path("svm_model.npz"), "--model", help="Where to write the model."
@@ -293,7 +421,13 @@ def train(
 
     The loss is the multi-class hinge with L2 regularization (reg * sum(W^2)).
 
-    W starts as 1e-4 * standard normal. Batches: shuffled epochs. The training
+    --features hog or kmeans trains on image features instead of pixels; the
+    model file keeps the whole feature pipeline. Features of a dataset are
+    kept in a cache keyed by the data and the settings, so a second run (or
+    another lr/reg) does not compute them again.
+
+    W starts as 0.001 * standard normal (--init-scale), as in CS231n's
+    LinearClassifier.train. Batches: shuffled epochs. The training
     rows are put in a seeded random order once; each epoch views them as s
     interleaved columns (s drawn at random), cuts the columns into whole
     batches from random offsets, and visits the batches in random order. A
@@ -305,16 +439,31 @@ def train(
     A comma-separated --lr and/or --reg trains every pair together in one pass
     (same seed, same batches) and saves the best by validation accuracy.
 
+    Split: CIFAR-10 keeps CS231n's (train images 0-48,999, validation
+    49,000-49,999). Any other data (an .npz, synthetic): the validation split
+    is a seeded, stratified random sample and every other image trains. The
+    test set is not touched here: svmtool evaluate --split test uses it.
+
     Example: svmtool train --lr 1e-7,5e-7 --reg 2.5e4,5e4
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from svmtool import model as model_io
-    from svmtool.pipeline import TrainRequest, parse_floats, prepare_training, run_training
+    from svmtool.pipeline import (
+        TRAIN_DEFAULTS,
+        TrainRequest,
+        parse_floats,
+        prepare_training,
+        run_training,
+    )
 
+    if features not in TRAIN_DEFAULTS:
+        raise SvmtoolError(f"features must be pixels, hog or kmeans, got {features!r}")
+    defaults = TRAIN_DEFAULTS[features]
+    iters = defaults["iters"] if iters is None else iters
     request = TrainRequest(
-        lrs=parse_floats(lr, "lr"),
-        regs=parse_floats(reg, "reg"),
+        lrs=parse_floats(lr, "lr") if lr is not None else [defaults["lr"]],
+        regs=parse_floats(reg, "reg") if reg is not None else [defaults["reg"]],
         delta=delta,
         iters=iters,
         batch_size=batch_size,
@@ -324,7 +473,21 @@ def train(
         data_dir=data_dir,
         num_train=num_train,
         num_val=num_val,
+        init_scale=init_scale,
+        features=features,
+        use_cache=use_cache,
+        **{
+            name: value
+            for name, value in (
+                ("centroids", centroids),
+                ("patches", patches),
+                ("kmeans_iters", kmeans_iters),
+            )
+            if value is not None
+        },
     )
+    if print_every < 0:
+        raise SvmtoolError(f"print_every must be >= 0, got {print_every}")
     if model_path.is_dir():
         raise SvmtoolError(f"--model {model_path} is a folder; give a file name")
     if not model_path.parent.is_dir():
@@ -349,8 +512,14 @@ def train(
                     " --from-file ARCHIVE"
                 ),
             )
-    prepared = prepare_training(request)
+    with feature_progress() as progress:
+        prepared = prepare_training(request, progress)
+    for note in prepared.notes:
+        say(note)
+    for warning in prepared.warnings:
+        say(f"Warning: {warning}")
     configs = len(request.lrs) * len(request.regs)
+    pairs = [(a, b) for a in request.lrs for b in request.regs]
     with Progress(
         TextColumn("training" if configs == 1 else f"training {configs} configurations"),
         BarColumn(),
@@ -364,11 +533,17 @@ def train(
         def on_step(it: int, losses) -> None:
             import numpy as np
 
+            if print_every and it % print_every == 0:
+                # Through the progress bar's console: the lines scroll above the bar.
+                for line in loss_lines(it, iters, losses, pairs):
+                    progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
             finite = losses[np.isfinite(losses)]
             shown = f"{finite.min():.4f}" if finite.size else "diverged"
             progress.update(task, completed=it + 1, loss=shown)
 
-        outcome = run_training(request, prepared, on_step)
+        # The bar needs a report every 10 steps; --print-every N needs one every N.
+        every = math.gcd(10, print_every) if print_every else 10
+        outcome = run_training(request, prepared, on_step, report_every=every)
     grid = outcome.grid
     if outcome.model is None:
         lrs = sorted({g["lr"] for g in grid})
@@ -388,6 +563,9 @@ def train(
                 "metrics": outcome.model.metrics,
                 "sizes": outcome.sizes,
                 "grid": grid,
+                # The best configuration's minibatch loss before each step (null once diverged).
+                "loss_history": outcome.model.loss_history.tolist(),
+                "warnings": outcome.warnings,
             }
         )
         pending.commit()
@@ -412,12 +590,19 @@ def train(
     summary = Table(title="training result", show_header=False)
     summary.add_column(justify="left")
     summary.add_column(justify="right")
-    summary.add_row("data", f"{data} ({outcome.sizes['train']} train, {outcome.sizes['val']} val)")
+    sizes = outcome.sizes
+    rule = "CS231n's split" if sizes["split"] == "cs231n" else f"stratified val, seed {seed}"
+    summary.add_row("data", Text(data))  # a path the user typed: never markup
+    summary.add_row("split", f"{sizes['train']} train, {sizes['val']} val ({rule})")
+    summary.add_row("test set", f"{sizes['test']} images (for svmtool evaluate)")
+    summary.add_row("features", _features_text(outcome.model.features))
     summary.add_row("lr, reg", f"{best['lr']:g}, {best['reg']:g}")
     summary.add_row("train accuracy", _fmt(best["train_accuracy"]))
     summary.add_row("val accuracy", _fmt(best["val_accuracy"]))
     summary.add_row("final loss", _fmt(best["final_loss"]))
     summary.add_row("loading + preprocessing", f"{timings['load_seconds']:.2f} s")
+    if outcome.model.features.kind != "pixels":
+        summary.add_row("features (learn + extract)", f"{timings['feature_seconds']:.2f} s")
     summary.add_row("training time", f"{timings['train_seconds']:.2f} s")
     summary.add_row("iterations/s", f"{timings['iterations_per_second']:.0f}")
     out.print(summary)
@@ -426,6 +611,16 @@ def train(
             say(f"lr={g['lr']:g}, reg={g['reg']:g} diverged at iteration {g['diverged_at']}")
     pending.commit()
     say(f"model written to {model_path}")
+
+
+def loss_lines(it: int, iters: int, losses, pairs: list[tuple[float, float]]) -> list[str]:
+    """CS231n's verbose line, 'iteration k / N: loss L', per configuration."""
+    if len(pairs) == 1:
+        return [f"iteration {it} / {iters}: loss {losses[0]:f}"]
+    return [
+        f"iteration {it} / {iters}: loss {loss:f} (lr {lr:g}, reg {reg:g})"
+        for loss, (lr, reg) in zip(losses, pairs, strict=True)
+    ]
 
 
 # --- evaluate / predict ------------------------------------------------------------
@@ -437,26 +632,56 @@ def evaluate(
     model_path: Path = typer.Option(Path("svm_model.npz"), "--model", help="The model file."),
     split: str = typer.Option("test", "--split", help="val, train or test."),
     data: str | None = typer.Option(
-        None, "--data", help="Default: the data the model was trained on."
+        None,
+        "--data",
+        help="Default: the data the model was trained on. Other data needs the model's image"
+        " shape and classes.",
     ),
-    data_dir: Path | None = data_dir_option(),
+    data_dir: Path | None = data_dir_option(MODEL_DATA_DIR_HELP),
+    num_test: int | None = typer.Option(
+        None,
+        "--num-test",
+        help="Evaluate on the first N test images (CS231n: 1000; default: the whole test set).",
+    ),
+    ignore_class_names: bool = typer.Option(
+        False,
+        "--ignore-class-names",
+        help="Evaluate data whose class names differ from the model's (the count must match;"
+        " label k is taken to be the model's class k).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    use_cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="kmeans models: read and store the split's features."
+    ),
 ) -> None:
     """Accuracy per class, and a confusion matrix.
 
-    Example: svmtool evaluate --split val
+    The test split is the whole test set (10,000 images for CIFAR-10) unless
+    --num-test asks for its first N. The train and val splits are the model's
+    own, recomputed from its seed and sizes.
+
+    Example: svmtool evaluate --split test --num-test 1000
     """
     from svmtool import model as model_io
     from svmtool.pipeline import evaluate as run_evaluate
 
     model = model_io.load(model_path)
-    result = run_evaluate(model, split, data, data_dir)
+    notes: list[str] = []
+    with feature_progress() as progress:
+        result = run_evaluate(
+            model, split, data, data_dir, num_test, ignore_class_names, progress, notes, use_cache
+        )
+    for note in notes:
+        say(note)
+    for warning in result.warnings:
+        say(f"Warning: {warning}")
     names = model.class_names
     if as_json:
         print_json(
             {
                 "split": result.split,
                 "count": result.count,
+                "available": result.available,
                 "accuracy": result.accuracy,
                 "per_class": dict(zip(names, result.per_class, strict=True)),
                 "class_names": names,
@@ -464,7 +689,13 @@ def evaluate(
             }
         )
         return
-    out.print(f"{split} accuracy: {result.accuracy:.4f} on {result.count} images")
+    if split != "test":
+        scope = ""
+    elif result.count == result.available:
+        scope = " (the whole test set)"
+    else:
+        scope = f" (the first {result.count} of {result.available} test images)"
+    out.print(f"{split} accuracy: {result.accuracy:.4f} on {result.count} images{scope}")
     per = Table(title="per-class accuracy")
     per.add_column("class")
     per.add_column("accuracy", justify="right")
@@ -570,7 +801,11 @@ def _interpretation(report) -> list[str]:
 @handle_errors
 def gradcheck(
     delta: float = typer.Option(1.0, "--delta", help="The hinge margin."),
-    reg: float = typer.Option(0.0, "--reg", help="L2 strength."),
+    reg: float | None = typer.Option(
+        None,
+        "--reg",
+        help="L2 strength (default 0; with --loss, 0 and then 5e1, as CS231n's notebook).",
+    ),
     checks: int = typer.Option(10, "--checks", help="How many coordinates to draw with the seed."),
     h: float = typer.Option(1e-5, "--h", help="The centered-difference step."),
     seed: int = typer.Option(0, "--seed", help="Seeds W, the batch and the coordinates."),
@@ -590,22 +825,52 @@ def gradcheck(
         None, "--sweep-delta", help="Comma-separated deltas: how often kinks occur for each."
     ),
     data: str | None = typer.Option(
-        None, "--data", help="Default: CIFAR-10's dev sample if downloaded, else synthetic."
+        None,
+        "--data",
+        help="Default: the model's data with --model; else CIFAR-10 when it is in the default"
+        " folder ($SVMTOOL_DATA_DIR, else the user cache), else synthetic, with a notice. Data"
+        " named by --data or --data-dir must be there.",
     ),
-    data_dir: Path | None = data_dir_option(),
+    data_dir: Path | None = data_dir_option(MODEL_DATA_DIR_HELP),
     model_path: Path | None = typer.Option(None, "--model", help="Check at a trained model's W."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="Check at this W: a .npy file saved with np.save (D+1 x C)."
+    ),
+    loss: str | None = typer.Option(
+        None,
+        "--loss",
+        help="Check YOUR loss function: PATH.py:FUNC, package.module:FUNC, or PATH.py for its"
+        " svm_loss_naive and svm_loss_vectorized. Called as FUNC(W, X, y, reg) -> (loss, dW)"
+        " (delta too if it takes one). Loading the file runs it, as pytest does.",
+    ),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Write a PNG of the loss along the coordinate that straddled a kink worst"
+        " (needs matplotlib).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
 ) -> None:
-    """Check the gradient; explain every kink.
+    """Check the gradient; explain every kink. With --loss, check YOUR code.
 
     Compares the analytic gradient with centered differences, per coordinate.
 
     Runs in float64 on the 500-image dev sample: in float32 the rounding of a
     loss difference over h=1e-5 would swamp the comparison. Each coordinate is
     ok, kink (the step crossed a margin's kink, which explains the mismatch) or
-    FAIL. Exit status 1 when any coordinate FAILs.
+    FAIL.
 
-    Example: svmtool gradcheck --delta 1.0 --sweep-delta 0,1e-3,0.1,1,10
+    With --loss, your function is also held against the multi-class hinge loss
+    under both regularization conventions (reg*sum(W*W) and 0.5*reg*sum(W*W));
+    a mismatch is named after the known mistake that reproduces it. It is run
+    at other shapes (7 classes, N < D and N > D), and checked for changing its
+    inputs in place.
+
+    Exit status: 0 right; 1 wrong (a FAIL, or with --loss any finding);
+    3 your code could not be imported or raised.
+
+    Examples: svmtool gradcheck --delta 1.0 --sweep-delta 0,1e-3,0.1,1,10;
+    svmtool gradcheck --loss cs231n/classifiers/linear_svm.py
     """
     import numpy as np
 
@@ -617,7 +882,7 @@ def gradcheck(
         raise SvmtoolError(f"h must be > 0, got {h}")
     if not (delta >= 0 and math.isfinite(delta)):
         raise SvmtoolError(f"delta must be >= 0, got {delta}")
-    if not (reg >= 0 and math.isfinite(reg)):
+    if reg is not None and not (reg >= 0 and math.isfinite(reg)):
         raise SvmtoolError(f"reg must be >= 0, got {reg}")
     if checks < 1 and not coord:
         raise SvmtoolError(f"checks must be >= 1, got {checks}")
@@ -627,15 +892,32 @@ def gradcheck(
     deltas = parse_floats(sweep, "sweep-delta") if sweep else []
     if any(v < 0 for v in deltas):
         raise SvmtoolError(f"sweep-delta values must be >= 0, got {sweep}")
+    if model_path and weights:
+        raise SvmtoolError("give --model or --weights, not both")
+    if plot is not None:
+        check_plot_destination(plot)
+    functions = load_user_functions(loss) if loss else None
     model = model_io.load(model_path) if model_path else None
     batch = gradcheck_batch(data, data_dir, model, seed)
     if batch.notice:
         say(batch.notice)
     W, X, y = batch.W, batch.X, batch.y
+    point = "a trained model's W" if model else "W = 1e-4 * N(0, 1)"
+    if weights is not None:
+        W = weights_for(weights, X.shape[1], int(W.shape[1]))
+        point = f"W from {weights}"
     if coord:
         coords = [_parse_coord(t) for t in coord]
     else:
         coords = gc.draw_coordinates(W.shape, checks, np.random.default_rng(seed + 1))
+    if functions is not None:
+        regs = list(DEFAULT_USER_REGS) if reg is None else [reg]
+        run_user_check(
+            functions, W, X, y, regs=regs, delta=delta, coords=coords, h=h, tol=tol,
+            seed=seed, source=batch.source, point=point, plot=plot, as_json=as_json,
+        )  # fmt: skip
+        return
+    reg = 0.0 if reg is None else reg
     try:
         report = gc.gradcheck(W, X, y, coords, reg=reg, delta=delta, h=h, tol=tol)
     except ValueError as exc:
@@ -643,13 +925,14 @@ def gradcheck(
     sweep_rows = gc.sweep_delta(W, X, y, coords, deltas, h) if deltas else []
     naive = gc.compare_naive(W, X, y, reg, delta)
     failed = any(c.status == "FAIL" for c in report.checks)
+    plotted = write_kink_plot(plot, report, W, X, y, reg=reg, delta=delta, h=h) if plot else None
 
     if as_json:
         print_json(
             {
                 "data": batch.source,
                 "samples": int(X.shape[0]),
-                "point": "model" if model else "random W (1e-4 * N(0, 1))",
+                "point": point,
                 "delta": delta,
                 "reg": reg,
                 "h": h,
@@ -678,12 +961,12 @@ def gradcheck(
                 },
                 "sweep_delta": [vars(r) for r in sweep_rows],
                 "naive_vs_vectorized": vars(naive),
+                "plot": plotted,
                 "passed": not failed,
             }
         )
         raise typer.Exit(1 if failed else 0)
 
-    point = "a trained model's W" if model else "W = 1e-4 * N(0, 1)"
     out.print(
         f"gradient check on {X.shape[0]} samples of {batch.source} (float64) at {point};"
         f" delta={delta:g}, reg={reg:g}, h={h:g}, tol={tol:g}, loss={report.loss:.6f}",
@@ -748,6 +1031,144 @@ def gradcheck(
         raise typer.Exit(1)
 
 
+DEFAULT_USER_REGS = (0.0, 5e1)
+
+
+def check_plot_destination(plot: Path) -> None:
+    """Fail before any work if --plot cannot be written."""
+    from svmtool import images
+
+    if not images.plots_available():
+        raise SvmtoolError("--plot needs matplotlib: pip install 'svmtool[plots]'")
+    if plot.is_dir():
+        raise SvmtoolError(f"--plot {plot} is a folder; give a file name such as kink.png")
+    parent = plot.parent if str(plot.parent) else Path(".")
+    if not parent.is_dir():
+        raise SvmtoolError(f"--plot {plot}: folder {parent} does not exist")
+
+
+def write_kink_plot(plot: Path, report, W, X, y, *, reg, delta, h, loss_fn=None) -> str | None:
+    """Draw the worst kink-straddling coordinate of a GradcheckReport into ``plot``."""
+    from svmtool import gradcheck as gc
+    from svmtool import images
+    from svmtool.model import write_atomic
+
+    worst = gc.worst_kink(report.checks)
+    if worst is None:
+        say(
+            f"no checked coordinate straddled a kink, so {plot} was not written"
+            " (try more --checks, or --model for a trained W)"
+        )
+        return None
+    curve = gc.kink_curve(W, X, y, worst, reg=reg, delta=delta, h=h, loss_fn=loss_fn)
+    write_atomic(plot, lambda f: images.kink_plot(curve, f))
+    say(f"the loss along W[{worst.d}, {worst.c}] around its kink: {plot}")
+    return str(plot)
+
+
+def load_user_functions(spec_text: str):
+    """Import the user's file (this runs it); their errors become exit code 3."""
+    from contextlib import redirect_stdout
+
+    from svmtool.usercode import UserCodeError, load_functions, parse_spec
+
+    spec = parse_spec(spec_text)
+    try:
+        # Their prints go to stderr: stdout carries the report (and --json).
+        with redirect_stdout(sys.stderr):
+            return load_functions(spec)
+    except UserCodeError as exc:
+        raise user_code_failure(exc) from None
+
+
+def user_code_failure(exc) -> typer.Exit:
+    """Their traceback (their frames only), a hint if one fits, and one line. Exit 3."""
+    if exc.details:
+        err.print(literal(exc.details), soft_wrap=True)
+    if exc.hint:
+        say(f"hint: {exc.hint}")
+    return fail(exc.summary, 3)
+
+
+def weights_for(path: Path, rows: int, classes: int):
+    """W from a .npy (np.save in a notebook), checked against the data: (D+1, C) floats."""
+    import numpy as np
+
+    from svmtool.npzfile import read_npy
+
+    W = read_npy(path, "weights")
+    if W.ndim != 2 or W.dtype.kind not in "fiu":
+        raise SvmtoolError(
+            f"--weights {path}: expected a 2-D array of numbers, got {W.dtype} {W.shape}"
+        )
+    if W.shape != (rows, classes):
+        hint = ""
+        if W.shape == (classes, rows):
+            hint = " (transposed: C x D is the 2015 assignment's layout; use W.T)"
+        elif W.shape == (rows - 1, classes):
+            hint = " (one row short: the bias row goes last)"
+        raise SvmtoolError(
+            f"--weights {path} is {W.shape[0]} x {W.shape[1]}, the data needs {rows} x"
+            f" {classes}{hint}"
+        )
+    W = W.astype(np.float64)
+    if not np.all(np.isfinite(W)):
+        raise SvmtoolError(f"--weights {path} holds NaN or infinite values")
+    return W
+
+
+def run_user_check(functions, W, X, y, *, regs, delta, coords, h, tol, seed, source, point,
+                   plot, as_json) -> None:  # fmt: skip
+    """gradcheck --loss: check the user's function(s), render, exit with the verdict."""
+    from contextlib import redirect_stdout
+
+    from svmtool.report import render_user_check, user_check_json
+    from svmtool.usercheck import run_check
+
+    with redirect_stdout(sys.stderr):
+        report = run_check(
+            functions, W, X, y, regs=regs, delta=delta, coords=coords, h=h, tol=tol,
+            seed=seed, source=source, point=point,
+        )  # fmt: skip
+        plotted = None
+        if plot is not None:
+            plotted = _plot_user_kink(plot, report, functions, W, X, y, h)
+    if as_json:
+        document = user_check_json(report)
+        document["plot"] = plotted
+        print_json(document)
+    else:
+        render_user_check(report, out)
+    for fn in report.functions:
+        if fn.error is not None:
+            if fn.error.details:
+                err.print(literal(fn.error.details), soft_wrap=True)
+            if fn.error.hint:
+                say(f"hint: {fn.error.hint}")
+            say(f"Error: {fn.error.summary}")
+    raise typer.Exit(report.exit_code)
+
+
+def _plot_user_kink(plot, report, functions, W, X, y, h):
+    """The worst kink among every function's checks, drawn with that function's loss."""
+    from svmtool import gradcheck as gc
+
+    best = None
+    for fn, fr in zip(functions, report.functions, strict=True):
+        for rc in fr.regs:
+            if rc.gradcheck is None:
+                continue
+            worst = gc.worst_kink(rc.gradcheck.checks)
+            if worst is not None and (best is None or worst.rel_error > best[0].rel_error):
+                best = (worst, fn, rc.gradcheck, fr.delta)
+    if best is None:
+        say(f"no checked coordinate straddled a kink, so {plot} was not written")
+        return None
+    worst, fn, gcr, used_delta = best
+    single = type(gcr)(**{**vars(gcr), "checks": [worst]})
+    return write_kink_plot(plot, single, W, X, y, reg=gcr.reg, delta=used_delta, h=h, loss_fn=fn)
+
+
 # --- visualize -----------------------------------------------------------------------
 
 
@@ -767,6 +1188,9 @@ def visualize(
 
     Files: NN_classname.png per class, templates.png, and with matplotlib
     (pip install 'svmtool[plots]') loss.png and, after a grid search, grid.png.
+    A hog model has no image template: its files show each class's weight per
+    HOG cell (NN_classname_hog_cells.png, hog_cells.png). A kmeans model's
+    centroids.png shows its dictionary as 6x6 patches.
 
     Example: svmtool visualize --out-dir templates
     """
@@ -780,12 +1204,37 @@ def visualize(
     model = model_io.load(model_path)
     if len(model.image_shape) != 3:
         raise SvmtoolError(f"{model_path}: image shape {model.image_shape} is not H x W x C")
-    pictures = images.templates(model.W, model.image_shape, scale)
-    tiles = [images.to_pil(p, zoom) for p in pictures]
     files: dict[str, object] = {}
-    for i, (tile, name) in enumerate(zip(tiles, model.class_names, strict=True)):
-        files[f"{i:02d}_{images.safe_filename(name)}.png"] = tile
-    files["templates.png"] = images.montage(tiles, model.class_names)
+    kind = model.features.kind
+    if kind == "pixels":
+        pictures = images.templates(model.W, model.image_shape, scale)
+        tiles = [images.to_pil(p, zoom) for p in pictures]
+        for i, (tile, name) in enumerate(zip(tiles, model.class_names, strict=True)):
+            files[f"{i:02d}_{images.safe_filename(name)}.png"] = tile
+        files["templates.png"] = images.montage(tiles, model.class_names)
+    elif kind == "hog":
+        say(
+            "a hog model has no image template: W weighs HOG cells and hue bins, not"
+            " pixels. Writing each class's weight per 8x8 cell (sum over the 9 orientations;"
+            " red for, blue against the class, one scale for all classes) instead."
+        )
+        maps = images.diverging(images.hog_cell_maps(model.W, model.image_shape))
+        cell_zoom = zoom * 8
+        tiles = [images.to_pil(m, cell_zoom) for m in maps]
+        for i, (tile, name) in enumerate(zip(tiles, model.class_names, strict=True)):
+            files[f"{i:02d}_{images.safe_filename(name)}_hog_cells.png"] = tile
+        files["hog_cells.png"] = images.montage(tiles, model.class_names)
+    else:
+        a = model.features.arrays
+        say(
+            "a kmeans model's W weighs pooled centroid activations, not pixels. Writing its"
+            f" {a['centroids'].shape[0]} centroids mapped back through the whitening as 6x6"
+            " patches (each stretched to full contrast)."
+        )
+        patches = images.centroid_patches(
+            a["centroids"], a["whiten_mean"], a["whiten"], model.image_shape[2]
+        )
+        files["centroids.png"] = images.patch_montage(patches, zoom)
     if images.plots_available():
         if len(model.loss_history):
             files["loss.png"] = functools.partial(images.loss_plot, model.loss_history)

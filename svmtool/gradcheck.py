@@ -278,3 +278,68 @@ def compare_naive(
     return NaiveComparison(
         abs(loss_n - loss_v), float(np.linalg.norm(grad_n - grad_v, "fro")), t1 - t0, t2 - t1
     )
+
+
+@dataclass
+class KinkCurve:
+    """The loss along W[d, c] around W: the picture of a kink-straddling check.
+
+    offsets: (P,) values of t; losses: (P,) L(W + t e_dc) - L(W).
+    """
+
+    d: int
+    c: int
+    h: float
+    offsets: np.ndarray
+    losses: np.ndarray
+    kinks: list[float]  # offsets t where a straddled margin crosses 0
+    numeric: float
+    analytic: float
+    kink_samples: list[KinkSample]
+
+
+def worst_kink(checks: Sequence[CoordCheck]) -> CoordCheck | None:
+    """The kink-straddling coordinate whose mismatch is largest: among those whose
+    mismatch the kink explains (status ``kink``) if there are any."""
+    straddled = [c for c in checks if c.status == "kink" and c.kinks]
+    straddled = straddled or [c for c in checks if c.kinks]
+    return max(straddled, key=lambda c: c.rel_error, default=None)
+
+
+def kink_curve(
+    W: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    check: CoordCheck,
+    *,
+    reg: float,
+    delta: float,
+    h: float,
+    loss_fn: LossFn | None = None,
+    points: int = 13,
+) -> KinkCurve:
+    """Sample the loss along W[d, c] over +-3h, and at every crossing of a kink.
+
+    Between kinks the loss is linear plus a quadratic far too small to see over
+    6h, so straight lines between these samples draw it: few calls suffice,
+    which matters for a user's loop-based loss.
+    """
+    loss_fn = loss_fn or svm_loss
+    d, c = check.d, check.c
+    x = X[:, d]
+    kinks = []
+    for k in check.kinks:
+        # dM[n, j]/dt is x[n, d] for the column j = c, and -x[n, d] when c is the true class.
+        slope = x[k.sample] if k.cls == c else -x[k.sample]
+        if slope != 0:
+            kinks.append(float(-k.margin / slope))
+    offsets = np.unique(np.concatenate([np.linspace(-3 * h, 3 * h, points), [-h, 0.0, h], kinks]))
+    base = loss_fn(W, X, y, reg, delta)[0]
+    losses = np.empty_like(offsets)
+    for i, t in enumerate(offsets):
+        moved = W.copy()
+        moved[d, c] += t
+        losses[i] = loss_fn(moved, X, y, reg, delta)[0] - base
+    return KinkCurve(
+        d, c, h, offsets, losses, sorted(kinks), check.numeric, check.analytic, check.kinks
+    )

@@ -242,3 +242,122 @@ def read_image(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
     resized = converted.resize((w, h), Image.Resampling.BILINEAR)
     array = np.asarray(resized, dtype=np.uint8)
     return array.reshape(h, w, c)
+
+
+def kink_plot(curve, path) -> None:
+    """The loss along one coordinate around a kink, the two points of the centered
+    difference, their secant, and the analytic slope (a KinkCurve from gradcheck).
+
+    Below it, the same lines minus the analytic tangent: the corner, a change of
+    slope of about |x_nd| / N, is too small to see on the loss itself.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = curve.h
+    t = curve.offsets / h  # in units of h: the picture reads the same for any h
+    ends = np.array([t.min(), t.max()])
+    at = np.interp([-1.0, 1.0], t, curve.losses)
+    fig, axes = plt.subplots(2, 1, figsize=(7, 6.4), dpi=100, sharex=True)
+    for ax, tangent in ((axes[0], 0.0), (axes[1], curve.analytic)):
+        ax.plot(t, curve.losses - tangent * t * h, color="black", lw=1.5, label="the loss")
+        ax.plot(
+            ends,
+            (curve.numeric - tangent) * ends * h,
+            "--",
+            color="tab:orange",
+            lw=1.2,
+            label=f"secant through W ± h e: slope {curve.numeric:.6g}",
+        )
+        ax.plot(
+            ends,
+            (curve.analytic - tangent) * ends * h,
+            ":",
+            color="tab:blue",
+            lw=1.8,
+            label=f"analytic gradient: slope {curve.analytic:.6g}",
+        )
+        ax.plot(
+            [-1, 1],
+            at - tangent * np.array([-1, 1]) * h,
+            "o",
+            color="tab:orange",
+            label="the two points of the centered difference",
+        )
+        for i, k in enumerate(curve.kinks):
+            ax.axvline(
+                k / h,
+                color="tab:red",
+                alpha=0.6,
+                lw=1,
+                label="a margin crosses 0: the kink" if i == 0 else None,
+            )
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"loss along W[{curve.d}, {curve.c}]: the ±h step straddles a kink")
+    axes[0].set_ylabel("L(W + t e) - L(W)")
+    axes[0].legend(fontsize=8, loc="best")
+    axes[1].set_ylabel("minus the analytic tangent")
+    axes[1].set_xlabel(f"t / h   (h = {h:g})")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def centroid_patches(
+    centroids: np.ndarray, whiten_mean: np.ndarray, whiten: np.ndarray, channels: int
+) -> np.ndarray:
+    """k-means centroids mapped back through the ZCA whitening to 6x6 patches:
+    (K, 36*C) -> (K, 6, 6, C) uint8, each stretched around its mean to 0-255.
+
+    The whitening is x = (p - mean) @ whiten with ``whiten`` symmetric and
+    invertible (its eigenvalues are 1 / sqrt(d + eps)), so p = x @ whiten^-1 + mean.
+    """
+    from svmtool.kmeans import PATCH
+
+    patches = np.linalg.solve(whiten.T, centroids.astype(np.float64).T).T + whiten_mean
+    patches -= patches.mean(axis=1, keepdims=True)
+    peak = np.abs(patches).max(axis=1, keepdims=True)
+    patches /= np.where(peak > 0, peak, 1.0)
+    out = np.rint(127.5 + 127.5 * patches).clip(0, 255).astype(np.uint8)
+    return out.reshape(-1, PATCH, PATCH, channels)
+
+
+def patch_montage(patches: np.ndarray, zoom: int = 4, columns: int | None = None) -> Image.Image:
+    """Small (K, h, w, C) uint8 patches in a grid with 1-pixel gaps, enlarged ``zoom`` times."""
+    k, h, w, _ = patches.shape
+    columns = columns or max(1, int(np.ceil(np.sqrt(k))))
+    rows = -(-k // columns)
+    tiles = [to_pil(p, zoom) for p in patches]
+    mode = tiles[0].mode
+    sheet = Image.new(mode, (columns * (w * zoom + 1) + 1, rows * (h * zoom + 1) + 1), 0)
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, (1 + (i % columns) * (w * zoom + 1), 1 + (i // columns) * (h * zoom + 1)))
+    return sheet
+
+
+def hog_cell_maps(W: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """Each class's weight per HOG cell: the sum of its 9 orientation weights.
+
+    W: (F+1, C) of a hog model (HOG cells first, then the hue bins, bias last).
+    Returns (C, cell rows, cell columns) float64.
+    """
+    from svmtool.features import ORIENTATIONS, hog_cells
+
+    rows, cols, _, _ = hog_cells(image_shape[:2])
+    cells = np.asarray(W[: rows * cols * ORIENTATIONS], dtype=np.float64)
+    return cells.T.reshape(-1, rows, cols, ORIENTATIONS).sum(axis=3)
+
+
+def diverging(maps: np.ndarray) -> np.ndarray:
+    """Signed maps (C, h, w) as RGB uint8 (C, h, w, 3) on one scale for all:
+    red where positive (evidence for the class), blue where negative, white at 0."""
+    peak = np.abs(maps).max()
+    t = maps / peak if peak > 0 else np.zeros_like(maps)
+    out = np.empty((*maps.shape, 3))
+    pos, neg = np.clip(t, 0, 1), np.clip(-t, 0, 1)
+    out[..., 0] = 1 - neg
+    out[..., 1] = 1 - pos - neg
+    out[..., 2] = 1 - pos
+    return np.rint(255 * out).astype(np.uint8)

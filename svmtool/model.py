@@ -11,10 +11,15 @@ import numpy as np
 
 from svmtool import __version__
 from svmtool.errors import SvmtoolError
+from svmtool.features import Features, feature_dim
 from svmtool.files import PendingFile, write_atomic
 from svmtool.npzfile import read_npz
 
-FORMAT_VERSION = 1
+# 2: the feature pipeline (``features`` JSON and ``feature_*`` arrays). Format 1
+# files have neither and load as pixel models.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+FEATURE_PREFIX = "feature_"
 DEFAULT_MODEL = Path("svm_model.npz")
 
 
@@ -22,7 +27,9 @@ DEFAULT_MODEL = Path("svm_model.npz")
 class Model:
     """A trained linear SVM.
 
-    W: (D+1, C), bias row last, D = prod(image_shape); mean_image: image_shape.
+    W: (F+1, C), bias row last; F = prod(image_shape) for pixels, else the
+    feature length. mean_image: image_shape (the training mean; what pixel
+    models subtract). features: the pipeline that turns images into rows.
     settings/metrics/grid: JSON-able; loss_history: (iters,).
     """
 
@@ -34,6 +41,7 @@ class Model:
     loss_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
     grid: list[dict] = field(default_factory=list)
     svmtool_version: str = __version__
+    features: Features = field(default_factory=Features)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -52,7 +60,7 @@ def reserve(path: Path) -> PendingFile:
 
 
 def _arrays(model: Model) -> dict[str, np.ndarray]:
-    return {
+    arrays = {
         "format_version": np.array(FORMAT_VERSION),
         "svmtool_version": np.array(model.svmtool_version),
         "W": model.W,
@@ -63,7 +71,13 @@ def _arrays(model: Model) -> dict[str, np.ndarray]:
         "metrics": np.array(json.dumps(model.metrics)),
         "loss_history": np.asarray(model.loss_history, dtype=np.float64),
         "grid": np.array(json.dumps(model.grid)),
+        "features": np.array(
+            json.dumps({"kind": model.features.kind, "params": model.features.params})
+        ),
     }
+    for name, array in model.features.arrays.items():
+        arrays[FEATURE_PREFIX + name] = np.asarray(array)
+    return arrays
 
 
 def save(model: Model, path: Path | PendingFile) -> Path:
@@ -120,7 +134,8 @@ def _depth(value) -> int:
     return deepest
 
 
-def _json(raw: dict, key: str, expected: type, damaged):
+def _json(raw: dict, key: str, expected: type, damaged, label: str | None = None):
+    label = label or f"metadata in {key}"
     value = raw[key]
     if value.shape != () or value.dtype.kind != "U":
         raise damaged(f"{key} is {value.dtype} {value.shape}, not a JSON text")
@@ -129,7 +144,7 @@ def _json(raw: dict, key: str, expected: type, damaged):
     except RecursionError:
         raise damaged(f"{key} is nested more than {MAX_JSON_DEPTH} levels deep") from None
     except ValueError as exc:  # JSONDecodeError, and numbers too long to convert
-        raise damaged(f"damaged metadata in {key}: {exc}") from None
+        raise damaged(f"damaged {label}: {exc}") from None
     if not isinstance(parsed, expected):
         kind = "object" if expected is dict else "list"
         raise damaged(f"{key} must be a JSON {kind}, got {type(parsed).__name__}")
@@ -184,10 +199,10 @@ def load(path: Path) -> Model:
         version = raw["format_version"]
         if version.shape != () or version.dtype.kind not in "iu":
             raise damaged(f"format_version is {version.dtype} {version.shape}, not an integer")
-        if version.item() != FORMAT_VERSION:
+        if version.item() not in READABLE_VERSIONS:
             raise SvmtoolError(
-                f"{path} has model format {version.item()}; this svmtool reads format"
-                f" {FORMAT_VERSION}"
+                f"{path} has model format {version.item()}; this svmtool reads formats"
+                f" {', '.join(map(str, READABLE_VERSIONS))}"
             )
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
@@ -209,9 +224,10 @@ def load(path: Path) -> Model:
         raise damaged(f"loss_history is {history.dtype} {history.shape}, not a list of numbers")
     image_shape = tuple(int(v) for v in shape)
     class_names = [str(n) for n in names]
+    features = _load_features(path, raw, image_shape, damaged)
     if (
         mean_image.shape != image_shape
-        or W.shape[0] != math.prod(image_shape) + 1
+        or W.shape[0] != feature_dim(features, image_shape) + 1
         or W.shape[1] != len(class_names)
         or len(class_names) < 2
     ):
@@ -237,4 +253,24 @@ def load(path: Path) -> Model:
         loss_history=history.astype(np.float64, copy=False),
         grid=grid,
         svmtool_version=str(version),
+        features=features,
     )
+
+
+def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple, damaged) -> Features:
+    """The model's feature pipeline, checked; a file without one is a pixel model."""
+    from svmtool.features import check
+
+    arrays = {k[len(FEATURE_PREFIX) :]: v for k, v in raw.items() if k.startswith(FEATURE_PREFIX)}
+    if "features" not in raw:
+        spec = {"kind": "pixels", "params": {}}
+    else:
+        spec = _json(raw, "features", dict, damaged, "feature description")
+    if not isinstance(spec, dict) or not isinstance(spec.get("params", {}), dict):
+        raise SvmtoolError(f"{path} has a damaged feature description")
+    features = Features(str(spec.get("kind")), dict(spec.get("params", {})), arrays)
+    try:
+        check(features, image_shape)
+    except ValueError as exc:
+        raise SvmtoolError(f"{path}: {exc}") from None
+    return features

@@ -7,18 +7,43 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from svmtool import __version__
-from svmtool.data import Dataset, Split, load_dataset, mean_image, preprocess, split
-from svmtool.errors import SvmtoolError
+from svmtool.data import (
+    CIFAR10,
+    Dataset,
+    Split,
+    default_data_dir,
+    load_dataset,
+    mean_image,
+    preprocess,
+    split,
+)
+from svmtool.errors import DataNotFound, SvmtoolError
+from svmtool.features import KINDS, Features
 from svmtool.model import Model
 from svmtool.train import StepFn, accuracy, check_settings, sgd_grid
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+
+# Training defaults per feature set. Pixels: CS231n's. Standardized features
+# (every column mean 0, variance 1) need a learning rate and a regularization
+# orders of magnitude away from those; see the README for the grid behind these.
+TRAIN_DEFAULTS = {
+    "pixels": {"lr": 1e-7, "reg": 2.5e4, "iters": 1500},
+    "hog": {"lr": 1e-3, "reg": 1e-2, "iters": 1500},
+    "kmeans": {"lr": 1e-3, "reg": 1e-3, "iters": 1500},
+}
+KMEANS_DEFAULTS = {"centroids": 1600, "patches": 400_000, "kmeans_iters": 50}
+
+ProgressFn = Callable[[str, int, int], None]
+"""Called as ``progress(stage, done, total)`` while features are learned or extracted;
+stage is 'k-means' (iterations) or 'features' (images)."""
 
 
 @dataclass
@@ -36,6 +61,12 @@ class TrainRequest:
     data_dir: Path | None = None
     num_train: int | None = None
     num_val: int | None = None
+    init_scale: float = 1e-3  # CS231n's LinearClassifier.train: W = 0.001 * randn
+    features: str = "pixels"
+    centroids: int = KMEANS_DEFAULTS["centroids"]
+    patches: int = KMEANS_DEFAULTS["patches"]
+    kmeans_iters: int = KMEANS_DEFAULTS["kmeans_iters"]
+    use_cache: bool = True
 
 
 @dataclass
@@ -48,6 +79,7 @@ class TrainOutcome:
     timings: dict
     sizes: dict
     diverged: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def parse_floats(text: str, name: str) -> list[float]:
@@ -74,6 +106,11 @@ def data_source_name(source: str) -> str:
     return str(Path(source).expanduser().resolve())
 
 
+def cifar_folder(data_dir: Path | None) -> Path:
+    """The folder CIFAR-10 is read from, absolute, as the model file records it."""
+    return (data_dir if data_dir is not None else default_data_dir()).expanduser().resolve()
+
+
 def load_split(
     source: str, data_dir: Path | None, seed: int, **sizes: int | None
 ) -> tuple[Dataset, Split]:
@@ -92,29 +129,60 @@ class PreparedData:
     mean: np.ndarray  # (H, W, C) float64
     class_names: list[str]
     load_seconds: float
+    split_rule: str = "cs231n"
+    test_count: int = 0  # test images the data holds (evaluate uses them, train does not)
+    data_dir: Path | None = None  # where CIFAR-10 was read from; None for other data
+    warnings: list[str] = field(default_factory=list)
+    features: Features = field(default_factory=Features)
+    notes: list[str] = field(default_factory=list)  # what the feature cache did
+    feature_seconds: float = 0.0
 
 
-def prepare_training(request: TrainRequest) -> PreparedData:
-    """Check the request, load and split the data, preprocess it."""
+def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) -> PreparedData:
+    """Check the request, load and split the data, preprocess it (or turn it into features)."""
     if request.dtype not in DTYPES:
         raise SvmtoolError(f"dtype must be float32 or float64, got {request.dtype!r}")
+    if request.features not in KINDS:
+        raise SvmtoolError(f"features must be {', '.join(KINDS)}, got {request.features!r}")
     try:
         check_settings(request.lrs, request.regs, request.delta, request.iters, request.batch_size)
     except ValueError as exc:
         raise SvmtoolError(str(exc)) from None
+    if not (request.init_scale >= 0 and np.isfinite(request.init_scale)):
+        raise SvmtoolError(f"init_scale must be >= 0, got {request.init_scale}")
     dtype = DTYPES[request.dtype]
     t0 = time.perf_counter()
+    folder = cifar_folder(request.data_dir) if request.data == CIFAR10 else request.data_dir
     dataset, parts = load_split(
         request.data,
-        request.data_dir,
+        folder,
         request.seed,
         num_train=request.num_train,
         num_val=request.num_val,
     )
     mean = mean_image(dataset.train_images, parts.train)
+    labels = np.asarray(dataset.train_labels)
+    if request.features != "pixels":
+        t1 = time.perf_counter()
+        built = build_features(dataset, parts, request, dtype, progress)
+        return PreparedData(
+            X_train=built.X_train,
+            y_train=labels[parts.train],
+            X_val=built.X_val,
+            y_val=labels[parts.val],
+            mean=mean,
+            class_names=list(dataset.class_names),
+            load_seconds=t1 - t0,
+            split_rule=parts.rule,
+            test_count=int(dataset.test_images.shape[0]),
+            data_dir=folder if request.data == CIFAR10 else None,
+            warnings=list(parts.warnings),
+            features=built.features,
+            notes=built.notes,
+            feature_seconds=time.perf_counter() - t1,
+        )
     # parts.train is a seeded permutation: the rows come out shuffled at no
     # extra cost, and SGD walks them as views.
-    labels = np.asarray(dataset.train_labels)
     prepared = PreparedData(
         X_train=preprocess(dataset.train_images, mean, parts.train, dtype),
         y_train=labels[parts.train],
@@ -123,15 +191,194 @@ def prepare_training(request: TrainRequest) -> PreparedData:
         mean=mean,
         class_names=list(dataset.class_names),
         load_seconds=0.0,
+        split_rule=parts.rule,
+        test_count=int(dataset.test_images.shape[0]),
+        data_dir=folder if request.data == CIFAR10 else None,
+        warnings=list(parts.warnings),
     )
     prepared.load_seconds = time.perf_counter() - t0
     return prepared
 
 
+# --- features -----------------------------------------------------------------------------
+
+
+def feature_cache(request_dir: Path | None):
+    """The feature cache under the data folder (``--data-dir``, else the default)."""
+    from svmtool.data import default_data_dir
+    from svmtool.featurecache import DIRNAME, FeatureCache
+
+    return FeatureCache((request_dir or default_data_dir()) / DIRNAME)
+
+
+def feature_params(request: TrainRequest) -> dict:
+    """The settings that define a feature pipeline (and key its cache entries)."""
+    from svmtool import features as F
+    from svmtool import kmeans as K
+
+    if request.features == "hog":
+        return {
+            "orientations": F.ORIENTATIONS,
+            "cell": F.CELL,
+            "hue_bins": F.HUE_BINS,
+            "unsigned": True,
+            "std_eps": F.HOG_STD_EPS,
+        }
+    return {
+        "centroids": request.centroids,
+        "patches": request.patches,
+        "kmeans_iters": request.kmeans_iters,
+        "seed": request.seed,
+        "patch": K.PATCH,
+        "norm_eps": K.NORM_EPS,
+        "whiten_eps": K.WHITEN_EPS,
+        "std_eps": 0.01,
+    }
+
+
+@dataclass
+class BuiltFeatures:
+    X_train: np.ndarray  # (num_train, F+1), standardized, bias last, parts.train order
+    X_val: np.ndarray  # (num_val, F+1)
+    features: Features
+    notes: list[str]
+
+
+def _check_feature_request(request: TrainRequest, image_shape: tuple[int, ...]) -> None:
+    from svmtool.kmeans import PATCH
+
+    if request.features == "kmeans":
+        if min(image_shape[:2]) < PATCH:
+            raise SvmtoolError(
+                f"k-means features need images of at least {PATCH} x {PATCH}, got"
+                f" {image_shape[0]} x {image_shape[1]}"
+            )
+        if request.centroids < 1:
+            raise SvmtoolError(f"centroids must be >= 1, got {request.centroids}")
+        if request.patches < request.centroids:
+            raise SvmtoolError(
+                f"patches must be >= centroids ({request.centroids}), got {request.patches}"
+            )
+        if request.kmeans_iters < 1:
+            raise SvmtoolError(f"kmeans-iters must be >= 1, got {request.kmeans_iters}")
+
+
+def build_features(
+    dataset: Dataset,
+    parts: Split,
+    request: TrainRequest,
+    dtype: type,
+    progress: ProgressFn | None = None,
+) -> BuiltFeatures:
+    """Fit the feature pipeline on the training split and turn train and val into rows.
+
+    The fitted pipeline (k-means) and the raw features of the train + val
+    images are read from the feature cache when an entry with the same data
+    fingerprint and settings exists, and stored there otherwise.
+    """
+    from svmtool import features as F
+    from svmtool.featurecache import fingerprint
+
+    _check_feature_request(request, dataset.image_shape)
+    params = feature_params(request)
+    cache = feature_cache(request.data_dir) if request.use_cache else None
+    notes: list[str] = []
+    images = dataset.train_images
+    train_sorted = np.sort(parts.train)
+
+    arrays: dict[str, np.ndarray] = {}
+    if request.features == "kmeans":
+        key = {
+            "what": "kmeans-fit",
+            "data": fingerprint(images, train_sorted),
+            "params": params,
+        }
+        found = cache.load(key) if cache else None
+        if found is not None:
+            arrays = {k: np.array(v) for k, v in found.items()}
+            notes.append(f"k-means dictionary read from the feature cache ({cache.path(key)})")
+        else:
+            from svmtool import kmeans as K
+
+            def on_iteration(done: int, total: int) -> None:
+                if progress:
+                    progress("k-means", done, total)
+
+            arrays = K.fit(
+                images[train_sorted],
+                request.centroids,
+                request.patches,
+                request.kmeans_iters,
+                np.random.default_rng(request.seed),
+                on_iteration,
+            )
+            if cache:
+                where = cache.store(key, arrays)
+                notes.append(f"k-means dictionary stored in the feature cache ({where})")
+
+    features = Features(request.features, params, arrays)
+    rows = np.sort(np.concatenate([parts.train, parts.val]))
+    raw = cached_raw_features(features, images, rows, cache, notes, progress)
+    pos_train = np.searchsorted(rows, parts.train)
+    pos_val = np.searchsorted(rows, parts.val)
+    mean, scale = F.standardization(raw, eps=params["std_eps"], rows=pos_train)
+    features.arrays = {**arrays, "mean": mean, "scale": scale}
+    return BuiltFeatures(
+        X_train=F.standardized_rows(raw, mean, scale, pos_train, dtype),
+        X_val=F.standardized_rows(raw, mean, scale, pos_val, dtype),
+        features=features,
+        notes=notes,
+    )
+
+
+def cached_raw_features(
+    features: Features,
+    images: np.ndarray,
+    rows: np.ndarray,
+    cache,
+    notes: list[str],
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Raw features (len(rows), F) of images[rows], from the cache when it has them."""
+    from svmtool import features as F
+    from svmtool.featurecache import array_digest, fingerprint
+
+    fitted = {k: v for k, v in features.arrays.items() if k not in ("mean", "scale")}
+    key = {
+        "what": "features",
+        "kind": features.kind,
+        "params": features.params,
+        "fit": array_digest(fitted),
+        "data": fingerprint(images, rows),
+    }
+    if cache is not None:
+        found = cache.load(key)
+        if found is not None:
+            where = cache.path(key)
+            notes.append(f"features of {rows.size} images read from the feature cache ({where})")
+            return found["raw"]
+
+    def on_images(done: int, total: int) -> None:
+        if progress:
+            progress("features", done, total)
+
+    raw = F.raw_features(Features(features.kind, features.params, fitted), images[rows], on_images)
+    if cache is not None:
+        where = cache.store(key, {"raw": raw})
+        notes.append(f"features of {rows.size} images stored in the feature cache ({where})")
+    return raw
+
+
 def run_training(
-    request: TrainRequest, prepared: PreparedData | None = None, on_step: StepFn | None = None
+    request: TrainRequest,
+    prepared: PreparedData | None = None,
+    on_step: StepFn | None = None,
+    report_every: int = 10,
 ) -> TrainOutcome:
-    """Train every (lr, reg) pair together on prepared data, then evaluate."""
+    """Train every (lr, reg) pair together on prepared data, then evaluate.
+
+    ``on_step(iteration, losses)`` is called every ``report_every`` steps and at the last.
+    """
     if prepared is None:
         prepared = prepare_training(request)
     X_train, y_train = prepared.X_train, prepared.y_train
@@ -152,7 +399,9 @@ def run_training(
         iters=request.iters,
         batch_size=request.batch_size,
         rng=np.random.default_rng(request.seed),
+        init_scale=request.init_scale,
         on_step=on_step,
+        report_every=report_every,
     )
     t2 = time.perf_counter()
     train_acc = accuracy(result.weights, X_train, y_train)
@@ -184,11 +433,17 @@ def run_training(
     train_seconds = t2 - t1
     timings = {
         "load_seconds": prepared.load_seconds,
+        "feature_seconds": prepared.feature_seconds,
         "train_seconds": train_seconds,
         "evaluate_seconds": t3 - t2,
         "iterations_per_second": request.iters / train_seconds if train_seconds > 0 else None,
     }
-    sizes = {"train": int(X_train.shape[0]), "val": int(X_val.shape[0])}
+    sizes = {
+        "train": int(X_train.shape[0]),
+        "val": int(X_val.shape[0]),
+        "test": prepared.test_count,
+        "split": prepared.split_rule,
+    }
     model = None
     if best is not None:
         settings = {
@@ -200,10 +455,13 @@ def run_training(
             "seed": request.seed,
             "dtype": request.dtype,
             "data": data_source_name(request.data),
+            "data_dir": str(prepared.data_dir) if prepared.data_dir else None,
+            "split": prepared.split_rule,
             "num_train": sizes["train"],
             "num_val": sizes["val"],
             "sampling": "shuffled epochs",
-            "init_scale": 1e-4,
+            "init_scale": request.init_scale,
+            "features": prepared.features.kind,
         }
         model = Model(
             W=result.weights[best],
@@ -219,6 +477,7 @@ def run_training(
             loss_history=result.losses[:, best],
             grid=grid if len(grid) > 1 else [],
             svmtool_version=__version__,
+            features=prepared.features,
         )
     return TrainOutcome(
         grid=grid,
@@ -227,55 +486,153 @@ def run_training(
         timings=timings,
         sizes=sizes,
         diverged=[k for k, g in enumerate(grid) if g["diverged"]],
+        warnings=list(prepared.warnings),
     )
 
 
 @dataclass
 class Evaluation:
-    """Accuracy of a model on one split. confusion[i, j]: true i predicted j."""
+    """Accuracy of a model on one split. confusion[i, j]: true i predicted j.
+
+    count: images evaluated; available: images the split could have held
+    (the whole test set, for a test split of its first ``count``).
+    """
 
     split: str
     accuracy: float
     per_class: list[float | None]
     confusion: np.ndarray
     count: int
+    available: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
-def model_rows(model: Model, images: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """Preprocess images with the model's own mean image, in the model's dtype."""
+def model_rows(
+    model: Model,
+    images: np.ndarray,
+    rows: np.ndarray | None = None,
+    cache=None,
+    notes: list[str] | None = None,
+    progress: ProgressFn | None = None,
+    dtype: type | None = None,
+) -> np.ndarray:
+    """The rows the model's W scores: images preprocessed with the model's own mean
+    image, or turned into its features and standardized, in the model's dtype (or
+    ``dtype``).
+
+    images: (M, H, W, C) uint8; rows: which images (all if None). With a
+    ``cache``, raw features are read from and stored in it.
+    """
     if tuple(images.shape[1:]) != model.image_shape:
         raise SvmtoolError(
             f"the data's images are {tuple(images.shape[1:])} but the model expects"
             f" {model.image_shape}"
         )
-    return preprocess(images, model.mean_image, rows, dtype=model.W.dtype.type)
+    dtype = dtype or model.W.dtype.type
+    if model.features.kind == "pixels":
+        return preprocess(images, model.mean_image, rows, dtype=dtype)
+    from svmtool.features import standardized_rows
+
+    index = np.arange(images.shape[0]) if rows is None else np.asarray(rows)
+    if notes is None:
+        notes = []
+    raw = cached_raw_features(model.features, images, index, cache, notes, progress)
+    a = model.features.arrays
+    return standardized_rows(raw, a["mean"], a["scale"], None, dtype)
 
 
-def evaluate(model: Model, which: str, data: str | None, data_dir: Path | None) -> Evaluation:
-    """Accuracy, per-class accuracy and confusion matrix on the train, val or test split."""
+def check_classes(dataset: Dataset, model: Model, ignore_names: bool = False) -> None:
+    """The data must have the model's number of classes and, unless
+    ``ignore_names``, the same class names in the same order."""
+    names = list(dataset.class_names)
+    if len(names) != model.num_classes:
+        raise SvmtoolError(f"the data has {len(names)} classes, the model {model.num_classes}")
+    if ignore_names:
+        return
+    for k, (ours, theirs) in enumerate(zip(model.class_names, names, strict=True)):
+        if ours != theirs:
+            raise SvmtoolError(
+                f"the data's classes are not the model's: label {k} is {theirs!r} in the data"
+                f" but {ours!r} in the model (pass --ignore-class-names if the labels mean the"
+                " same classes)"
+            )
+
+
+def model_data(model: Model, data: str | None, data_dir: Path | None) -> tuple[str, Path | None]:
+    """The data a command reads for ``model``: ``data``, else the model's own; and
+    the CIFAR-10 folder: ``data_dir``, else the folder the model was trained from."""
+    recorded = model.settings.get("data", CIFAR10)
+    source = data if data is not None else recorded
+    folder = data_dir
+    if folder is None and source == CIFAR10 == recorded and model.settings.get("data_dir"):
+        folder = Path(model.settings["data_dir"])
+    return source, folder
+
+
+def load_model_data(model: Model, data: str | None, data_dir: Path | None) -> Dataset:
+    """``model_data``, loaded; a recorded folder that lost its data is said as such."""
+    source, folder = model_data(model, data, data_dir)
+    try:
+        return load_dataset(source, folder)
+    except DataNotFound:
+        if data_dir is None and folder is not None:
+            raise DataNotFound(
+                f"the model was trained on CIFAR-10 from {folder}, which no longer holds it;"
+                f" run: svmtool download --data-dir {folder}"
+            ) from None
+        raise
+
+
+def evaluate(
+    model: Model,
+    which: str,
+    data: str | None = None,
+    data_dir: Path | None = None,
+    num_test: int | None = None,
+    ignore_class_names: bool = False,
+    progress: ProgressFn | None = None,
+    notes: list[str] | None = None,
+    use_cache: bool = True,
+) -> Evaluation:
+    """Accuracy, per-class accuracy and confusion matrix on the train, val or test split.
+
+    test: the whole test set, or its first ``num_test`` images; no training
+    split is involved, so any data with the model's image shape and classes
+    works. train/val: the model's own split when ``data`` is the model's data
+    (same seed and sizes), else that data's default split with the model's seed.
+    Feature models compute their features of the split (k-means: read from or
+    stored in the feature cache; ``notes`` says which).
+    """
     if which not in ("train", "val", "test"):
         raise SvmtoolError(f"split must be train, val or test, got {which!r}")
-    source = data or model.settings.get("data", "cifar10")
+    if num_test is not None and which != "test":
+        raise SvmtoolError(f"--num-test applies to --split test, not --split {which}")
+    source, folder = model_data(model, data, data_dir)
+    dataset = load_model_data(model, data, data_dir)
+    check_classes(dataset, model, ignore_class_names)
     settings = model.settings
-    dataset, parts = load_split(
-        source,
-        data_dir,
-        int(settings.get("seed", 0)),
-        num_train=settings.get("num_train"),
-        num_val=settings.get("num_val"),
-    )
-    if len(dataset.class_names) != model.num_classes:
-        raise SvmtoolError(
-            f"the data has {len(dataset.class_names)} classes, the model {model.num_classes}"
-        )
     if which == "test":
-        images, labels, rows = dataset.test_images, dataset.test_labels, parts.test
+        available = int(dataset.test_images.shape[0])
+        count = available if num_test is None else num_test
+        if not 1 <= count <= available:
+            raise SvmtoolError(f"num_test must be in 1..{available}, got {count}")
+        images, labels, rows = dataset.test_images, dataset.test_labels, np.arange(count)
     else:
+        own = data_source_name(source) == settings.get("data", CIFAR10)
+        sizes = (
+            {"num_train": settings.get("num_train"), "num_val": settings.get("num_val")}
+            if own
+            else {}
+        )
+        parts = split(dataset, seed=int(settings.get("seed", 0)), **sizes)
         images, labels = dataset.train_images, dataset.train_labels
         rows = parts.train if which == "train" else parts.val
+        available = int(rows.size)
     if rows.size == 0:
         raise SvmtoolError(f"the {which} split of {source} is empty")
-    X = model_rows(model, images, rows)
+    # The cache lives beside the data the model was trained from, as in train.
+    cache = feature_cache(folder) if use_cache and model.features.kind == "kmeans" else None
+    X = model_rows(model, images, rows, cache, notes, progress)
     y = np.asarray(labels)[rows]
     from svmtool.train import predict
 
@@ -285,7 +642,24 @@ def evaluate(model: Model, which: str, data: str | None, data_dir: Path | None) 
     np.add.at(confusion, (y, predicted), 1)
     totals = confusion.sum(axis=1)
     per_class = [float(confusion[i, i] / totals[i]) if totals[i] else None for i in range(c)]
-    return Evaluation(which, float((predicted == y).mean()), per_class, confusion, int(y.size))
+    warnings = []
+    absent = [model.class_names[i] for i in range(c) if not totals[i]]
+    if absent:
+        shown = ", ".join(repr(n) for n in absent[:5])
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        warnings.append(
+            f"the {which} split ({y.size} images) has no image of {len(absent)} class(es)"
+            f" ({shown}{more}): their accuracy is undefined"
+        )
+    return Evaluation(
+        which,
+        float((predicted == y).mean()),
+        per_class,
+        confusion,
+        int(y.size),
+        available,
+        warnings,
+    )
 
 
 @dataclass
@@ -304,21 +678,30 @@ def gradcheck_batch(
 ) -> GradcheckBatch:
     """The dev sample (500 images) of the chosen data, preprocessed in float64.
 
-    Without --data: the model's own data, else CIFAR-10 when it has been
-    downloaded, else synthetic data with a notice saying so.
+    ``data``/``data_dir`` are what the user typed (None when absent). With a
+    model: the model's own data and folder unless told otherwise. With neither
+    model nor data option: CIFAR-10 from the default folder ($SVMTOOL_DATA_DIR,
+    else the user cache) when it is there, else synthetic data with a notice.
+    Any data the user named must be there: no silent fallback.
     """
     from svmtool import cifar
-    from svmtool.data import CIFAR10, SYNTHETIC, default_data_dir
+    from svmtool.data import SYNTHETIC
 
     notice = None
     dataset = None
-    source = data or (model.settings.get("data") if model else None)
-    if source is None:
-        where = data_dir or default_data_dir()
+    if model is not None:
+        source, _ = model_data(model, data, data_dir)
+        dataset = load_model_data(model, data, data_dir)
+    elif data is not None:
+        source = data
+    elif data_dir is not None:
+        source = CIFAR10  # an explicit folder: it must hold CIFAR-10
+    else:
+        where = default_data_dir()
         try:
             dataset = cifar.load(where)  # kept: an extracted folder is not parsed twice
             source = CIFAR10
-        except SvmtoolError:
+        except DataNotFound:
             source = SYNTHETIC
             notice = (
                 f"CIFAR-10 is not downloaded in {where}; checking on a synthetic"
@@ -328,15 +711,12 @@ def gradcheck_batch(
         dataset = load_dataset(source, data_dir)
     parts = split(dataset, seed=seed)
     if model is not None:
-        if len(dataset.class_names) != model.num_classes:
-            raise SvmtoolError(
-                f"the data has {len(dataset.class_names)} classes, the model {model.num_classes}"
-            )
-        X = preprocess(dataset.train_images, model.mean_image, parts.dev, np.float64)
-        if X.shape[1] != model.W.shape[0]:
-            raise SvmtoolError(
-                f"the data's images are {dataset.image_shape}, the model's {model.image_shape}"
-            )
+        check_classes(dataset, model, ignore_names=True)  # names do not enter the loss
+        if model.features.kind == "pixels":
+            X = model_rows(model, dataset.train_images, parts.dev, dtype=np.float64)
+        else:
+            # A feature model is checked on the rows it scores: the dev images' features.
+            X = model_rows(model, dataset.train_images, parts.dev).astype(np.float64)
         W = model.W.astype(np.float64)
     else:
         mean = mean_image(dataset.train_images, parts.train)

@@ -102,7 +102,7 @@ def sgd_grid(
     iters: int = 1500,
     batch_size: int = 200,
     rng: np.random.Generator,
-    init_scale: float = 1e-4,
+    init_scale: float = 1e-3,
     on_step: StepFn | None = None,
     report_every: int = 10,
 ) -> GridResult:

@@ -28,7 +28,7 @@ def test_round_trip_without_pickle(tmp_path):
     original = small_model()
     path = model_io.save(original, tmp_path / "m.npz")
     with np.load(path, allow_pickle=False) as npz:  # loads with pickle off
-        assert set(npz.files) == set(model_io.REQUIRED)
+        assert set(npz.files) == {*model_io.REQUIRED, "features"}
     loaded = model_io.load(path)
     np.testing.assert_array_equal(loaded.W, original.W)
     assert loaded.W.dtype == np.float32

@@ -1,0 +1,286 @@
+"""Image features for the linear SVM: pixels, HOG + hue histogram, k-means (pure numpy).
+
+A feature pipeline turns uint8 images (N, H, W, C) into rows (N, F+1) that W
+scores: raw features, standardized with the training split's statistics, and a
+bias column of ones last. Everything a pipeline needs is a ``Features`` value:
+its kind, JSON-able parameters, and named arrays (the model file stores both).
+The k-means pipeline's own math lives in ``svmtool.kmeans``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+KINDS = ("pixels", "hog", "kmeans")
+ProgressFn = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` while images are turned into features."""
+
+# CS231n's rgb2gray weights, the blue one (0.144) included as it is in their code.
+GRAY_WEIGHTS = np.array([0.299, 0.587, 0.144], dtype=np.float32)
+ORIENTATIONS = 9
+CELL = 8
+HUE_BINS = 10
+HOG_STD_EPS = 0.0  # CS231n divides by the plain standard deviation
+BLOCK_IMAGES = 1024  # HOG works on this many images at a time (bounded memory)
+
+
+@dataclass
+class Features:
+    """A fitted feature pipeline.
+
+    kind: 'pixels' | 'hog' | 'kmeans'; params: JSON-able settings; arrays: named
+    arrays (for hog and kmeans ``mean`` and ``scale`` (F,), the standardization;
+    for kmeans also ``centroids`` (K, P), ``whiten_mean`` (P,), ``whiten`` (P, P)).
+    """
+
+    kind: str = "pixels"
+    params: dict = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# --- HOG and the hue histogram (CS231n's image features) -----------------------------
+
+
+def grayscale(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> (N, H, W) float32: CS231n's weights for RGB, the channel
+    itself for grayscale, the channel mean for any other count."""
+    images = np.asarray(images)
+    if images.shape[-1] == 3:
+        return images.astype(np.float32) @ GRAY_WEIGHTS
+    if images.shape[-1] == 1:
+        return images[..., 0].astype(np.float32)
+    return images.mean(axis=-1, dtype=np.float32)
+
+
+def hog_cells(image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(cell rows, cell columns, cell height, cell width) for an H x W image.
+
+    8 x 8 cells as in CS231n; a side shorter than 8 pixels gets one cell
+    spanning it (CS231n's code has no cell there at all). Pixels past the last
+    whole cell are not used, as in CS231n.
+    """
+    h, w = image_hw
+    ch, cw = min(CELL, h), min(CELL, w)
+    return h // ch, w // cw, ch, cw
+
+
+def hog(images: np.ndarray) -> np.ndarray:
+    """Histograms of oriented gradients: (N, H, W, C) uint8 -> (N, rows, cols, 9) float32.
+
+    CS231n's hog_feature, vectorized over images: forward differences on the
+    grayscale image (the last column's x-gradient and the last row's
+    y-gradient are 0), magnitude sqrt(gx^2 + gy^2), orientation
+    atan2(gy, gx + 1e-15) in degrees + 90, 9 bins of 20 degrees, and each cell
+    the average magnitude per bin over its pixels; no block normalization.
+
+    Departure: the orientation is folded into [0, 180) so the bins are truly
+    unsigned (a dark-to-bright and a bright-to-dark edge count alike). CS231n's
+    code keeps only orientations already in (0, 180), which drops every
+    gradient pointing left (gx < 0).
+    """
+    images = np.asarray(images)
+    n = images.shape[0]
+    rows, cols, ch, cw = hog_cells(images.shape[1:3])
+    out = np.empty((n, rows, cols, ORIENTATIONS), dtype=np.float32)
+    for start in range(0, n, BLOCK_IMAGES):
+        gray = grayscale(images[start : start + BLOCK_IMAGES])
+        gx = np.zeros_like(gray)
+        gy = np.zeros_like(gray)
+        gx[:, :, :-1] = np.diff(gray, axis=2)
+        gy[:, :-1, :] = np.diff(gray, axis=1)
+        magnitude = np.hypot(gx, gy)
+        # Angles in float64: float32 rounding would move gradients across bin edges.
+        angle = np.degrees(np.arctan2(gy.astype(np.float64), gx + 1e-15)) + 90.0
+        angle %= 180.0
+        bins = np.minimum((angle // (180.0 / ORIENTATIONS)).astype(np.int64), ORIENTATIONS - 1)
+        # Keep the whole cells; number every (image, cell, bin) and sum magnitudes into it.
+        m = magnitude[:, : rows * ch, : cols * cw]
+        b = bins[:, : rows * ch, : cols * cw]
+        count = m.shape[0]
+        cell_r = np.arange(rows * ch) // ch
+        cell_c = np.arange(cols * cw) // cw
+        cell = (cell_r[:, None] * cols + cell_c[None, :])[None]  # (1, rows*ch, cols*cw)
+        image = np.arange(count)[:, None, None] * (rows * cols)
+        index = ((image + cell) * ORIENTATIONS + b).ravel()
+        sums = np.bincount(index, weights=m.ravel(), minlength=count * rows * cols * ORIENTATIONS)
+        out[start : start + count] = (sums / (ch * cw)).reshape(count, rows, cols, ORIENTATIONS)
+    return out
+
+
+def hue(images: np.ndarray) -> np.ndarray:
+    """Hue in [0, 1) of RGB uint8 images (N, H, W, 3), as matplotlib's rgb_to_hsv
+    computes it (grey pixels have hue 0; where channels tie for the maximum,
+    blue wins over green over red)."""
+    rgb = images.astype(np.float32) / 255.0
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    top = rgb.max(axis=-1)
+    spread = top - rgb.min(axis=-1)
+    positive = spread > 0
+    safe = np.where(positive, spread, 1.0)
+    h = np.zeros_like(top)
+    # The same order of assignment as matplotlib: a later case overrides.
+    h = np.where((r == top) & positive, (g - b) / safe, h)
+    h = np.where((g == top) & positive, 2.0 + (b - r) / safe, h)
+    h = np.where((b == top) & positive, 4.0 + (r - g) / safe, h)
+    return (h / 6.0) % 1.0
+
+
+def hue_histogram(images: np.ndarray, bins: int = HUE_BINS) -> np.ndarray:
+    """CS231n's color_histogram_hsv: (N, H, W, 3) uint8 -> (N, bins) float32.
+
+    The hue scaled to 0-255 is binned into ``bins`` equal bins over [0, 255]
+    (np.histogram's edges and rules), normalized so each image's bins sum to 1.
+    """
+    n = images.shape[0]
+    edges = np.linspace(0, 255, bins + 1)
+    out = np.empty((n, bins), dtype=np.float32)
+    for start in range(0, n, BLOCK_IMAGES):
+        block = images[start : start + BLOCK_IMAGES]
+        values = (hue(block) * 255.0).astype(np.float64).reshape(block.shape[0], -1)
+        index = np.searchsorted(edges, values, side="right") - 1
+        index = np.clip(index, 0, bins - 1)  # the last edge belongs to the last bin
+        offsets = np.arange(block.shape[0])[:, None] * bins
+        counts = np.bincount((index + offsets).ravel(), minlength=block.shape[0] * bins)
+        out[start : start + block.shape[0]] = counts.reshape(-1, bins) / values.shape[1]
+    return out
+
+
+def hog_dim(image_shape: tuple[int, ...]) -> int:
+    """Length of the raw hog feature vector for images of ``image_shape`` (H, W, C)."""
+    rows, cols, _, _ = hog_cells(image_shape[:2])
+    return rows * cols * ORIENTATIONS + (HUE_BINS if image_shape[2] == 3 else 0)
+
+
+def hog_features(images: np.ndarray, progress: ProgressFn | None = None) -> np.ndarray:
+    """HOG then, for colour images, the hue histogram: (N, H, W, C) -> (N, hog_dim) float32.
+
+    Grayscale images get no hue histogram (every pixel's hue would be 0).
+    """
+    n = images.shape[0]
+    out = np.empty((n, hog_dim(images.shape[1:])), dtype=np.float32)
+    step = BLOCK_IMAGES * 4
+    for start in range(0, n, step):
+        block = images[start : start + step]
+        cells = hog(block).reshape(block.shape[0], -1)
+        out[start : start + block.shape[0], : cells.shape[1]] = cells
+        if images.shape[-1] == 3:
+            out[start : start + block.shape[0], cells.shape[1] :] = hue_histogram(block)
+        if progress:
+            progress(start + block.shape[0], n)
+    return out
+
+
+# --- standardization and the rows W scores ---------------------------------------------
+
+
+def standardization(
+    raw: np.ndarray, eps: float = 0.0, rows: np.ndarray | None = None, chunk: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale sqrt(var + eps) of raw[rows] (raw: (M, F); all rows
+    if None), in float64 over row blocks; a feature that never varies gets scale 1
+    rather than a division by 0."""
+    index = np.arange(raw.shape[0]) if rows is None else np.sort(np.asarray(rows))
+    n, f = index.size, raw.shape[1]
+    total = np.zeros(f)
+    for s in range(0, n, chunk):
+        total += raw[index[s : s + chunk]].sum(axis=0, dtype=np.float64)
+    mean = total / max(n, 1)
+    squares = np.zeros(f)
+    for s in range(0, n, chunk):
+        centred = raw[index[s : s + chunk]].astype(np.float64) - mean
+        squares += np.einsum("ij,ij->j", centred, centred)
+    scale = np.sqrt(squares / max(n, 1) + eps)
+    scale[scale == 0] = 1.0
+    return mean, scale
+
+
+def standardized_rows(
+    raw: np.ndarray,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    rows: np.ndarray | None = None,
+    dtype: type = np.float32,
+    chunk: int = 4096,
+) -> np.ndarray:
+    """(raw[rows] - mean) / scale with a bias column of ones last: (len(rows), F+1).
+
+    raw: (M, F); rows: which rows in which order (all if None).
+    """
+    index = np.arange(raw.shape[0]) if rows is None else np.asarray(rows)
+    f = raw.shape[1]
+    out = np.empty((index.size, f + 1), dtype=dtype)
+    m = mean.astype(dtype)
+    inv = (1.0 / scale).astype(dtype)
+    for s in range(0, index.size, chunk):
+        block = out[s : s + chunk, :f]
+        np.subtract(raw[index[s : s + chunk]], m, out=block, dtype=dtype)
+        block *= inv
+    out[:, f] = 1
+    return out
+
+
+def raw_features(
+    features: Features, images: np.ndarray, progress: ProgressFn | None = None
+) -> np.ndarray:
+    """Unstandardized features (N, F) float32 of uint8 images (N, H, W, C)."""
+    if features.kind == "hog":
+        return hog_features(images, progress)
+    if features.kind == "kmeans":
+        from svmtool import kmeans
+
+        a = features.arrays
+        return kmeans.extract(
+            images, a["centroids"], a["whiten_mean"], a["whiten"], progress=progress
+        )
+    raise ValueError(f"features must be one of {', '.join(KINDS[1:])}, got {features.kind!r}")
+
+
+def feature_dim(features: Features, image_shape: tuple[int, ...]) -> int:
+    """F, the length of a raw feature vector (W has F + 1 rows)."""
+    if features.kind == "pixels":
+        return int(np.prod(image_shape))
+    if features.kind == "hog":
+        return hog_dim(image_shape)
+    if features.kind == "kmeans":
+        return 4 * int(features.arrays["centroids"].shape[0])
+    raise ValueError(f"unknown features {features.kind!r}")
+
+
+def check(features: Features, image_shape: tuple[int, ...]) -> None:
+    """Raise ValueError unless the pipeline's arrays fit each other and the images."""
+    if features.kind not in KINDS:
+        raise ValueError(f"unknown features {features.kind!r}")
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ValueError(f"image shape {image_shape} is not H x W x C")
+    if features.kind == "pixels":
+        return
+    a = features.arrays
+    needed = ["mean", "scale"] + (
+        ["centroids", "whiten_mean", "whiten"] if features.kind == "kmeans" else []
+    )
+    missing = [k for k in needed if k not in a]
+    if missing:
+        raise ValueError(f"{features.kind} features lack {', '.join(missing)}")
+    for name in needed:
+        if not np.issubdtype(a[name].dtype, np.floating) or not np.isfinite(a[name]).all():
+            raise ValueError(f"feature array {name} is not finite floating point")
+    if features.kind == "kmeans":
+        from svmtool.kmeans import PATCH
+
+        h, w, c = image_shape
+        p = PATCH * PATCH * c
+        if min(h, w) < PATCH:
+            raise ValueError(f"k-means features need images of at least {PATCH} x {PATCH}")
+        cen = a["centroids"]
+        if cen.ndim != 2 or cen.shape[1] != p or cen.shape[0] < 1:
+            raise ValueError(f"centroids have shape {cen.shape}, expected (K, {p})")
+        if a["whiten_mean"].shape != (p,) or a["whiten"].shape != (p, p):
+            raise ValueError(
+                f"whitening arrays have shapes {a['whiten_mean'].shape}, {a['whiten'].shape}"
+            )
+    f = feature_dim(features, image_shape)
+    if a["mean"].shape != (f,) or a["scale"].shape != (f,) or not (a["scale"] > 0).all():
+        raise ValueError(f"standardization arrays do not fit {f} features")

@@ -1,0 +1,272 @@
+"""The k-means feature pipeline of Coates, Lee & Ng (AISTATS 2011), in pure numpy.
+
+Learning: random 6x6xC patches of the training images, each normalized
+(p - mean) / sqrt(var + 10) on 0-255 pixels, ZCA-whitened (eps 0.1), then
+k-means. Extraction: every 6x6 patch at stride 1, normalized and whitened the
+same way; z_k = its distance to centroid k; the triangle activation
+max(0, mean_k(z) - z_k); sums over the image's four quadrants: 4K features.
+
+The cost is the patch-to-centroid distances. They are computed as one float32
+matrix product per block of images, with the affine parts folded into it:
+[x, |x|^2, 1] @ [-2 C^T; 1; |c|^2] = |x - c|^2. Blocks run on a small pool of
+threads, one per core, each with a single-threaded BLAS (numpy and BLAS
+release the GIL), and memory stays bounded by the block size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+PATCH = 6
+NORM_EPS = 10.0  # per-patch normalization: (p - mean) / sqrt(var + 10), 0-255 pixels
+WHITEN_EPS = 0.1  # ZCA: V diag(1 / sqrt(d + 0.1)) V^T
+ROWS_PER_BLOCK = 4096  # patches per distance product: ~26 MB at K = 1600
+
+ProgressFn = Callable[[int, int], None]
+
+
+def _threads() -> int:
+    """One worker per core (BLAS is held to one thread meanwhile)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def one_blas_thread():
+    """BLAS limited to one thread while our own threads split the work: a
+    multi-threaded product in one worker would spin cores the other needs for its
+    element-wise passes (measured 1.5-2x slower than one BLAS thread per worker)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
+def patch_dim(channels: int) -> int:
+    return PATCH * PATCH * channels
+
+
+# --- patches, normalization, whitening ----------------------------------------------------
+
+
+def sample_patches(images: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` random 6x6 patches (image and position uniform), as (count, 36*C)
+    float32 rows in (row, column, channel) order. images: (N, H, W, C) uint8."""
+    n, h, w, c = images.shape
+    which = rng.integers(0, n, count)
+    top = rng.integers(0, h - PATCH + 1, count)
+    left = rng.integers(0, w - PATCH + 1, count)
+    out = np.empty((count, patch_dim(c)), dtype=np.float32)
+    chunk = 65536
+    dr, dc = np.meshgrid(np.arange(PATCH), np.arange(PATCH), indexing="ij")
+    for s in range(0, count, chunk):
+        i = which[s : s + chunk, None, None]
+        r = top[s : s + chunk, None, None] + dr
+        q = left[s : s + chunk, None, None] + dc
+        out[s : s + chunk] = images[i, r, q].reshape(-1, patch_dim(c))
+    return out
+
+
+def normalize_patches(patches: np.ndarray, eps: float = NORM_EPS) -> np.ndarray:
+    """In place: each row (p - mean(p)) / sqrt(var(p) + eps), var with N - 1 as in
+    the paper's MATLAB code. patches: (M, P) float32. Returns ``patches``."""
+    p = patches.shape[1]
+    mean = patches.mean(axis=1, keepdims=True)
+    patches -= mean
+    var = np.einsum("ij,ij->i", patches, patches) / (p - 1)
+    patches *= (1.0 / np.sqrt(var + eps))[:, None].astype(patches.dtype)
+    return patches
+
+
+def fit_whitening(patches: np.ndarray, eps: float = WHITEN_EPS) -> tuple[np.ndarray, np.ndarray]:
+    """ZCA of normalized patches (M, P): mean (P,) and symmetric matrix (P, P) such
+    that (x - mean) @ matrix has covariance close to identity (exactly
+    V diag(d / (d + eps)) V^T)."""
+    x = patches.astype(np.float64)
+    mean = x.mean(axis=0)
+    x -= mean
+    cov = x.T @ x / max(x.shape[0] - 1, 1)
+    d, v = np.linalg.eigh(cov)
+    d = np.maximum(d, 0.0)
+    matrix = (v * (1.0 / np.sqrt(d + eps))) @ v.T
+    return mean, matrix
+
+
+def whiten(patches: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(patches - mean) @ matrix in float32, in row blocks."""
+    out = np.empty(patches.shape, dtype=np.float32)
+    m, w = mean.astype(np.float32), matrix.astype(np.float32)
+    for s in range(0, patches.shape[0], 65536):
+        np.matmul(patches[s : s + 65536] - m, w, out=out[s : s + 65536])
+    return out
+
+
+# --- k-means ---------------------------------------------------------------------------------
+
+
+def _assign(x: np.ndarray, scorer: np.ndarray) -> np.ndarray:
+    """Nearest centroid of each row: argmax_k x.c_k - |c_k|^2 / 2, one product with
+    the |c_k|^2 / 2 folded in as a last row of ``scorer`` ((P+1, K))."""
+    scores = x @ scorer[:-1]
+    scores += scorer[-1]
+    return scores.argmax(axis=1)
+
+
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    iters: int,
+    rng: np.random.Generator,
+    on_iteration: Callable[[int, int], None] | None = None,
+    chunk: int = 8192,
+) -> np.ndarray:
+    """Lloyd's k-means on rows x (M, P) float32: centroids (k, P) float32.
+
+    Starts from k distinct random rows; an empty cluster is reseeded with a
+    random row. Assignments run in row chunks on a thread pool (bounded memory:
+    chunk x k scores per thread).
+    """
+    m, p = x.shape
+    if not 1 <= k <= m:
+        raise ValueError(f"k-means needs 1 <= centroids <= patches, got {k} and {m}")
+    centroids = x[np.sort(rng.choice(m, k, replace=False))].astype(np.float32)
+    starts = list(range(0, m, chunk))
+    labels = np.empty(m, dtype=np.int64)
+    with one_blas_thread(), ThreadPoolExecutor(_threads()) as pool:
+        for it in range(iters):
+            scorer = np.empty((p + 1, k), dtype=np.float32)
+            scorer[:-1] = centroids.T
+            scorer[-1] = -0.5 * np.einsum("ij,ij->i", centroids, centroids)
+
+            def work(s: int, scorer=scorer) -> None:
+                labels[s : s + chunk] = _assign(x[s : s + chunk], scorer)
+
+            list(pool.map(work, starts))
+            counts = np.bincount(labels, minlength=k)
+            order = np.argsort(labels, kind="stable")
+            sums = np.zeros((k, p), dtype=np.float64)
+            present = counts > 0
+            firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
+            sums[present] = np.add.reduceat(x[order].astype(np.float64), firsts, axis=0)
+            centroids[present] = (sums[present] / counts[present, None]).astype(np.float32)
+            empty = np.flatnonzero(~present)
+            if empty.size:
+                centroids[empty] = x[rng.choice(m, empty.size, replace=False)]
+            if on_iteration:
+                on_iteration(it + 1, iters)
+    return centroids
+
+
+# --- extraction ------------------------------------------------------------------------------
+
+
+def distance_matrix(centroids: np.ndarray) -> np.ndarray:
+    """[-2 C^T; 1; |c|^2] (P+2, K) float32: [x, |x|^2, 1] @ it = squared distances."""
+    k, p = centroids.shape
+    c = centroids.astype(np.float64)
+    out = np.empty((p + 2, k), dtype=np.float64)
+    out[:p] = -2.0 * c.T
+    out[p] = 1.0
+    out[p + 1] = np.einsum("ij,ij->i", c, c)
+    return out.astype(np.float32)
+
+
+def image_patches(images: np.ndarray) -> np.ndarray:
+    """Every 6x6 patch at stride 1: (B, H, W, C) -> (B * (H-5) * (W-5), 36*C) float32,
+    in (row, column, channel) order within a patch, patches row-major per image."""
+    c = images.shape[3]
+    windows = np.lib.stride_tricks.sliding_window_view(images, (PATCH, PATCH), axis=(1, 2))
+    # windows: (B, H-5, W-5, C, 6, 6) -> (B, H-5, W-5, 6, 6, C)
+    return windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, patch_dim(c)).astype(np.float32)
+
+
+def triangle_pool(sq_dist: np.ndarray, b: int, ph: int, pw: int, sub: int = 256) -> np.ndarray:
+    """Triangle activation and quadrant sum pooling, in place on the squared distances.
+
+    sq_dist: (b * ph * pw, K) for b images with ph x pw patch positions.
+    Returns (b, 4K): quadrant sums in the paper's order (top-left, bottom-left,
+    top-right, bottom-right), the top/left halves round(ph/2) positions long.
+    The element-wise passes run on ``sub`` rows at a time, which stay in cache.
+    """
+    z = sq_dist
+    k = z.shape[1]
+    mean_weights = np.full(k, 1.0 / k, dtype=z.dtype)
+    for s in range(0, z.shape[0], sub):
+        part = z[s : s + sub]
+        # |x - c|^2 from the expansion can round to a tiny negative number;
+        # abs maps it to an equally tiny positive one (faster than a max).
+        np.abs(part, out=part)
+        np.sqrt(part, out=part)
+        mu = part @ mean_weights  # the mean distance, as a product (faster than .mean)
+        np.subtract(mu[:, None], part, out=part)
+        np.maximum(part, 0, out=part)
+    act = z.reshape(b, ph, pw * k)
+    hr, hc = (ph + 1) // 2, (pw + 1) // 2  # MATLAB's round(ph / 2)
+    top = act[:, :hr].sum(axis=1).reshape(b, pw, k)
+    bottom = act[:, hr:].sum(axis=1).reshape(b, pw, k)
+    out = np.empty((b, 4, k), dtype=np.float32)
+    out[:, 0] = top[:, :hc].sum(axis=1)
+    out[:, 1] = bottom[:, :hc].sum(axis=1)
+    out[:, 2] = top[:, hc:].sum(axis=1)
+    out[:, 3] = bottom[:, hc:].sum(axis=1)
+    return out.reshape(b, 4 * k)
+
+
+def extract(
+    images: np.ndarray,
+    centroids: np.ndarray,
+    whiten_mean: np.ndarray,
+    whiten_matrix: np.ndarray,
+    progress: ProgressFn | None = None,
+    rows_per_block: int = ROWS_PER_BLOCK,
+) -> np.ndarray:
+    """Pooled triangle features (N, 4K) float32 of uint8 images (N, H, W, C), H, W >= 6.
+
+    Images go through in blocks of about ``rows_per_block`` patches, each block
+    one distance product; memory is a few blocks whatever N is.
+    """
+    n, h, w, c = images.shape
+    k = centroids.shape[0]
+    ph, pw = h - PATCH + 1, w - PATCH + 1
+    per_block = max(1, rows_per_block // (ph * pw))
+    dist = distance_matrix(centroids)
+    wm, wmat = whiten_mean.astype(np.float32), whiten_matrix.astype(np.float32)
+    p = patch_dim(c)
+    out = np.empty((n, 4 * k), dtype=np.float32)
+
+    def work(start: int) -> int:
+        block = images[start : start + per_block]
+        patches = normalize_patches(image_patches(np.asarray(block)))
+        aug = np.empty((patches.shape[0], p + 2), dtype=np.float32)
+        patches -= wm
+        np.matmul(patches, wmat, out=aug[:, :p])
+        aug[:, p] = np.einsum("ij,ij->i", aug[:, :p], aug[:, :p])
+        aug[:, p + 1] = 1.0
+        out[start : start + block.shape[0]] = triangle_pool(aug @ dist, block.shape[0], ph, pw)
+        return block.shape[0]
+
+    done = 0
+    with one_blas_thread(), ThreadPoolExecutor(_threads()) as pool:
+        for count in pool.map(work, range(0, n, per_block)):
+            done += count
+            if progress:
+                progress(done, n)
+    return out
+
+
+def fit(
+    images: np.ndarray,
+    centroids: int,
+    patches: int,
+    iters: int,
+    rng: np.random.Generator,
+    on_iteration: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Learn the dictionary from training images (N, H, W, C) uint8:
+    {'centroids' (K, P), 'whiten_mean' (P,), 'whiten' (P, P)}."""
+    x = normalize_patches(sample_patches(images, patches, rng))
+    mean, matrix = fit_whitening(x)
+    x = whiten(x, mean, matrix)
+    found = kmeans(x, centroids, iters, rng, on_iteration)
+    return {"centroids": found, "whiten_mean": mean, "whiten": matrix}

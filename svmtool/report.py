@@ -1,0 +1,304 @@
+"""Rendering of gradient-check results: one renderer for the CLI and for notebooks.
+
+Text that comes from outside (function names, file paths, exception messages)
+is shown literally: never parsed as Rich markup, control characters replaced.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import textwrap
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from svmtool.diagnose import CONVENTIONS
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def literal(text: object, style: str | None = None) -> Text:
+    """Outside text as it is: no markup, control characters shown as U+FFFD."""
+    return Text(_CONTROL.sub("\ufffd", str(text)), style=style or "")
+
+
+def _num(value: float | None, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return format(value, spec)
+
+
+STATUS_STYLE = {"ok": "green", "kink": "yellow", "FAIL": "bold red"}
+
+
+def gradcheck_table(report) -> Table:
+    """One row per checked coordinate of a GradcheckReport."""
+    table = Table()
+    for name in ("d", "c", "numeric", "analytic", "rel error", "kink samples", "status"):
+        # The digits are the point of this table: never cut them.
+        table.add_column(name, justify="right", no_wrap=True)
+    for c in report.checks:
+        table.add_row(
+            str(c.d),
+            str(c.c),
+            f"{c.numeric:.8g}",
+            f"{c.analytic:.8g}",
+            f"{c.rel_error:.2e}",
+            str(c.straddled),
+            Text(c.status, style=STATUS_STYLE[c.status]),
+        )
+    return table
+
+
+def self_consistency_line(report) -> str:
+    counts = {s: sum(1 for c in report.checks if c.status == s) for s in ("ok", "kink", "FAIL")}
+    line = f"self-consistency: {counts['ok']} ok, {counts['kink']} kink, {counts['FAIL']} FAIL"
+    rechecked = [
+        c.kink_free_rel_error
+        for c in report.checks
+        if c.status == "kink" and c.kink_free_rel_error is not None
+    ]
+    if rechecked:
+        line += (
+            f"; without their straddling samples the kink coordinates agree to {max(rechecked):.1e}"
+        )
+    return line
+
+
+def _agreement_lines(diag) -> list[str]:
+    """The user's loss and gradient against the hinge loss, with the evidence."""
+    lines = []
+    ref = diag.reference_loss
+    reading = diag.loss_reading
+    loss_line = f"loss {diag.user_loss:.8g} (the hinge loss: {ref:.8g})"
+    if reading is not None:
+        loss_line += f" = {reading.formula}, to {reading.difference:.1e}"
+    lines.append(loss_line)
+    g = diag.grad_reading
+    if g is not None:
+        lines.append(f"gradient = {g.formula}, to {g.difference:.1e}")
+    if diag.reg != 0 and diag.convention in CONVENTIONS.values():
+        lines.append(f"regularization: {diag.convention}")
+    for mistake in diag.mistakes:
+        lines.append(f"✗ {mistake}")
+    diff = diag.gradient_difference
+    if diff is not None:
+        cols = ", ".join(f"{c} ({v:.2g})" for c, v in diff.columns[:10])
+        rows = ", ".join(f"{r} ({v:.2g})" for r, v in diff.rows)
+        lines.append(
+            f"  dW differs from the hinge loss's by {diff.relative:.2e} (relative, Frobenius)"
+            f" in {diff.rows_differing} rows of W"
+            + (", the bias row among them" if diff.bias_row_differs else "")
+        )
+        if cols:
+            lines.append(f"  columns (class: max |difference|): {cols}")
+        if rows:
+            lines.append(f"  worst rows (row: max |difference|): {rows}")
+    return lines
+
+
+def _print_lines(console: Console, lines: list[str], indent: int = 0) -> None:
+    """Outside text, one item per line; a wrapped item hangs under its first word."""
+    for line in lines:
+        hanging = 2 if line.startswith(("- ", "✗ ")) else 0
+        filled = textwrap.fill(
+            line,
+            width=max(console.width, 40),
+            initial_indent=" " * indent,
+            subsequent_indent=" " * (indent + hanging),
+            break_on_hyphens=False,
+        )
+        console.print(literal_lines(filled), soft_wrap=True)
+
+
+def literal_lines(text: str) -> Text:
+    """Like ``literal`` but keeps newlines (the wrapping is ours)."""
+    return Text("\n".join(_CONTROL.sub("\ufffd", part) for part in text.split("\n")))
+
+
+def render_user_check(report, console: Console) -> None:
+    """Print a UserCheckReport (svmtool gradcheck --loss, svmtool.check_gradient)."""
+    console.print(
+        literal(
+            f"checking on {report.samples} samples of {report.source} (float64) at {report.point};"
+            f" W is {report.shape[0]} x {report.shape[1]}, h={report.h:g}, tol={report.tol:g}"
+        ),
+        soft_wrap=True,
+    )
+    for fn in report.functions:
+        console.print()
+        origin = f" from {fn.origin}" if fn.origin else ""
+        console.rule(literal(f"{fn.name}{origin}"))
+        if fn.delta_note:
+            _print_lines(console, [fn.delta_note])
+        if fn.error is not None:
+            console.print(literal(f"could not be run: {fn.error.summary}", "bold red"))
+            if fn.error.hint:
+                console.print(literal(f"hint: {fn.error.hint}"))
+            continue
+        for check in fn.regs:
+            if check.loss is None:
+                console.print(literal(f"reg = {check.reg:g}: {check.problem}"))
+                continue
+            console.print(Text(f"reg = {check.reg:g}", style="bold"))
+            if check.gradcheck is not None:
+                console.print(gradcheck_table(check.gradcheck))
+                console.print(self_consistency_line(check.gradcheck))
+            elif check.problem:
+                console.print(literal(f"self-consistency: {check.problem}"))
+            _print_lines(console, _agreement_lines(check.diagnosis))
+        if fn.probes:
+            table = Table(title="other shapes")
+            table.add_column("shape", no_wrap=True)
+            table.add_column("result")
+            table.add_column("detail")
+            for p in fn.probes:
+                style = "green" if p.status == "ok" else "bold red"
+                table.add_row(p.label, Text(p.status, style=style), literal(p.detail))
+            console.print(table)
+        if fn.mutated:
+            console.print(literal(f"inputs: changed in place: {', '.join(fn.mutated)}"))
+        elif fn.bad_return is None:
+            console.print("inputs: left unchanged")
+        if fn.verdict == "right":
+            convention = fn.convention if fn.convention in CONVENTIONS.values() else None
+            verdict = Text("RIGHT", style="bold green")
+            verdict.append_text(
+                literal(
+                    f": {fn.name}'s gradient agrees with its loss (every coordinate ok or kink),"
+                    " the loss is the multi-class hinge loss, and both hold at other shapes."
+                    + (f" Regularization: {convention}." if convention else "")
+                )
+            )
+            console.print(verdict)
+        else:
+            verdict = Text("WRONG", style="bold red")
+            verdict.append_text(literal(f": {fn.name}"))
+            console.print(verdict)
+            _print_lines(console, [f"- {finding}" for finding in fn.findings], indent=2)
+    comp = report.comparison
+    if comp is not None:
+        console.print()
+        console.print(
+            literal(
+                f"{comp.first} vs {comp.second} at reg = {comp.reg:g}: loss difference"
+                f" {comp.loss_difference:.2e}, gradient difference (Frobenius)"
+                f" {comp.gradient_difference:.2e}; {comp.first} {comp.first_seconds * 1e3:.1f} ms,"
+                f" {comp.second} {comp.second_seconds * 1e3:.2f} ms"
+                f" ({comp.speedup:.1f}x faster)"
+            ),
+            soft_wrap=True,
+        )
+
+
+def render_to_text(report, width: int = 100) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, highlight=False)
+    render_user_check(report, console)
+    return buffer.getvalue().rstrip("\n")
+
+
+def _jsonable_check(c) -> dict:
+    return {
+        "d": c.d,
+        "c": c.c,
+        "numeric": c.numeric,
+        "analytic": c.analytic,
+        "rel_error": c.rel_error,
+        "kink_free_rel_error": c.kink_free_rel_error,
+        "straddled_samples": c.straddled,
+        "status": c.status,
+        "kinks": [vars(k) for k in c.kinks],
+    }
+
+
+def _jsonable_diagnosis(diag) -> dict | None:
+    if diag is None:
+        return None
+    diff = diag.gradient_difference
+    return {
+        "loss": diag.user_loss,
+        "reference_loss": diag.reference_loss,
+        "loss_matches": (
+            None
+            if diag.loss_reading is None
+            else {"mistakes": diag.loss_reading.keys, "difference": diag.loss_reading.difference}
+        ),
+        "gradient_matches": (
+            None
+            if diag.grad_reading is None
+            else {"mistakes": diag.grad_reading.keys, "difference": diag.grad_reading.difference}
+        ),
+        "convention": diag.convention,
+        "correct": diag.correct,
+        "mistakes": diag.mistakes,
+        "mistake_keys": diag.keys,
+        "gradient_difference": None if diff is None else vars(diff),
+    }
+
+
+def user_check_json(report) -> dict:
+    """Everything in a UserCheckReport, as JSON-able values."""
+    functions = []
+    for fn in report.functions:
+        functions.append(
+            {
+                "name": fn.name,
+                "origin": fn.origin,
+                "takes_delta": fn.takes_delta,
+                "delta": fn.delta,
+                "delta_note": fn.delta_note,
+                "verdict": fn.verdict,
+                "exit_code": fn.exit_code,
+                "findings": fn.findings,
+                "convention": fn.convention,
+                "error": None
+                if fn.error is None
+                else {
+                    "summary": fn.error.summary,
+                    "traceback": fn.error.details,
+                    "hint": fn.error.hint,
+                },
+                "bad_return": fn.bad_return,
+                "mutated": fn.mutated,
+                "regs": [
+                    {
+                        "reg": r.reg,
+                        "loss": r.loss,
+                        "problem": r.problem,
+                        "checks": [_jsonable_check(c) for c in r.gradcheck.checks]
+                        if r.gradcheck
+                        else [],
+                        "diagnosis": _jsonable_diagnosis(r.diagnosis),
+                    }
+                    for r in fn.regs
+                ],
+                "probes": [
+                    {
+                        "n": p.n,
+                        "d": p.d,
+                        "c": p.c,
+                        "status": p.status,
+                        "detail": p.detail,
+                        "traceback": p.traceback,
+                    }
+                    for p in fn.probes
+                ],
+            }
+        )
+    comp = report.comparison
+    return {
+        "samples": report.samples,
+        "W_shape": list(report.shape),
+        "data": report.source,
+        "point": report.point,
+        "h": report.h,
+        "tol": report.tol,
+        "functions": functions,
+        "comparison": None if comp is None else {**vars(comp), "speedup": comp.speedup},
+        "exit_code": report.exit_code,
+        "passed": report.passed,
+    }

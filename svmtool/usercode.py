@@ -1,0 +1,334 @@
+"""A user's own loss function: find it, import it, call it, and explain its errors.
+
+Loading a user's file runs it, on purpose (as pytest does). What it raises is
+the user's to see: their traceback, their frames only, and one line naming
+their file and line. Everything it returns is checked before use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import itertools
+import os
+import re
+import sys
+import sysconfig
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from svmtool.errors import SvmtoolError
+
+CS231N_NAMES = ("svm_loss_naive", "svm_loss_vectorized")
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_LIBRARY_DIRS = tuple(
+    str(Path(p).resolve())
+    for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+_PY2_NAMES = {"xrange", "unicode", "raw_input", "basestring", "long", "unichr", "execfile"}
+_PY2_ATTRS = {"iteritems", "itervalues", "iterkeys", "has_key"}
+_module_counter = itertools.count()
+
+
+class UserCodeError(SvmtoolError):
+    """The user's code could not be imported, or raised. Exit code 3.
+
+    ``summary`` is one line naming the file and line; ``details`` is the
+    user's traceback (their frames only) or other context, possibly empty.
+    """
+
+    def __init__(self, summary: str, details: str = "", hint: str | None = None):
+        super().__init__(summary)
+        self.summary = summary
+        self.details = details
+        self.hint = hint
+
+
+class BadReturn(SvmtoolError):
+    """The user's function returned something that is not ``(number, dW)``."""
+
+
+def _is_ours(filename: str) -> bool:
+    return str(Path(filename).resolve()).startswith(_PACKAGE_DIR + os.sep)
+
+
+def _is_library(filename: str) -> bool:
+    path = str(Path(filename).resolve())
+    return filename.startswith("<") or any(path.startswith(d + os.sep) for d in _LIBRARY_DIRS)
+
+
+def python2_hint(exc: BaseException, source: str | None = None) -> str | None:
+    """Say so when an error is Python 2 code meeting Python 3."""
+    if isinstance(exc, SyntaxError):
+        msg = str(exc.msg or "")
+        if "Missing parentheses in call to 'print'" in msg or "Missing parentheses" in msg:
+            return "this is Python 2 code (a print statement): write print(...) instead"
+        text = exc.text or ""
+        if re.search(r"\bexcept\s+\w+\s*,\s*\w+\s*:", text):
+            return "this is Python 2 code (except E, e:): write except E as e:"
+        if source and re.search(r"^\s*print\s+[^(=\s]", source, re.MULTILINE):
+            return "this looks like Python 2 code (print statements): svmtool runs Python 3"
+    if isinstance(exc, NameError) and getattr(exc, "name", None) in _PY2_NAMES:
+        return f"{exc.name} is Python 2 (this is Python 3): " + (
+            "use range" if exc.name == "xrange" else "see the Python 3 porting guide"
+        )
+    if isinstance(exc, AttributeError) and getattr(exc, "name", None) in _PY2_ATTRS:
+        return f".{exc.name}() is Python 2: use .{exc.name.removeprefix('iter')}() or `in`"
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in (
+        "past",
+        "future",
+    ):
+        return (
+            "CS231n's files import past.builtins (the 'future' package): pip install future,"
+            " or delete that import line (Python 3 does not need it)"
+        )
+    return None
+
+
+def user_traceback(exc: BaseException) -> tuple[str, str | None]:
+    """The traceback without svmtool's frames, and 'file, line N' of the deepest
+    frame in the user's own code (not svmtool, not the standard library, not an
+    installed package)."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not (_is_ours(f.filename) or f.filename.startswith("<frozen importlib"))
+    ]
+    where = None
+    for frame in reversed(frames):
+        if not _is_library(frame.filename):
+            where = f"{frame.filename}, line {frame.lineno}"
+            break
+    lines = []
+    if frames:
+        lines.append("Traceback (most recent call last):\n")
+        lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip("\n"), where
+
+
+def error_from(exc: BaseException, doing: str, source: str | None = None) -> UserCodeError:
+    """A UserCodeError for an exception the user's code raised while ``doing``."""
+    if isinstance(exc, SyntaxError) and not _is_ours(exc.filename or ""):
+        where = f"{exc.filename}, line {exc.lineno}"
+        details, _ = user_traceback(exc)
+        summary = f"{doing}: SyntaxError: {exc.msg} ({where})"
+        return UserCodeError(summary, details, python2_hint(exc, source))
+    details, where = user_traceback(exc)
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    summary = f"{doing}: {type(exc).__name__}" + (f": {message}" if message else "")
+    if where:
+        summary += f" ({where})"
+    return UserCodeError(summary, details, python2_hint(exc, source))
+
+
+@dataclass
+class LossSpec:
+    """What ``--loss`` named: a file or module, and a function name or None (both CS231n names)."""
+
+    target: str
+    func: str | None
+    is_path: bool
+
+
+def parse_spec(text: str) -> LossSpec:
+    """'PATH.py:FUNC', 'PATH.py' or 'package.module:FUNC'."""
+    target, func = text, None
+    head, sep, tail = text.rpartition(":")
+    if sep and tail.isidentifier():
+        target, func = head, tail
+    elif sep and tail:
+        raise SvmtoolError(f"--loss: {tail!r} is not a Python function name (in {text!r})")
+    if not target:
+        raise SvmtoolError(f"--loss needs a file or module before ':', got {text!r}")
+    is_path = target.endswith(".py") or os.sep in target or "/" in target
+    if not is_path and func is None:
+        raise SvmtoolError(
+            f"--loss {text}: give a .py file, or a module and a function as package.module:FUNC"
+        )
+    if not is_path and not all(part.isidentifier() for part in target.split(".")):
+        raise SvmtoolError(f"--loss: {target!r} is neither a .py file nor a module name")
+    return LossSpec(target, func, is_path)
+
+
+def import_target(spec: LossSpec):
+    """Import the user's file or module (this runs it). Raises UserCodeError."""
+    if spec.is_path:
+        path = Path(spec.target).expanduser()
+        if not path.exists():
+            raise UserCodeError(f"--loss: {spec.target} does not exist")
+        if not path.is_file():
+            raise UserCodeError(f"--loss: {spec.target} is not a file")
+        path = path.resolve()
+        source = None
+        try:
+            source = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise UserCodeError(f"--loss: cannot read {spec.target}: {exc.strerror}") from None
+        # Like running the file as a script: its own folder is importable.
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        name = f"svmtool_user_{next(_module_counter)}_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise SvmtoolError(f"--loss: {spec.target} cannot be imported as Python")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except SystemExit as exc:
+            sys.modules.pop(name, None)
+            raise UserCodeError(
+                f"importing {spec.target} called sys.exit({exc.code!r}): put the script part"
+                " under if __name__ == '__main__':"
+            ) from None
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise error_from(exc, f"importing {spec.target} failed", source) from None
+        return module
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(spec.target)
+    except ModuleNotFoundError as exc:
+        if exc.name and spec.target.startswith(exc.name):
+            raise UserCodeError(
+                f"no module named {spec.target!r} here (run from the folder that holds it,"
+                " or give the .py file's path)"
+            ) from None
+        raise error_from(exc, f"importing {spec.target} failed") from None
+    except Exception as exc:
+        raise error_from(exc, f"importing {spec.target} failed") from None
+
+
+LossCallable = Callable[..., object]
+
+
+@dataclass
+class UserFunction:
+    """A user's ``f(W, X, y, reg[, delta])``, called on copies, its return checked.
+
+    Call it as ``fn(W, X, y, reg, delta)``: W (D, C), X (N, D), y (N,). Returns
+    ``(loss, dW)`` as a float and a float64 array of W's shape, or raises
+    BadReturn (a malformed result) or UserCodeError (it raised).
+    """
+
+    fn: LossCallable
+    name: str
+    origin: str  # the file (or module) it came from, as the user named it
+    takes_delta: bool = False
+    mutated: set[str] = field(default_factory=set)  # "W", "X", "y" seen changed in place
+    calls: int = 0
+
+    @classmethod
+    def wrap(cls, fn: LossCallable, name: str | None = None, origin: str = "") -> UserFunction:
+        if not callable(fn):
+            raise SvmtoolError(f"{name or fn!r} is not a function")
+        takes_delta = False
+        try:
+            params = inspect.signature(fn).parameters
+            takes_delta = "delta" in params and params["delta"].kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                inspect.Parameter.KEYWORD_ONLY,
+            )
+        except (TypeError, ValueError):
+            pass  # a builtin or a C function: call it with four arguments
+        return cls(fn, name or getattr(fn, "__name__", "loss"), origin, takes_delta)
+
+    def raw_call(self, W, X, y, reg, delta):
+        """Call the function as is (no checks): used to probe other layouts."""
+        if self.takes_delta:
+            return self.fn(W, X, y, reg, delta=delta)
+        return self.fn(W, X, y, reg)
+
+    def __call__(self, W, X, y, reg, delta) -> tuple[float, np.ndarray]:
+        args = (W.copy(), X.copy(), y.copy())
+        self.calls += 1
+        try:
+            result = self.raw_call(*args, reg, delta)
+        except KeyboardInterrupt:
+            raise
+        except SystemExit as exc:
+            raise UserCodeError(f"{self.name} called sys.exit({exc.code!r})") from None
+        except Exception as exc:
+            raise error_from(exc, f"{self.name} raised") from None
+        for label, given, original in zip("WXy", args, (W, X, y), strict=True):
+            if given.shape != original.shape or not np.array_equal(given, original):
+                self.mutated.add(label)
+        return check_return(result, W.shape, self.name)
+
+
+def _describe(value) -> str:
+    kind = type(value).__name__
+    shape = getattr(value, "shape", None)
+    return f"{kind} of shape {shape}" if shape is not None else kind
+
+
+def check_return(
+    result, shape: tuple[int, int], name: str = "the function"
+) -> tuple[float, np.ndarray]:
+    """``(loss, dW)`` with a finite number and a finite float array shaped ``shape``."""
+    if not isinstance(result, tuple | list) or len(result) != 2:
+        raise BadReturn(f"{name} returned {_describe(result)}; it must return a pair (loss, dW)")
+    loss, dW = result
+    if isinstance(loss, np.ndarray) and loss.ndim == 0:
+        loss = loss[()]
+    if isinstance(loss, bool) or not isinstance(loss, int | float | np.integer | np.floating):
+        raise BadReturn(
+            f"{name} returned a loss that is {_describe(loss)}, not a number"
+            + (" (use float(...) or np.sum to get a scalar)" if hasattr(loss, "shape") else "")
+        )
+    loss = float(loss)
+    if not np.isfinite(loss):
+        raise BadReturn(f"{name} returned a loss of {loss}")
+    if isinstance(dW, np.matrix):
+        raise BadReturn(
+            f"{name} returned dW as np.matrix; return a plain ndarray (np.asarray(dW)):"
+            " np.matrix changes what * and indexing mean"
+        )
+    if not isinstance(dW, np.ndarray):
+        raise BadReturn(f"{name} returned dW as {_describe(dW)}; it must be a numpy array")
+    if dW.shape != tuple(shape):
+        hint = ""
+        if dW.shape == tuple(shape)[::-1]:
+            hint = " (transposed: C x D is the 2015 assignment's layout; today W and dW are D x C)"
+        raise BadReturn(f"{name} returned dW of shape {dW.shape}; W is {tuple(shape)}{hint}")
+    if dW.dtype.kind not in "fiu":
+        raise BadReturn(f"{name} returned dW of dtype {dW.dtype}; it must hold numbers")
+    dW = dW.astype(np.float64)
+    if not np.all(np.isfinite(dW)):
+        bad = int((~np.isfinite(dW)).sum())
+        raise BadReturn(f"{name} returned dW with {bad} NaN or infinite entries")
+    return loss, dW
+
+
+def load_functions(spec: LossSpec) -> list[UserFunction]:
+    """The function(s) ``--loss`` names: FUNC, or each CS231n name the file defines."""
+    module = import_target(spec)
+    names = [spec.func] if spec.func else [n for n in CS231N_NAMES if hasattr(module, n)]
+    if not names:
+        raise UserCodeError(
+            f"{spec.target} defines neither {CS231N_NAMES[0]} nor {CS231N_NAMES[1]};"
+            " name the function as PATH.py:FUNC"
+        )
+    functions = []
+    for name in names:
+        if not hasattr(module, name):
+            defined = sorted(
+                n
+                for n, v in vars(module).items()
+                if inspect.isfunction(v)
+                and v.__module__ == module.__name__
+                and not n.startswith("_")
+            )
+            raise UserCodeError(
+                f"{spec.target} has no function {name!r}"
+                + (f" (it defines: {', '.join(defined[:8])})" if defined else "")
+            )
+        functions.append(UserFunction.wrap(getattr(module, name), name, spec.target))
+    return functions
