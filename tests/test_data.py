@@ -294,3 +294,17 @@ def test_a_label_gap_loads_and_the_split_warns(tmp_path):
     data = load_npz(save_npz(tmp_path / "gap.npz", **arrays))
     assert data.class_names == ["class0", "class1", "class2"]
     assert any("'class1'" in w and "no training images" in w for w in split(data).warnings)
+
+
+def test_fashion_mnist_sized_split_uses_every_image():
+    """60,000 + 10,000 images, label-sorted, as Fashion-MNIST is often saved; the pixels
+    are a broadcast view, so this costs the index arithmetic only."""
+    labels = np.repeat(np.arange(10), 6000)
+    pixels = np.broadcast_to(np.zeros((1, 28, 28, 1), np.uint8), (60_000, 28, 28, 1))
+    test = np.broadcast_to(np.zeros((1, 28, 28, 1), np.uint8), (10_000, 28, 28, 1))
+    data = Dataset(pixels, labels, test, np.zeros(10_000, np.int64), [str(k) for k in range(10)],
+                   "fashion.npz")  # fmt: skip
+    parts = split(data, seed=0)
+    assert (parts.train.size, parts.val.size, parts.test.size) == (59_000, 1_000, 10_000)
+    np.testing.assert_array_equal(np.bincount(labels[parts.val]), [100] * 10)
+    assert np.union1d(parts.train, parts.val).size == 60_000 and parts.warnings == []
