@@ -132,6 +132,14 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
+_at_end: list = []
+
+
+def at_end(cleanup) -> None:
+    """Call ``cleanup()`` when the running command ends, however it ends."""
+    _at_end.append(cleanup)
+
+
 def handle_errors(command):
     """Library errors become one line and exit code 1, never a traceback; no
     Python warning reaches the user (the math that may overflow says so with
@@ -174,6 +182,9 @@ def _run(command, *args, **kwargs):
             f"internal error: {type(exc).__name__}: {exc}"
             " (set SVMTOOL_DEBUG=1 for the traceback, and please report it)"
         ) from None
+    finally:
+        while _at_end:
+            _at_end.pop()()
 
 
 def version_callback(value: bool) -> None:
@@ -243,9 +254,15 @@ def _download_progress():
     )
 
 
-def fetch_cifar(data_dir: Path, **options):
-    """``cifar.download`` (same options) with a Rich progress bar on stderr."""
+DOWNLOAD_ADVICE = "use --url MIRROR or --from-file ARCHIVE"
+
+
+def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, **options):
+    """``cifar.download`` (same options) with a Rich progress bar on stderr, a
+    line for each retry, and ``advice`` (which must work from the command
+    that called it) after a failed download."""
     from svmtool import cifar
+    from svmtool.download import DownloadFailed
 
     bar = None
     task = None
@@ -259,8 +276,13 @@ def fetch_cifar(data_dir: Path, **options):
             task = bar.add_task("download", total=total)
         bar.update(task, completed=done, total=total)
 
+    def retrying(reason: str, delay: float, attempt: int, tries: int) -> None:
+        say(f"{reason}, retrying in {delay:g} s ({attempt}/{tries})")
+
     try:
-        return cifar.download(data_dir, progress=report, **options)
+        return cifar.download(data_dir, progress=report, on_retry=retrying, **options)
+    except DownloadFailed as exc:
+        raise SvmtoolError(f"{exc}; {advice}") from None
     finally:
         if bar is not None:
             bar.stop()
@@ -311,6 +333,8 @@ def download(
         force=force,
         keep_archive=keep_archive,
     )
+    if result.note:
+        say(result.note)
     if result.already:
         say(f"CIFAR-10 is already in {result.cache} (use --force to fetch it again)")
     else:
@@ -634,6 +658,11 @@ def train(
         raise SvmtoolError(f"--model {model_path} is a folder; give a file name")
     if not model_path.parent.is_dir():
         raise SvmtoolError(f"--model {model_path}: folder {model_path.parent} does not exist")
+    # The model's temporary file is made now, so a folder that cannot take it
+    # fails before training, not after; it is removed unless committed, and
+    # the commit (the move into place) is the last step, after the output.
+    pending = model_io.reserve(model_path)
+    at_end(pending.discard)
     if download_first and data == "cifar10":
         from svmtool import cifar
 
@@ -641,7 +670,14 @@ def train(
         try:
             cifar.load(where)
         except SvmtoolError:
-            fetch_cifar(where)
+            fetch_cifar(
+                where,
+                advice=(
+                    f"fetch it with: svmtool download --data-dir {where} --url MIRROR,"
+                    f" or import a copy with: svmtool download --data-dir {where}"
+                    " --from-file ARCHIVE"
+                ),
+            )
     with feature_progress() as progress:
         prepared = prepare_training(request, progress)
     for note in prepared.notes:
@@ -692,7 +728,7 @@ def train(
             + _why_diverged(grid, delta, dtype)
             + ". No model was saved."
         )
-    model_io.save(outcome.model, model_path)
+    model_io.save(outcome.model, pending)
     best = grid[outcome.best]
     if as_json:
         print_json(
@@ -707,6 +743,7 @@ def train(
                 "warnings": outcome.warnings,
             }
         )
+        pending.commit()
         return
     if len(grid) > 1:
         table = Table(title="grid search (same seed, same batches)")
@@ -751,6 +788,7 @@ def train(
                 f"lr={g['lr']:g}, reg={g['reg']:g} diverged at iteration {g['diverged_at']}"
                 f" ({_CAUSE_SHORT[g['diverged_because']]})"
             )
+    pending.commit()
     say(f"model written to {model_path}")
 
 

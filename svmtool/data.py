@@ -242,7 +242,11 @@ def load_npz(path: Path) -> Dataset:
     if names is not None:
         if names.size > MAX_CLASSES:
             raise SvmtoolError(f"{path}: {names.size} class_names; at most {MAX_CLASSES}")
-        class_names = [str(n) for n in np.asarray(names).ravel()]
+        if names.ndim != 1 or names.dtype.kind not in "US":
+            raise SvmtoolError(
+                f"{path}: class_names must be a list of strings, got {names.dtype} {names.shape}"
+            )
+        class_names = [str(n) for n in names]
         if top >= len(class_names):
             hint = (
                 f": labels run {low}..{top}; if they count from 1, save y_train=y_train - 1"

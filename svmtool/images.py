@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import stat
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from svmtool.errors import SvmtoolError
+from svmtool.files import new_file_mode, open_regular
 from svmtool.terminal import clean
 
 
@@ -248,6 +251,8 @@ def write_outputs(out_dir: Path, files: dict[str, object]) -> Written:
         written = []
         for name in files:
             destination = out_dir / name
+            # A replaced PNG keeps its permissions; a new one follows the umask.
+            os.chmod(scratch / name, new_file_mode(destination))
             (scratch / name).replace(destination)
             written.append(destination)
         removed, kept = [], {}
@@ -272,19 +277,73 @@ def write_outputs(out_dir: Path, files: dict[str, object]) -> Written:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+# predict reads only these (Image.open(formats=...)): no other decoder, and no
+# external program (Pillow hands EPS to Ghostscript), is ever reached.
+IMAGE_FORMATS = ("PNG", "JPEG")
+# Transparent pixels are shown over white, as an image viewer or a web page shows them.
+BACKGROUND = (255, 255, 255)
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _as_8bit_gray(im: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit integer) grayscale scaled to 0..255, keeping tRNS transparency."""
+    values = np.asarray(im, dtype=np.float64)
+    top = 65535.0 if im.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+    gray = np.rint(np.clip(values, 0, top) * (255.0 / top)).astype(np.uint8)
+    transparent = im.info.get("transparency")
+    if isinstance(transparent, int):
+        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.dstack([gray, alpha]), "LA")
+    return Image.fromarray(gray, "L")
+
+
+def _as_shown(im: Image.Image) -> Image.Image:
+    """The image as a viewer shows it: EXIF orientation applied, 16-bit gray
+    scaled (not clipped to white), transparency composited over white. RGB."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in _SIXTEEN_BIT or im.mode == "F":
+        im = _as_8bit_gray(im)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
 def read_image(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
-    """An image file (PNG, JPEG, any size, RGB or grayscale) as uint8 image_shape (H, W, C)."""
+    """A PNG or JPEG file (any size, RGB or grayscale, 8 or 16 bits) as uint8
+    image_shape (H, W, C), read as a viewer shows it (see ``_as_shown``).
+
+    Images over Pillow's pixel limit (Image.MAX_IMAGE_PIXELS) are refused,
+    never decoded.
+    """
     h, w, c = image_shape
-    try:
-        with Image.open(path) as im:
-            im.load()
-            converted = im.convert("RGB" if c == 3 else "L")
-    except FileNotFoundError:
-        raise SvmtoolError(f"{path}: no such file") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise SvmtoolError(f"{path}: cannot read the image ({exc})") from None
     if c not in (1, 3):
         raise SvmtoolError(f"{path}: the model has {c} channels; only 1 or 3 can come from a file")
+    size = None
+    with open_regular(path, "image") as f:
+        try:
+            with warnings.catch_warnings():
+                # Pillow only warns between its limit and twice it, then decodes anyway.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f, formats=IMAGE_FORMATS) as im:
+                    size = im.size
+                    im.load()
+                    shown = _as_shown(im)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+            raise SvmtoolError(
+                f"{path}: refusing an image of {pixels}, over the limit of"
+                f" {Image.MAX_IMAGE_PIXELS:,} (it could be a decompression bomb)"
+            ) from None
+        except UnidentifiedImageError:
+            raise SvmtoolError(f"{path}: cannot read the image (not a PNG or JPEG file)") from None
+        except MemoryError:
+            raise SvmtoolError(f"{path}: not enough memory to decode a {size} image") from None
+        except Exception as exc:  # a decoder fed hostile bytes may raise anything
+            raise SvmtoolError(f"{path}: cannot read the image ({exc})") from None
+    converted = shown if c == 3 else shown.convert("L")
     resized = converted.resize((w, h), Image.Resampling.BILINEAR)
     array = np.asarray(resized, dtype=np.uint8)
     return array.reshape(h, w, c)
