@@ -714,14 +714,19 @@ def evaluate(
 @app.command()
 @handle_errors
 def predict(
-    images: list[Path] = typer.Argument(..., help="PNG or JPEG files, any size."),
+    images: list[Path] = typer.Argument(
+        ..., help="PNG or JPEG files, any size (transparent pixels count as white)."
+    ),
     model_path: Path = typer.Option(Path("svm_model.npz"), "--model", help="The model file."),
     top: int = typer.Option(3, "--top", help="How many scores to show."),
 ) -> None:
     """Predict the class of image files.
 
-    Each image is resized to the model's image shape and converted to its
-    channels, then preprocessed with the model's mean image.
+    Each image is read as a viewer shows it (EXIF orientation applied, 16-bit
+    grayscale scaled, transparency over white), resized to the model's image
+    shape and converted to its channels, then preprocessed with the model's
+    mean image. Only PNG and JPEG are decoded; images over Pillow's pixel
+    limit are refused.
 
     Example: svmtool predict cat.png plane.jpg
     """
