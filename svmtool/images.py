@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from svmtool.errors import SvmtoolError
 from svmtool.files import new_file_mode, open_regular
+from svmtool.terminal import clean
 
 
 def safe_filename(name: str) -> str:
@@ -57,14 +62,31 @@ def to_pil(image: np.ndarray, zoom: int = 1) -> Image.Image:
     return pil
 
 
+LABEL_CHARS = 16  # a longer class name is cut to this many characters, the last one "…"
+
+
+def montage_label(name: str) -> str:
+    """A class name as the montage shows it: control characters escaped, long names cut."""
+    text = clean(name)
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
+
+
 def montage(images: list[Image.Image], names: list[str], columns: int | None = None) -> Image.Image:
-    """All templates in one grid, each with its class name underneath."""
+    """All templates in one grid, each with its class name underneath.
+
+    The labels have one size whatever the zoom, and each cell is as wide as
+    the wider of its picture and the longest label, so labels never overlap.
+    """
     font = ImageFont.load_default()
+    labels = [montage_label(n) for n in names]
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    boxes = [probe.textbbox((0, 0), t, font=font) for t in [*labels, "Wg"]]
+    label_w = max(b[2] - min(b[0], 0) for b in boxes)
+    label_h = max(b[3] for b in boxes) + 4
     columns = columns or min(len(images), 5)
     rows = -(-len(images) // columns)
-    cell_w = max(im.width for im in images)
+    cell_w = max(max(im.width for im in images), label_w)
     cell_h = max(im.height for im in images)
-    label_h = 16
     pad = 6
     mode = "L" if all(im.mode == "L" for im in images) else "RGB"
     white = 255 if mode == "L" else (255, 255, 255)
@@ -72,12 +94,12 @@ def montage(images: list[Image.Image], names: list[str], columns: int | None = N
         mode, (columns * (cell_w + pad) + pad, rows * (cell_h + label_h + pad) + pad), white
     )
     draw = ImageDraw.Draw(sheet)
-    for i, (im, name) in enumerate(zip(images, names, strict=True)):
+    for i, (im, text) in enumerate(zip(images, labels, strict=True)):
         x = pad + (i % columns) * (cell_w + pad)
         y = pad + (i // columns) * (cell_h + label_h + pad)
-        sheet.paste(im.convert(mode), (x, y))
-        text = name if draw.textlength(name, font=font) <= cell_w + pad else name[:12] + "…"
-        draw.text((x, y + cell_h + 2), text, fill=0 if mode == "L" else (0, 0, 0), font=font)
+        sheet.paste(im.convert(mode), (x + (cell_w - im.width) // 2, y))
+        left = x + (cell_w - int(draw.textlength(text, font=font))) // 2
+        draw.text((left, y + cell_h + 2), text, fill=0 if mode == "L" else (0, 0, 0), font=font)
     return sheet
 
 
@@ -142,23 +164,89 @@ def grid_heatmap(grid: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(out_dir: Path, files: dict[str, object]) -> list[Path]:
+MANIFEST = ".svmtool-visualize.json"
+"""What visualize wrote into a folder (name -> sha256), so that the next run
+removes its own outputs that it no longer writes, and nothing else."""
+
+_MANIFEST_MAX_BYTES = 1 << 20
+_OUTPUT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\.png")
+
+
+@dataclass
+class Written:
+    """The files a visualize run wrote, and the earlier outputs it removed."""
+
+    written: list[Path]
+    removed: list[Path]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_manifest(out_dir: Path) -> dict[str, str]:
+    """The previous run's outputs; anything unexpected in the file means none."""
+    path = out_dir / MANIFEST
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode) or path.lstat().st_size > _MANIFEST_MAX_BYTES:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {
+        name: digest
+        for name, digest in files.items()
+        if isinstance(name, str)
+        and _OUTPUT_NAME.fullmatch(name)
+        and isinstance(digest, str)
+        and len(digest) == 64
+    }
+
+
+def _folders_in_the_way(out_dir: Path, names: list[str]) -> list[str]:
+    blocked = []
+    for name in names:
+        try:
+            if stat.S_ISDIR((out_dir / name).lstat().st_mode):
+                blocked.append(name)
+        except FileNotFoundError:
+            pass
+    return blocked
+
+
+def write_outputs(out_dir: Path, files: dict[str, object]) -> Written:
     """Write every file into a scratch folder beside ``out_dir``, then move them
-    in: an error midway leaves ``out_dir`` as it was.
+    in, then remove what an earlier run wrote there and this one does not (a
+    file the user changed since is kept). The whole destination is checked
+    first: an error leaves ``out_dir`` as it was.
 
     files: name -> a PIL image, or a callable taking the destination path.
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise SvmtoolError(f"--out-dir {out_dir} exists and is not a folder")
+    if out_dir.is_dir():
+        blocked = _folders_in_the_way(out_dir, [*files, MANIFEST])
+        if blocked:
+            raise SvmtoolError(
+                f"--out-dir {out_dir}: {', '.join(blocked)} "
+                + ("is a folder" if len(blocked) == 1 else "are folders")
+                + "; nothing was written (move it away or choose another --out-dir)"
+            )
+    previous = _read_manifest(out_dir) if out_dir.is_dir() else {}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        digests = {}
         for name, content in files.items():
             target = scratch / name
             if isinstance(content, Image.Image):
                 content.save(target, format="PNG")
             else:
                 content(target)  # type: ignore[operator]
+            digests[name] = _sha256(target)
         out_dir.mkdir(exist_ok=True)
         written = []
         for name in files:
@@ -167,7 +255,24 @@ def write_outputs(out_dir: Path, files: dict[str, object]) -> list[Path]:
             os.chmod(scratch / name, new_file_mode(destination))
             (scratch / name).replace(destination)
             written.append(destination)
-        return written
+        removed, kept = [], {}
+        for name, digest in previous.items():
+            if name in files:
+                continue
+            stale = out_dir / name
+            try:
+                if stat.S_ISREG(stale.lstat().st_mode) and _sha256(stale) == digest:
+                    stale.unlink()
+                    removed.append(stale)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                kept[name] = digest  # still ours: the next run tries again
+        manifest = scratch / MANIFEST
+        record = {"written_by": "svmtool visualize", "files": {**kept, **digests}}
+        manifest.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        manifest.replace(out_dir / MANIFEST)
+        return Written(written, removed)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

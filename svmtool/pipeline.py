@@ -27,7 +27,7 @@ from svmtool.data import (
 from svmtool.errors import DataNotFound, SvmtoolError
 from svmtool.features import KINDS, Features
 from svmtool.model import Model
-from svmtool.train import StepFn, accuracy, check_settings, sgd_grid
+from svmtool.train import StepFn, accuracy, check_settings, divergence_cause, sgd_grid
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -98,6 +98,12 @@ def parse_floats(text: str, name: str) -> list[float]:
     return values
 
 
+def check_seed(seed: int) -> None:
+    """numpy seeds must be non-negative; say so before anything is loaded."""
+    if seed < 0:
+        raise SvmtoolError(f"seed must be >= 0, got {seed}")
+
+
 def data_source_name(source: str) -> str:
     """How the model file records its data: a user's .npz by absolute path, so
     evaluate and gradcheck find it from any folder."""
@@ -134,8 +140,9 @@ class PreparedData:
     data_dir: Path | None = None  # where CIFAR-10 was read from; None for other data
     warnings: list[str] = field(default_factory=list)
     features: Features = field(default_factory=Features)
-    notes: list[str] = field(default_factory=list)  # what the feature cache did
+    notes: list[str] = field(default_factory=list)  # for the user, before training
     feature_seconds: float = 0.0
+    batch_size: int = 0  # what SGD will use: the request, or all rows if there are fewer
 
 
 def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) -> PreparedData:
@@ -148,6 +155,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
         check_settings(request.lrs, request.regs, request.delta, request.iters, request.batch_size)
     except ValueError as exc:
         raise SvmtoolError(str(exc)) from None
+    check_seed(request.seed)
     if not (request.init_scale >= 0 and np.isfinite(request.init_scale)):
         raise SvmtoolError(f"init_scale must be >= 0, got {request.init_scale}")
     dtype = DTYPES[request.dtype]
@@ -165,7 +173,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
     if request.features != "pixels":
         t1 = time.perf_counter()
         built = build_features(dataset, parts, request, dtype, progress)
-        return PreparedData(
+        prepared = PreparedData(
             X_train=built.X_train,
             y_train=labels[parts.train],
             X_val=built.X_val,
@@ -181,22 +189,30 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             notes=built.notes,
             feature_seconds=time.perf_counter() - t1,
         )
-    # parts.train is a seeded permutation: the rows come out shuffled at no
-    # extra cost, and SGD walks them as views.
-    prepared = PreparedData(
-        X_train=preprocess(dataset.train_images, mean, parts.train, dtype),
-        y_train=labels[parts.train],
-        X_val=preprocess(dataset.train_images, mean, parts.val, dtype),
-        y_val=labels[parts.val],
-        mean=mean,
-        class_names=list(dataset.class_names),
-        load_seconds=0.0,
-        split_rule=parts.rule,
-        test_count=int(dataset.test_images.shape[0]),
-        data_dir=folder if request.data == CIFAR10 else None,
-        warnings=list(parts.warnings),
-    )
-    prepared.load_seconds = time.perf_counter() - t0
+    else:
+        # parts.train is a seeded permutation: the rows come out shuffled at no
+        # extra cost, and SGD walks them as views.
+        prepared = PreparedData(
+            X_train=preprocess(dataset.train_images, mean, parts.train, dtype),
+            y_train=labels[parts.train],
+            X_val=preprocess(dataset.train_images, mean, parts.val, dtype),
+            y_val=labels[parts.val],
+            mean=mean,
+            class_names=list(dataset.class_names),
+            load_seconds=0.0,
+            split_rule=parts.rule,
+            test_count=int(dataset.test_images.shape[0]),
+            data_dir=folder if request.data == CIFAR10 else None,
+            warnings=list(parts.warnings),
+        )
+        prepared.load_seconds = time.perf_counter() - t0
+    n = prepared.X_train.shape[0]
+    prepared.batch_size = min(request.batch_size, n)
+    if request.batch_size > n:
+        prepared.notes.append(
+            f"--batch-size {request.batch_size} is larger than the {n} training images:"
+            f" every step uses all {n} (full-batch gradient descent)"
+        )
     return prepared
 
 
@@ -401,6 +417,8 @@ def run_training(
         rng=np.random.default_rng(request.seed),
         init_scale=request.init_scale,
         on_step=on_step,
+        X_val=X_val,
+        y_val=y_val,
         report_every=report_every,
     )
     t2 = time.perf_counter()
@@ -418,6 +436,17 @@ def run_training(
                 "reg": reg,
                 "diverged": diverged,
                 "diverged_at": int(result.diverged_at[k]) if diverged else None,
+                "diverged_because": divergence_cause(
+                    lr,
+                    reg,
+                    request.delta,
+                    int(result.diverged_at[k]),
+                    num_classes=num_classes,
+                    batch_size=result.batch_size,
+                    dtype=X_train.dtype.type,
+                )
+                if diverged
+                else None,
                 "train_accuracy": None if diverged else float(train_acc[k]),
                 "val_accuracy": None if diverged else float(val_acc[k]),
                 "final_loss": None if diverged else float(history[-1]),
@@ -452,6 +481,7 @@ def run_training(
             "delta": request.delta,
             "iters": request.iters,
             "batch_size": result.batch_size,
+            "batch_size_requested": request.batch_size,
             "seed": request.seed,
             "dtype": request.dtype,
             "data": data_source_name(request.data),
@@ -687,6 +717,7 @@ def gradcheck_batch(
     from svmtool import cifar
     from svmtool.data import SYNTHETIC
 
+    check_seed(seed)
     notice = None
     dataset = None
     if model is not None:

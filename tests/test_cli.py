@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -117,17 +119,27 @@ def test_grid_search_marks_best_and_diverged(tmp_path):
     assert "best" in table.stdout and "diverged" in table.stdout
 
 
-def test_divergence_names_the_lr_and_saves_nothing(tmp_path):
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        # lr * reg = 1250: the L2 step alone multiplies W by -2499 each step.
+        (["--lr", "5e-2"], ["lr * reg is above 1 for lr=0.05 reg=25000", "lower --reg or --lr"]),
+        (["--reg", "1e300"], ["lr * reg is above 1", "reg=1e+300"]),
+        (["--lr", "1e38", "--reg", "0"], ["with lr=1e+38 the steps overshoot", "smaller --lr"]),
+        (["--delta", "1e37"], ["--delta 1e+37 is too large", "the learning rate is not the cause"]),
+    ],
+)
+def test_divergence_names_the_cause_and_saves_nothing(tmp_path, args, fragments):
     path = tmp_path / "m.npz"
-    result = run(
-        "train", "--data", "synthetic", "--lr", "5e-2", "--iters", "100", "--model", str(path)
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run("train", "--data", "synthetic", "--iters", "40", "--model", str(path), *args)
     assert result.exit_code == 1
-    assert (
-        "diverged" in result.output
-        and "lr=0.05" in result.output
-        and "smaller --lr" in result.output
-    )
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: training diverged") and "No model was saved" in last
+    for fragment in fragments:
+        assert fragment in last
+    assert "Warning" not in result.output and not caught  # no Python warning reaches the user
     assert "Traceback" not in result.output
     assert not path.exists()
 
@@ -324,6 +336,122 @@ def test_users_own_grayscale_npz_end_to_end(tmp_path, monkeypatch):
     checked = run("gradcheck", "--model", str(model), "--checks", "20")
     assert checked.exit_code == 0, checked.output
     assert "samples of " + str(data) in checked.stdout
+
+
+def test_predict_json(trained, tmp_path):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_bytes(b"no")
+    result = run(
+        "predict", str(tmp_path / "a.png"), str(tmp_path / "bad.png"), "--model", str(trained),
+        "--json", "--top", "2",
+    )  # fmt: skip
+    assert result.exit_code == 1  # one image failed
+    payload = json.loads(result.stdout)
+    good, bad = payload["predictions"]
+    assert good["image"] == str(tmp_path / "a.png") and good["error"] is None
+    assert good["prediction"] == good["scores"][0]["class"] and len(good["scores"]) == 2
+    assert bad["prediction"] is None and "cannot read the image" in bad["error"]
+    assert "bad.png: cannot read the image" in result.stderr
+    ok = run("predict", str(tmp_path / "a.png"), "--model", str(trained), "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["predictions"][0]["error"] is None
+
+
+def test_a_batch_larger_than_the_data_is_said_and_recorded(tmp_path):
+    path = tmp_path / "m.npz"
+    result = run(
+        "train", "--data", "synthetic", "--num-train", "300", "--batch-size", "1000",
+        "--iters", "5", "--model", str(path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        "--batch-size 1000 is larger than the 300 training images: every step uses all 300"
+        in result.stderr
+    )
+    settings = model_io.load(path).settings
+    assert settings["batch_size"] == 300 and settings["batch_size_requested"] == 1000
+
+
+def test_many_classes_show_the_most_confused_pairs(tmp_path):
+    rng = np.random.default_rng(0)
+    n_classes = 30
+    X = rng.integers(0, 256, (600, 4, 4, 1), dtype=np.uint8)
+    y = np.arange(600) % n_classes
+    names = np.array([f"class-{i:02d}" for i in range(n_classes)])
+    np.savez(tmp_path / "many.npz", X_train=X, y_train=y, X_test=X[:300], y_test=y[:300],
+             class_names=names)  # fmt: skip
+    model = tmp_path / "m.npz"
+    assert run("train", "--data", str(tmp_path / "many.npz"), "--iters", "20", "--lr", "1e-5",
+               "--model", str(model)).exit_code == 0  # fmt: skip
+    result = run("evaluate", "--model", str(model))
+    assert result.exit_code == 0, result.output
+    assert "most confused pairs" in result.stdout and "rows: true" not in result.stdout
+    assert "30 x 30 confusion matrix is in the output of --json" in result.stdout
+    payload = json.loads(run("evaluate", "--model", str(model), "--json").stdout)
+    confusion = np.array(payload["confusion"])
+    assert confusion.shape == (30, 30)
+    off = confusion - np.diag(np.diag(confusion))
+    i, j = np.unravel_index(off.argmax(), off.shape)
+    # The largest off-diagonal cell is the first row of the pairs table.
+    pairs = result.stdout[result.stdout.index("most confused pairs") :].splitlines()
+    first = next(line for line in pairs if "class-" in line)
+    assert names[i] in first and names[j] in first and str(off[i, j]) in first
+
+
+def test_narrow_terminals_keep_every_digit(trained, monkeypatch):
+    args = ["gradcheck", "--model", str(trained), "--checks", "6", "--sweep-delta", "0,1,10"]
+    payload = json.loads(run(*args, "--json").stdout)
+    monkeypatch.setenv("COLUMNS", "45")
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    words = set(result.stdout.split())
+    for check in payload["checks"]:
+        assert f"{check['rel_error']:.2e}" in words
+        assert f"{check['numeric']:.8g}" in words
+    assert "…" not in result.stdout
+
+    confusion = json.loads(run("evaluate", "--model", str(trained), "--json").stdout)["confusion"]
+    narrow = run("evaluate", "--model", str(trained)).stdout
+    # The matrix does not fit: the most confused pairs instead.
+    assert "most confused pairs" in narrow and "a 45-column terminal is too narrow" in narrow
+    monkeypatch.setenv("COLUMNS", "60")
+    wide = run("evaluate", "--model", str(trained)).stdout
+    rows = [line.split() for line in wide.splitlines() if "stripes-" in line]
+    counts = [r[2:] for r in rows if len(r) == 12]  # the matrix rows: "0 name n n n ..."
+    assert [list(map(int, r)) for r in counts] == confusion
+
+
+def test_progress_bar_shows_the_leader_and_an_eta(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    result = run(
+        "train", "--data", "synthetic", "--iters", "200", "--lr", "1e-7,1e-2", "--reg", "2.5e4",
+        "--model", str(tmp_path / "m.npz"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bar = result.stderr.splitlines()[0]
+    # lr=1e-2 diverges (lr * reg > 1): the bar follows the configuration that leads.
+    assert "grid of 2" in bar and "best lr=1e-07 reg=25000 loss" in bar and " in " in bar
+    assert re.search(r"loss \d+\.\d{4} ", bar)
+
+
+def test_sgd_reports_the_leader_by_validation_accuracy():
+    from svmtool.train import predict, sgd_grid
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, (3, 6))
+    y = np.arange(400) % 3
+    X = (centers[y] + rng.normal(0, 1, (400, 6))).astype(np.float64)
+    X = np.hstack([X, np.ones((400, 1))])
+    seen = []
+    result = sgd_grid(
+        X[:300], y[:300], 3, [1e-3, 1e-3, 50.0], [1e-6, 3.0, 1.0], iters=100, batch_size=30,
+        rng=np.random.default_rng(1), X_val=X[300:], y_val=y[300:],
+        on_step=lambda it, losses, leader: seen.append((it, leader)),
+    )  # fmt: skip
+    assert result.diverged_at[2] >= 0  # lr * reg = 50
+    leaders = [leader for _, leader in seen]
+    assert leaders[0] == -1 and 2 not in leaders[-3:]
+    val_acc = (predict(result.weights[:2], X[300:]) == y[300:]).mean(axis=1)
+    assert leaders[-1] == int(np.argmax(val_acc))
 
 
 # --- CS231n's numbers: init, the notebook's loss lines, the loss history ---------------
