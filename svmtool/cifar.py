@@ -27,6 +27,7 @@ from svmtool.files import (
     open_own,
     open_regular,
 )
+from svmtool.npzfile import map_npy
 
 
 @dataclass(frozen=True)
@@ -382,32 +383,6 @@ def write_cache(dataset: Dataset, data_dir: Path) -> Path:
     return final
 
 
-def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f)
-    return np.lib.format.read_array_header_2_0(f)
-
-
-def _cache_array(path: Path) -> np.ndarray:
-    """Memory-map one cache file, after checking that its header describes
-    exactly the bytes it holds (a cache file is never a link: we make them)."""
-    with open_regular(path, "cache file", follow=False) as f:
-        shape, fortran, dtype = _read_header(f)
-        offset = f.tell()
-        held = os.fstat(f.fileno()).st_size - offset
-        needed = math.prod(shape) * dtype.itemsize
-        if dtype.hasobject or fortran:
-            raise ValueError(f"{path.name} is not a plain array")
-        if held != needed:
-            raise ValueError(
-                f"{path.name} says {dtype} {tuple(shape)} ({needed} bytes) but holds {held}"
-            )
-        if needed == 0:
-            return np.zeros(shape, dtype)
-        return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
-
-
 def _open_cache(data_dir: Path) -> Dataset | str:
     """The cache as a Dataset, or 'missing', or a sentence saying why it cannot be used."""
     folder = cache_dir(data_dir)
@@ -427,7 +402,7 @@ def _open_cache(data_dir: Path) -> Dataset | str:
             and all(isinstance(n, str) for n in names)
         ):
             return "its meta.json lacks the ten class names"
-        arrays = {name: _cache_array(folder / f"{name}.npy") for name in CACHE_FILES}
+        arrays = {name: map_npy(folder / f"{name}.npy", "cache file") for name in CACHE_FILES}
         for name, array in arrays.items():
             if list(array.shape) != meta["shapes"][name]:
                 return f"{name}.npy has shape {array.shape}, not {meta['shapes'][name]}"

@@ -941,7 +941,11 @@ def evaluate(
 @app.command(cls=Command)
 @handle_errors
 def predict(
-    images: list[Path] = typer.Argument(..., metavar="IMAGE", help="PNG or JPEG files, any size."),
+    images: list[Path] = typer.Argument(
+        ...,
+        metavar="IMAGE",
+        help="PNG or JPEG files, any size (transparent pixels count as white).",
+    ),
     model_path: Path = typer.Option(
         Path("svm_model.npz"), "--model", help="The model file.", metavar="FILE"
     ),
@@ -950,8 +954,11 @@ def predict(
 ) -> None:
     """Predict the class of image files.
 
-    Each image is resized to the model's image shape and converted to its
-    channels, then preprocessed with the model's mean image.
+    Each image is read as a viewer shows it (EXIF orientation applied, 16-bit
+    grayscale scaled, transparency over white), resized to the model's image
+    shape and converted to its channels, then preprocessed with the model's
+    mean image. Only PNG and JPEG are decoded; images over Pillow's pixel
+    limit are refused.
 
     Example: svmtool predict cat.png plane.jpg
     """

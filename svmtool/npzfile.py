@@ -8,6 +8,7 @@ small file cannot ask for gigabytes.
 from __future__ import annotations
 
 import math
+import os
 import zipfile
 from pathlib import Path
 
@@ -96,6 +97,30 @@ def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
             raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
         except (OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError) as exc:
             raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
+
+
+def map_npy(path: Path, what: str) -> np.ndarray:
+    """Memory-map a .npy file svmtool wrote (a cache), read-only, after checking
+    that its header describes exactly the bytes it holds. A link, a FIFO or a
+    device at ``path`` is refused (SvmtoolError); a damaged file is a ValueError."""
+    with open_regular(path, what, follow=False) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+        held = os.fstat(f.fileno()).st_size - offset
+        needed = math.prod(shape) * dtype.itemsize
+        if dtype.hasobject or fortran:
+            raise ValueError(f"{path.name} is not a plain array")
+        if held != needed:
+            raise ValueError(
+                f"{path.name} says {dtype} {tuple(shape)} ({needed} bytes) but holds {held}"
+            )
+        if needed == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
 
 
 NPY_MAGIC = b"\x93NUMPY"

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tarfile
@@ -165,3 +166,17 @@ def run_limited(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         timeout=timeout,
         env=env,
     )
+
+
+@pytest.fixture
+def deadline():
+    """Fail instead of hanging forever if something waits on a FIFO."""
+
+    def expire(signum, frame):
+        raise TimeoutError("blocked: something opened a FIFO and waited")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

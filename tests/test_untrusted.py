@@ -11,7 +11,6 @@ import io
 import json
 import os
 import pickle
-import signal
 import struct
 import tarfile
 import warnings
@@ -49,20 +48,6 @@ def one_line_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture
-def deadline():
-    """Fail instead of hanging forever if something waits on a FIFO."""
-
-    def expire(signum, frame):
-        raise TimeoutError("blocked: something opened a FIFO and waited")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(10)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def save_npz(path: Path, **arrays) -> Path:

@@ -299,3 +299,32 @@ def test_a_failed_download_removes_the_folders_it_created(httpserver, tmp_path):
     existing.mkdir()
     run("download", "--data-dir", str(existing), "--url", httpserver.url_for("/missing"))
     assert existing.is_dir()
+
+
+# --- the feature cache ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.usefixtures("deadline")
+def test_feature_cache_entries_are_never_waited_on_or_followed(tmp_path):
+    from svmtool.featurecache import FeatureCache
+
+    cache = FeatureCache(tmp_path / "feature-cache")
+    key = {"what": "test"}
+    entry = cache.store(key, {"a": np.arange(6.0)})
+    np.testing.assert_array_equal(cache.load(key)["a"], np.arange(6.0))
+    (entry / "a.npy").unlink()
+    os.mkfifo(entry / "a.npy")  # a planted FIFO: a miss, at once
+    assert cache.load(key) is None
+    (entry / "a.npy").unlink()
+    (entry / "a.npy").symlink_to(tmp_path / "elsewhere.npy")
+    np.save(tmp_path / "elsewhere.npy", np.arange(6.0))
+    assert cache.load(key) is None  # a link is not followed
+
+
+@pytest.mark.usefixtures("umask_027")
+def test_feature_cache_entries_follow_the_umask(tmp_path):
+    from svmtool.featurecache import FeatureCache
+
+    entry = FeatureCache(tmp_path / "fc").store({"k": 1}, {"a": np.zeros(3)})
+    assert mode_of(entry) == 0o750
