@@ -56,7 +56,7 @@ def textbook_svm_loss_vectorized(W, X, y, reg):
 def baseline_train(X, y, lr=1e-7, reg=2.5e4, iters=1500, batch_size=200, seed=0):
     np.random.seed(seed)  # noqa: NPY002 (the legacy API, as CS231n uses it)
     num_train, dim = X.shape
-    W = 0.0001 * np.random.randn(dim, C)  # noqa: NPY002
+    W = 0.001 * np.random.randn(dim, C)  # noqa: NPY002 (LinearClassifier.train)
     history = []
     for _ in range(iters):
         idx = np.random.choice(num_train, batch_size)  # noqa: NPY002 (with replacement)

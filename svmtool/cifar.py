@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import mmap
 import os
 import pickle
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from svmtool.data import Dataset
-from svmtool.download import ProgressFn, fetch, safe_extract, verify_md5
-from svmtool.errors import SvmtoolError
+from svmtool.download import ProgressFn, RetryFn, fetch, safe_extract, verify_md5
+from svmtool.errors import DataNotFound, SvmtoolError
+from svmtool.files import (
+    disk_error,
+    is_regular_file,
+    link_refusal,
+    new_folder_mode,
+    open_own,
+    open_regular,
+)
+from svmtool.npzfile import map_npy
 
 
 @dataclass(frozen=True)
@@ -59,13 +71,19 @@ TEST_BATCH = "test_batch"
 CACHE_DIRNAME = "cifar-10-cache"
 CACHE_FILES = ("train_images", "train_labels", "test_images", "test_labels")
 CACHE_VERSION = 1
+# Bounds from the real archives: each extracts to 8 or 9 files of about 186 MB
+# in all. Twice that, and a hundred members, is all an archive may claim.
+MAX_EXTRACTED_BYTES = 400_000_000
+MAX_MEMBERS = 100
+MAX_META_BYTES = 1 << 16
 
 
 # --- the binary format -----------------------------------------------------
 
 
 def _read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    raw = np.fromfile(path, dtype=np.uint8)
+    with open_regular(path, "batch") as f:
+        raw = np.fromfile(f, dtype=np.uint8)
     if raw.size == 0 or raw.size % RECORD_BYTES:
         raise SvmtoolError(
             f"truncated or malformed batch {path}: {raw.size} bytes is not a whole"
@@ -83,7 +101,9 @@ def _binary_class_names(folder: Path) -> list[str]:
     meta = folder / "batches.meta.txt"
     if not meta.exists():
         return list(CLASS_NAMES)
-    names = [line.strip() for line in meta.read_text(errors="replace").splitlines()]
+    with open_regular(meta, "batches.meta.txt") as f:
+        text = f.read(MAX_META_BYTES).decode("utf-8", "replace")
+    names = [line.strip() for line in text.splitlines()]
     names = [n for n in names if n]
     return names if len(names) == len(CLASS_NAMES) else list(CLASS_NAMES)
 
@@ -103,29 +123,89 @@ class ForbiddenGlobal(pickle.UnpicklingError):
     """A pickle asked for something other than what CIFAR batches hold."""
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches and nothing else: only the globals those files
-    need are resolved, so a tampered file cannot run code."""
+class _ArrayClass:
+    """Stands for numpy.ndarray inside a pickle: it may be named as the class to
+    reconstruct, never called (numpy.ndarray(shape) would allocate at will)."""
+
+
+def _empty_array(subtype, shape, dtype):
+    """numpy's _reconstruct, limited to what a pickled array starts as: an empty
+    ndarray, filled by BUILD from bytes the file holds."""
+    if subtype is not _ArrayClass or tuple(shape) != (0,):
+        raise ForbiddenGlobal(f"an array reconstructed as {subtype!r} {shape!r}")
+    return _numpy_reconstruct()(np.ndarray, shape, dtype)
+
+
+def _latin1_bytes(text, encoding="utf-8", errors="strict"):
+    """Python 3 pickles bytes as _codecs.encode(text, 'latin1') at protocols < 3.
+    Only that: other codecs could expand the data without bound ('hex' twice...)."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise ForbiddenGlobal(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1", errors)
+
+
+class _BatchUnpickler(pickle._Unpickler):
+    """Unpickles CIFAR batches and nothing else, so a tampered file can neither
+    run code nor ask for memory its bytes do not account for.
+
+    Only the globals those files need are resolved. It is Python's own
+    pure-Python unpickler: the C one allocates from a length field before
+    reading (BINBYTES8 of 2**40, a memo index of 2**30), this one reads first.
+    An array's data must be exactly the bytes its shape and dtype need.
+    """
+
+    dispatch = pickle._Unpickler.dispatch.copy()
 
     def find_class(self, module: str, name: str):
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            return _numpy_reconstruct()
+            return _empty_array
         if module == "numpy" and name == "ndarray":
-            return np.ndarray
+            return _ArrayClass
         if module == "numpy" and name == "dtype":
             return np.dtype
         if module == "_codecs" and name == "encode":
-            # Python 3 writes bytes this way at pickle protocols < 3: a pure function.
-            import codecs
-
-            return codecs.encode
+            return _latin1_bytes
         raise ForbiddenGlobal(f"forbidden global {module}.{name}")
+
+    def _load_build(self) -> None:
+        state = self.stack[-1]
+        target = self.stack[-2]
+        if isinstance(target, np.ndarray):
+            # (version, shape, dtype, fortran order, raw bytes), as ndarray.__reduce__ gives.
+            if not (isinstance(state, tuple) and len(state) == 5):
+                raise ForbiddenGlobal("an array state that is not numpy's")
+            _, shape, dtype, _, raw = state
+            if (
+                not isinstance(dtype, np.dtype)
+                or dtype.hasobject
+                or not isinstance(shape, tuple)
+                or not all(type(n) is int and n >= 0 for n in shape)
+                or not isinstance(raw, bytes)
+                or math.prod(shape) * dtype.itemsize != len(raw)
+            ):
+                raise ForbiddenGlobal("an array whose data does not match its shape and dtype")
+        elif not isinstance(target, np.dtype):
+            raise ForbiddenGlobal(f"a {type(target).__name__} with state")
+        pickle._Unpickler.load_build(self)
+
+    def _refuse(self) -> None:
+        raise ForbiddenGlobal("an opcode CIFAR batches never use")
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    for _opcode in (pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
+        dispatch[_opcode[0]] = _refuse
 
 
 def _unpickle(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            obj = _BatchUnpickler(f, encoding="bytes").load()
+        with open_regular(path, "batch") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise EOFError("the file is empty")
+            # Read from a memory map: a length field asking for more than the
+            # file holds gets the bytes that are there, and the load fails.
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                obj = _BatchUnpickler(mapped, encoding="bytes").load()
     except ForbiddenGlobal as exc:
         raise SvmtoolError(f"refusing to load {path}: {exc}") from None
     except (
@@ -138,6 +218,8 @@ def _unpickle(path: Path) -> dict:
         KeyError,
     ) as exc:
         raise SvmtoolError(f"truncated or malformed batch {path}: {exc}") from None
+    except MemoryError:
+        raise SvmtoolError(f"not enough memory to read the batch {path}") from None
     if not isinstance(obj, dict):
         raise SvmtoolError(f"malformed batch {path}: expected a dict, got {type(obj).__name__}")
     # Python 2 str keys arrive as bytes; accept str keys too.
@@ -147,9 +229,11 @@ def _unpickle(path: Path) -> dict:
 def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = _unpickle(path)
     data, labels = batch.get("data"), batch.get("labels")
-    if not isinstance(data, np.ndarray) or labels is None:
-        raise SvmtoolError(f"malformed batch {path}: no 'data' array or no 'labels'")
-    labels = np.asarray(labels, dtype=np.int64)
+    if labels is None:
+        raise SvmtoolError(f"malformed batch {path}: no 'labels'")
+    labels = _integer_labels(labels, path)
+    if not isinstance(data, np.ndarray):
+        raise SvmtoolError(f"malformed batch {path}: no 'data' array")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise SvmtoolError(f"malformed batch {path}: data is {data.dtype} {data.shape}")
     if labels.shape != (data.shape[0],):
@@ -160,12 +244,41 @@ def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), labels
 
 
+def _integer_labels(labels, path: Path) -> np.ndarray:
+    """A batch's labels as int64, if they are a flat list (or 1-D array) of integers."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise SvmtoolError(
+                f"malformed batch {path}: labels are {labels.dtype} {labels.shape},"
+                " not a list of integers"
+            )
+        return labels.astype(np.int64)
+    if not isinstance(labels, list):
+        raise SvmtoolError(
+            f"malformed batch {path}: labels are a {type(labels).__name__}, not a list"
+        )
+    wrong = next((v for v in labels if type(v) is not int), None)
+    if wrong is not None:
+        raise SvmtoolError(
+            f"malformed batch {path}: labels must be integers, found {type(wrong).__name__}"
+            f" {wrong!r:.40}"
+        )
+    try:
+        return np.fromiter(labels, dtype=np.int64, count=len(labels))
+    except OverflowError:
+        raise SvmtoolError(f"malformed batch {path}: labels outside 0..9") from None
+
+
 def _python_class_names(folder: Path) -> list[str]:
     meta = folder / "batches.meta"
     if not meta.exists():
         return list(CLASS_NAMES)
     names = _unpickle(meta).get("label_names")
-    if not isinstance(names, list) or len(names) != len(CLASS_NAMES):
+    if (
+        not isinstance(names, list)
+        or len(names) != len(CLASS_NAMES)
+        or not all(isinstance(n, bytes | str) for n in names)
+    ):
         return list(CLASS_NAMES)
     return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
 
@@ -218,16 +331,25 @@ def cache_dir(data_dir: Path) -> Path:
     return data_dir / CACHE_DIRNAME
 
 
+def _save(path: Path, write) -> None:
+    try:
+        write()
+    except OSError as exc:
+        raise disk_error(exc, path) or exc from None
+
+
 def write_cache(dataset: Dataset, data_dir: Path) -> Path:
     """Write the dataset as .npy files plus meta.json, built in a temporary
     folder and renamed into place, so a killed process never leaves a cache
-    that looks complete."""
+    that looks complete. Whatever was at the cache's name (an old cache, a
+    file, a link) is replaced, never written through."""
     final = cache_dir(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_DIRNAME}.", dir=data_dir))
+    old = None
     try:
         # mkdtemp makes the folder private (0700); the cache is ordinary data.
-        tmp.chmod(0o755)
+        tmp.chmod(new_folder_mode())
         arrays = {
             "train_images": dataset.train_images,
             "train_labels": dataset.train_labels,
@@ -235,68 +357,111 @@ def write_cache(dataset: Dataset, data_dir: Path) -> Path:
             "test_labels": dataset.test_labels,
         }
         for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array))
+            target = tmp / f"{name}.npy"
+            _save(target, lambda t=target, a=array: np.save(t, np.ascontiguousarray(a)))
         meta = {
             "version": CACHE_VERSION,
             "class_names": list(dataset.class_names),
             "shapes": {name: list(a.shape) for name, a in arrays.items()},
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
+        meta_path = tmp / "meta.json"
+        _save(meta_path, lambda: meta_path.write_text(json.dumps(meta, indent=1)))
+        if os.path.lexists(final):
+            if stat.S_ISDIR(os.lstat(final).st_mode):
+                # Moved aside under a scratch name (cleared if we are killed now).
+                old = Path(tempfile.mkdtemp(prefix=f".{CACHE_DIRNAME}.", dir=data_dir))
+                os.replace(final, old)
+            else:
+                final.unlink()  # a file or a link where the cache goes
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _open_cache(data_dir: Path) -> Dataset | str:
+    """The cache as a Dataset, or 'missing', or a sentence saying why it cannot be used."""
+    folder = cache_dir(data_dir)
+    if not os.path.lexists(folder):
+        return "missing"
+    if not folder.is_dir():
+        return "it is not a folder"
+    try:
+        with open_regular(folder / "meta.json", "cache file", follow=False) as f:
+            meta = json.loads(f.read(MAX_META_BYTES))
+        if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
+            return "its format version is not this svmtool's"
+        names = meta.get("class_names")
+        if not (
+            isinstance(names, list)
+            and len(names) == len(CLASS_NAMES)
+            and all(isinstance(n, str) for n in names)
+        ):
+            return "its meta.json lacks the ten class names"
+        arrays = {name: map_npy(folder / f"{name}.npy", "cache file") for name in CACHE_FILES}
+        for name, array in arrays.items():
+            if list(array.shape) != meta["shapes"][name]:
+                return f"{name}.npy has shape {array.shape}, not {meta['shapes'][name]}"
+        for part in ("train", "test"):
+            images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+            if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE:
+                return f"{part}_images.npy is {images.dtype} {images.shape}, not uint8 images"
+            if labels.dtype != np.int64 or labels.shape != images.shape[:1]:
+                return f"{part}_labels.npy is {labels.dtype} {labels.shape}, not one per image"
+            if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+                return (
+                    f"{part}_labels.npy holds labels from {labels.min()} to {labels.max()},"
+                    f" outside 0..{len(names) - 1}"
+                )
+    except SvmtoolError as exc:
+        return f"it is damaged ({exc})"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"it is incomplete or damaged ({type(exc).__name__}: {exc})"
+    return Dataset(**arrays, class_names=list(names), source="cifar10")
+
+
+def _unusable(data_dir: Path, reason: str) -> SvmtoolError:
+    return SvmtoolError(
+        f"the CIFAR-10 cache in {data_dir} cannot be used: {reason};"
+        f" run: svmtool download --force --data-dir {data_dir}"
+    )
 
 
 def cache_state(data_dir: Path) -> str:
     """'ok', 'missing', or a sentence saying why the cache cannot be used."""
-    folder = cache_dir(data_dir)
-    if not folder.exists():
-        return "missing"
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("version") != CACHE_VERSION:
-            return "its format version is not this svmtool's"
-        for name in CACHE_FILES:
-            array = np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-            if list(array.shape) != meta["shapes"][name]:
-                return f"{name}.npy has shape {array.shape}, not {meta['shapes'][name]}"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return f"it is incomplete or damaged ({type(exc).__name__}: {exc})"
-    return "ok"
+    opened = _open_cache(data_dir)
+    return opened if isinstance(opened, str) else "ok"
 
 
 def read_cache(data_dir: Path) -> Dataset:
-    """Memory-map the cache (loads in milliseconds)."""
-    folder = cache_dir(data_dir)
-    meta = json.loads((folder / "meta.json").read_text())
-    arrays = {
-        name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-        for name in CACHE_FILES
-    }
-    return Dataset(**arrays, class_names=list(meta["class_names"]), source="cifar10")
+    """Memory-map the cache (loads in milliseconds), every file checked."""
+    opened = _open_cache(data_dir)
+    if isinstance(opened, str):
+        raise _unusable(data_dir, opened)
+    return opened
 
 
 def load(data_dir: Path) -> Dataset:
     """CIFAR-10 from ``data_dir``: its cache, or an extracted batches folder
-    (``data_dir`` itself, or ``cifar-10-batches-bin``/``-py`` inside it)."""
-    state = cache_state(data_dir)
-    if state == "ok":
-        return read_cache(data_dir)
+    (``data_dir`` itself, or ``cifar-10-batches-bin``/``-py`` inside it).
+
+    Scratch folders an interrupted run left in ``data_dir`` are cleared first.
+    """
+    clear_scratch(data_dir)
+    opened = _open_cache(data_dir)
+    if not isinstance(opened, str):
+        return opened
     for folder in (data_dir, *(data_dir / a.folder for a in ARCHIVES.values())):
         if folder.is_dir() and batch_folder_format(folder):
             return read_batches(folder)
-    if state != "missing":
-        raise SvmtoolError(
-            f"the CIFAR-10 cache in {data_dir} cannot be used: {state};"
-            f" run: svmtool download --force --data-dir {data_dir}"
-        )
-    raise SvmtoolError(
+    if opened != "missing":
+        raise _unusable(data_dir, opened)
+    raise DataNotFound(
         f"CIFAR-10 is not in {data_dir}; run: svmtool download --data-dir {data_dir}"
-        " (or pass --download, or --data synthetic to try the tool offline)"
     )
 
 
@@ -305,7 +470,7 @@ def install_archive(archive: Path, data_dir: Path, fmt: str) -> Path:
     cache, and remove the scratch folder. Returns the cache folder."""
     scratch = Path(tempfile.mkdtemp(prefix=".extract.", dir=data_dir))
     try:
-        safe_extract(archive, scratch)
+        safe_extract(archive, scratch, MAX_EXTRACTED_BYTES, MAX_MEMBERS)
         folder = scratch / ARCHIVES[fmt].folder
         if not (folder.is_dir() and batch_folder_format(folder)):
             found = [p for p in scratch.rglob("*") if p.is_dir() and batch_folder_format(p)]
@@ -324,6 +489,7 @@ class DownloadResult:
     test_count: int
     already: bool = False
     archive_kept: Path | None = None
+    note: str | None = None
 
 
 def download(
@@ -335,11 +501,14 @@ def download(
     force: bool = False,
     keep_archive: bool = False,
     progress: ProgressFn | None = None,
+    on_retry: RetryFn | None = None,
 ) -> DownloadResult:
     """Fetch (or import) a CIFAR-10 archive, verify it, and build the cache.
 
     Nothing unverified is extracted; the archive is removed afterwards unless
-    ``keep_archive`` (an imported ``from_file`` is never removed).
+    ``keep_archive`` (an imported ``from_file`` is never removed). Without
+    ``md5``, either official archive is recognised by its checksum and used.
+    A failed run removes the folders it created.
     """
     if fmt not in ARCHIVES:
         raise SvmtoolError(f"format must be binary or python, got {fmt!r}")
@@ -347,37 +516,90 @@ def download(
         len(md5) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in md5)
     ):
         raise SvmtoolError(f"md5 must be 32 hexadecimal digits, got {md5!r}")
-    expected = (md5 or ARCHIVES[fmt].md5).lower()
     if data_dir.exists() and not data_dir.is_dir():
         raise SvmtoolError(f"--data-dir {data_dir} exists and is not a folder")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(data_dir):
-        return _download_locked(
-            data_dir, fmt, url, expected, from_file, force, keep_archive, progress
-        )
+    if from_file is not None and not os.path.exists(from_file):
+        raise SvmtoolError(f"--from-file {from_file}: no such file")
+    created = _missing_folders(data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(data_dir):
+            return _download_locked(
+                data_dir, fmt, url, md5, from_file, force, keep_archive, progress, on_retry
+            )
+    except BaseException:
+        _remove_created(created, data_dir)
+        raise
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder):
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_created(created: list[Path], data_dir: Path) -> None:
+    """Remove the folders a failed run created, if nothing but its lock is in
+    them (a partial download stays, to be resumed)."""
+    if not created:
+        return
+    with contextlib.suppress(OSError):
+        (data_dir / LOCK_NAME).unlink()
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 SCRATCH_PREFIXES = (".extract.", f".{CACHE_DIRNAME}.")
 LOCK_NAME = ".svmtool-download.lock"
 
 
+def _scratch_leftovers(data_dir: Path) -> list[Path]:
+    try:
+        with os.scandir(data_dir) as entries:
+            return [
+                Path(e.path)
+                for e in entries
+                if e.name.startswith(SCRATCH_PREFIXES) and e.is_dir(follow_symlinks=False)
+            ]
+    except OSError:
+        return []
+
+
+def clear_scratch(data_dir: Path) -> None:
+    """Remove scratch folders an interrupted run left in ``data_dir``, unless a
+    download holds the folder's lock (then they are its own, not stale)."""
+    if not _scratch_leftovers(data_dir):
+        return
+    # Best effort: a running download, a read-only folder or a planted lock
+    # link leaves them for the next run; none of these stops this command.
+    with contextlib.suppress(SvmtoolError, OSError), _exclusive(data_dir):
+        pass
+
+
 @contextlib.contextmanager
 def _exclusive(data_dir: Path):
     """Hold a lock on ``data_dir`` for one download at a time, and clear the
-    scratch folders a killed run left behind (no other run can own them)."""
+    scratch folders a killed run left behind (no other run can own them).
+    The lock file is opened without truncating and never through a link."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock, and leftovers are left alone
         yield
         return
-    with open(data_dir / LOCK_NAME, "w") as lock:
+    with open_own(data_dir / LOCK_NAME) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SvmtoolError(f"another svmtool download is running in {data_dir}") from None
-        for leftover in data_dir.iterdir():
-            if leftover.is_dir() and leftover.name.startswith(SCRATCH_PREFIXES):
-                shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in _scratch_leftovers(data_dir):
+            shutil.rmtree(leftover, ignore_errors=True)
         try:
             yield
         finally:
@@ -388,37 +610,54 @@ def _download_locked(
     data_dir: Path,
     fmt: str,
     url: str | None,
-    expected: str,
+    md5: str | None,
     from_file: Path | None,
     force: bool,
     keep_archive: bool,
     progress: ProgressFn | None,
+    on_retry: RetryFn | None,
 ) -> DownloadResult:
     spec = ARCHIVES[fmt]
-    if not force and cache_state(data_dir) == "ok":
-        meta = read_cache(data_dir)
-        return DownloadResult(
-            cache_dir(data_dir), len(meta.train_labels), len(meta.test_labels), already=True
-        )
+    if not force:
+        opened = _open_cache(data_dir)
+        if not isinstance(opened, str):
+            return DownloadResult(
+                cache_dir(data_dir), len(opened.train_labels), len(opened.test_labels), True
+            )
+    # Which checksums are accepted, and the format each means: the one given,
+    # else either official archive (the asked-for format first).
+    if md5 is not None:
+        accepted = {md5.lower(): fmt}
+    else:
+        accepted = {spec.md5: fmt} | {a.md5: a.format for a in ARCHIVES.values()}
     archive = data_dir / spec.filename
     if from_file is not None:
-        if not from_file.is_file():
-            raise SvmtoolError(f"--from-file {from_file}: no such file")
-        verify_md5(from_file, expected, delete=False)
+        got = verify_md5(from_file, accepted, delete=False)
         source = from_file
     else:
+        part = archive.with_name(archive.name + ".part")
         if force:
             archive.unlink(missing_ok=True)
-            archive.with_name(archive.name + ".part").unlink(missing_ok=True)
-        if archive.exists():
+            part.unlink(missing_ok=True)
+        if os.path.lexists(archive):
+            if not is_regular_file(archive):
+                raise link_refusal(archive)
             # An archive kept from an earlier run: reused only if it verifies
             # (a bad one is deleted and fetched again).
             with contextlib.suppress(SvmtoolError):
-                verify_md5(archive, expected)
-        if not archive.exists():
-            fetch(url or spec.url, archive, expected, progress)
+                got = verify_md5(archive, accepted)
+        if not os.path.lexists(archive):
+            # With an official checksum in force the size is known too, and bounds the body.
+            limit = None if md5 is not None else max(a.size for a in ARCHIVES.values())
+            got = fetch(
+                url or spec.url, archive, accepted, progress, on_retry=on_retry, max_size=limit
+            )
         source = archive
-    folder = install_archive(source, data_dir, fmt)
+    found = accepted[got]
+    note = None
+    if found != fmt:
+        note = f"{source.name} is the official {found}-format archive; using it"
+    folder = install_archive(source, data_dir, found)
     kept = None
     if from_file is None:
         if keep_archive:
@@ -426,4 +665,6 @@ def _download_locked(
         else:
             archive.unlink(missing_ok=True)
     dataset = read_cache(data_dir)
-    return DownloadResult(folder, len(dataset.train_labels), len(dataset.test_labels), False, kept)
+    return DownloadResult(
+        folder, len(dataset.train_labels), len(dataset.test_labels), False, kept, note
+    )

@@ -11,18 +11,80 @@ import functools
 import json
 import math
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from svmtool import __version__
-from svmtool.errors import SvmtoolError
-from svmtool.report import literal
+from svmtool.errors import DataNotFound, SvmtoolError
+from svmtool.terminal import (
+    clean,
+    fits,
+    literal,
+    literal_lines,
+    make_console,
+    number_column,
+    print_table,
+    text_column,
+)
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
+# Exit codes (the README lists them in one place).
+EXIT_ERROR = 1  # bad input, a failed download, a FAIL in gradcheck, an image predict could not read
+EXIT_USAGE = 2  # the command line itself: an unknown option, a value of the wrong type
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+class OneLineUsageError(UsageError):
+    """Click's usage error, shown as one ``Error:`` line like every other error."""
+
+    def __init__(self, error: UsageError) -> None:
+        super().__init__(error.format_message(), error.ctx)
+
+    def show(self, file=None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        say(f"Error: {self.format_message()}{hint}")
+
+
+class Group(TyperGroup):
+    """Usage errors (raised while parsing, for the group or a command) become one line."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            raise OneLineUsageError(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (NoArgsIsHelpError, OneLineUsageError):
+            raise
+        except UsageError as exc:
+            raise OneLineUsageError(exc) from None
+
+
+class Command(TyperCommand):
+    """Help shows metavars (FILE, N), never Python types: typer writes an
+    argument's type as ``<list[Path]>`` whatever its metavar."""
+
+    def get_help(self, ctx) -> str:
+        return re.sub(r" <[A-Za-z_]+(?:\[[A-Za-z_, ]*\])?>", "", super().get_help(ctx))
+
 
 app = typer.Typer(
+    cls=Group,
     help="The multi-class linear SVM on CIFAR-10: download, train, gradcheck, visualize.",
     no_args_is_help=True,
     add_completion=False,
@@ -32,57 +94,97 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Markup and emoji codes off: text from files and arguments is printed as written.
+out = make_console()
+err = make_console(stderr=True)
 
 DATA_HELP = (
     "cifar10, synthetic (offline, seeded), or a path to an .npz with"
     " X_train, y_train, X_test, y_test."
 )
-DATA_DIR_HELP = "Where CIFAR-10 lives (default: the platform's user cache folder)."
+DATA_DIR_HELP = (
+    "Where CIFAR-10 lives: its cache, or an extracted cifar-10-batches-bin/-py folder"
+    " (default: $SVMTOOL_DATA_DIR, else the platform's user cache folder)."
+)
+MODEL_DATA_DIR_HELP = (
+    "Where CIFAR-10 lives (default: the folder the model was trained from, else"
+    " $SVMTOOL_DATA_DIR, else the platform's user cache folder)."
+)
+
+# What each command adds to "CIFAR-10 is not in ...": only options that command has.
+MISSING_DATA_ADVICE = {
+    "train": " (or pass --download, or --data synthetic to try the tool offline)",
+    "evaluate": " (or pass --data-dir FOLDER if it is elsewhere)",
+    "gradcheck": " (or pass --data-dir FOLDER if it is elsewhere, or --data synthetic)",
+}
+OUT_OF_MEMORY_ADVICE = {"train": "; try a smaller --num-train or --batch-size"}
+DATA_METAVAR = "DATA"
 
 
 def say(message: str) -> None:
-    """A message for the user on stderr, on one line whatever the width."""
-    err.print(message, markup=False, soft_wrap=True)
+    """A message for the user on stderr, on one line whatever the width; control
+    characters from paths or names in it are shown as escapes."""
+    err.print(clean(message), soft_wrap=True)
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     say(f"Error: {message}")
     return typer.Exit(code)
 
 
+_at_end: list = []
+
+
+def at_end(cleanup) -> None:
+    """Call ``cleanup()`` when the running command ends, however it ends."""
+    _at_end.append(cleanup)
+
+
 def handle_errors(command):
-    """Library errors become one line and exit code 1, never a traceback."""
+    """Library errors become one line and exit code 1, never a traceback; no
+    Python warning reaches the user (the math that may overflow says so with
+    np.errstate; this is the net for the rest)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except SvmtoolError as exc:
-            raise fail(str(exc)) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
-        except BrokenPipeError:
-            # The reader went away (svmtool ... | head): stop quietly.
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
-            raise typer.Exit(1) from None
-        except MemoryError:
-            raise fail("out of memory; try a smaller --num-train or --batch-size") from None
-        except OSError as exc:
-            where = f" ({exc.filename})" if exc.filename else ""
-            raise fail(f"{exc.strerror or exc}{where}") from None
-        except Exception as exc:
-            if os.environ.get("SVMTOOL_DEBUG"):
-                raise
-            raise fail(
-                f"internal error: {type(exc).__name__}: {exc}"
-                " (set SVMTOOL_DEBUG=1 for the traceback, and please report it)"
-            ) from None
+        with warnings.catch_warnings():
+            if not os.environ.get("SVMTOOL_DEBUG"):
+                warnings.simplefilter("ignore")
+            return _run(command, *args, **kwargs)
 
     return wrapper
+
+
+def _run(command, *args, **kwargs):
+    try:
+        return command(*args, **kwargs)
+    except (typer.Exit, typer.Abort):
+        raise
+    except DataNotFound as exc:
+        raise fail(str(exc) + MISSING_DATA_ADVICE.get(command.__name__, "")) from None
+    except SvmtoolError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # The reader went away (svmtool ... | head): stop quietly.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
+        raise typer.Exit(EXIT_ERROR) from None
+    except MemoryError:
+        raise fail("out of memory" + OUT_OF_MEMORY_ADVICE.get(command.__name__, "")) from None
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise fail(f"{exc.strerror or exc}{where}") from None
+    except Exception as exc:
+        if os.environ.get("SVMTOOL_DEBUG"):
+            raise
+        raise fail(
+            f"internal error: {type(exc).__name__}: {exc}"
+            " (set SVMTOOL_DEBUG=1 for the traceback, and please report it)"
+        ) from None
+    finally:
+        while _at_end:
+            _at_end.pop()()
 
 
 def version_callback(value: bool) -> None:
@@ -100,8 +202,11 @@ def main_options(
     """The multi-class linear SVM on CIFAR-10: download, train, gradcheck, visualize."""
 
 
-def data_dir_option():
-    return typer.Option(None, "--data-dir", envvar="SVMTOOL_DATA_DIR", help=DATA_DIR_HELP)
+def data_dir_option(help: str = DATA_DIR_HELP):
+    # No envvar= here: $SVMTOOL_DATA_DIR is read by default_data_dir(), so the
+    # commands can tell a folder the user typed (which must hold the data) from
+    # the standing default (where gradcheck may find nothing and say so).
+    return typer.Option(None, "--data-dir", help=help, metavar="DIR")
 
 
 def resolve_data_dir(data_dir: Path | None) -> Path:
@@ -149,9 +254,15 @@ def _download_progress():
     )
 
 
-def fetch_cifar(data_dir: Path, **options):
-    """``cifar.download`` (same options) with a Rich progress bar on stderr."""
+DOWNLOAD_ADVICE = "use --url MIRROR or --from-file ARCHIVE"
+
+
+def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, **options):
+    """``cifar.download`` (same options) with a Rich progress bar on stderr, a
+    line for each retry, and ``advice`` (which must work from the command
+    that called it) after a failed download."""
     from svmtool import cifar
+    from svmtool.download import DownloadFailed
 
     bar = None
     task = None
@@ -165,14 +276,19 @@ def fetch_cifar(data_dir: Path, **options):
             task = bar.add_task("download", total=total)
         bar.update(task, completed=done, total=total)
 
+    def retrying(reason: str, delay: float, attempt: int, tries: int) -> None:
+        say(f"{reason}, retrying in {delay:g} s ({attempt}/{tries})")
+
     try:
-        return cifar.download(data_dir, progress=report, **options)
+        return cifar.download(data_dir, progress=report, on_retry=retrying, **options)
+    except DownloadFailed as exc:
+        raise SvmtoolError(f"{exc}; {advice}") from None
     finally:
         if bar is not None:
             bar.stop()
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def download(
     data_dir: Path | None = data_dir_option(),
@@ -180,13 +296,19 @@ def download(
         "binary",
         "--format",
         help="binary (plain records, the default) or python (CS231n's pickles).",
+        metavar="binary|python",
     ),
     url: str | None = typer.Option(
-        None, "--url", help="A mirror to fetch from; the checksum still applies."
+        None, "--url", help="A mirror to fetch from; the checksum still applies.", metavar="URL"
     ),
-    md5: str | None = typer.Option(None, "--md5", help="The md5 of a different archive."),
+    md5: str | None = typer.Option(
+        None, "--md5", help="The md5 of a different archive.", metavar="HEX"
+    ),
     from_file: Path | None = typer.Option(
-        None, "--from-file", help="Import an archive you already have (offline machines)."
+        None,
+        "--from-file",
+        help="Import an archive you already have (offline machines).",
+        metavar="ARCHIVE",
     ),
     force: bool = typer.Option(False, "--force", help="Start over even if the data is there."),
     keep_archive: bool = typer.Option(False, "--keep-archive", help="Keep the .tar.gz afterwards."),
@@ -211,6 +333,8 @@ def download(
         force=force,
         keep_archive=keep_archive,
     )
+    if result.note:
+        say(result.note)
     if result.already:
         say(f"CIFAR-10 is already in {result.cache} (use --force to fetch it again)")
     else:
@@ -220,7 +344,7 @@ def download(
         )
         if result.archive_kept:
             say(f"archive kept at {result.archive_kept}")
-    print(result.cache)
+    print(clean(result.cache))
 
 
 # --- train -------------------------------------------------------------------------
@@ -286,13 +410,80 @@ def feature_progress():
 def _fmt(value, spec: str = ".4f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
+    if abs(value) >= 1e6:
+        return format(value, ".4e")  # a loss of 1e36 in 4 significant digits, not 37
     return format(value, spec)
 
 
-@app.command()
+def _loss_text(value: float) -> str:
+    """A minibatch loss for the progress bar."""
+    return _fmt(value) if math.isfinite(value) else "diverged"
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def TimingColumn(**options):
+    """'eta 0:42' while running, 'in 1:05' once done."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Timing(ProgressColumn):
+        def render(self, task) -> Text:
+            if task.finished and task.finished_time is not None:
+                return Text(f"in {_clock(task.finished_time)}")
+            left = task.time_remaining
+            return Text("eta " + ("-:--" if left is None else _clock(left)))
+
+    return Timing(**options)
+
+
+_CAUSE_SHORT = {
+    "delta": "--delta too large for the arithmetic",
+    "start": "the loss was not finite at the start",
+    "decay": "lr * reg > 1",
+    "lr": "lr too large",
+}
+
+
+def _why_diverged(configs: list[dict], delta: float, dtype: str) -> str:
+    """Why these configurations diverged, naming the option to change."""
+    by_cause: dict[str, list[dict]] = {}
+    for g in configs:
+        by_cause.setdefault(g["diverged_because"], []).append(g)
+    parts = []
+    if "delta" in by_cause:
+        parts.append(
+            f"--delta {delta:g} is too large: a batch's hinge terms overflow {dtype} before"
+            " any step, so the learning rate is not the cause; use a delta near 1"
+        )
+    if "start" in by_cause:
+        parts.append(
+            "the loss was already inf or NaN at the initial weights, before any step,"
+            " so the learning rate is not the cause"
+        )
+    if "decay" in by_cause:
+        pairs = ", ".join(f"lr={g['lr']:g} reg={g['reg']:g}" for g in by_cause["decay"])
+        parts.append(
+            f"lr * reg is above 1 for {pairs}: every step multiplies W by 1 - 2 * lr * reg,"
+            " which is more than 1 in magnitude; lower --reg or --lr"
+        )
+    if "lr" in by_cause:
+        lrs = sorted({g["lr"] for g in by_cause["lr"]})
+        parts.append(
+            "with lr=" + ",".join(f"{v:g}" for v in lrs) + " the steps overshoot;"
+            f" try a smaller --lr such as {min(lrs) / 10:g}"
+        )
+    return "; ".join(parts)
+
+
+@app.command(cls=Command)
 @handle_errors
 def train(
-    data: str = typer.Option("cifar10", "--data", help=DATA_HELP),
+    data: str = typer.Option("cifar10", "--data", help=DATA_HELP, metavar=DATA_METAVAR),
     data_dir: Path | None = data_dir_option(),
     download_first: bool = typer.Option(
         False, "--download", help="Fetch CIFAR-10 first if it is missing."
@@ -302,22 +493,28 @@ def train(
         "--lr",
         help="Learning rate, or a comma-separated list for a grid"
         " (default: pixels 1e-7, hog and kmeans 1e-2).",
+        metavar="LR[,LR...]",
     ),
     reg: str | None = typer.Option(
         None,
         "--reg",
         help="L2 strength, or a comma-separated list for a grid"
         " (default: pixels 2.5e4, hog 1e-2, kmeans 1e-4).",
+        metavar="REG[,REG...]",
     ),
-    delta: float = typer.Option(1.0, "--delta", help="The hinge margin."),
+    delta: float = typer.Option(1.0, "--delta", help="The hinge margin.", metavar="FLOAT"),
     iters: int | None = typer.Option(
-        None, "--iters", help="SGD steps (default: pixels 1500, hog and kmeans 5000)."
+        None,
+        "--iters",
+        help="SGD steps (default: pixels 1500, hog and kmeans 5000).",
+        metavar="N",
     ),
     lr_decay: float | None = typer.Option(
         None,
         "--lr-decay",
-        help="Multiply the learning rate by this after every epoch (default: pixels 1, i.e."
+        help="Multiply the learning rate by this every 100 steps (default: pixels 1, i.e."
         " none, as CS231n; hog and kmeans 0.95).",
+        metavar="FLOAT",
     ),
     features: str = typer.Option(
         "pixels",
@@ -325,37 +522,76 @@ def train(
         help="pixels (CS231n's rows), hog (HOG + hue histogram, standardized) or kmeans"
         " (Coates, Lee & Ng 2011: a learned dictionary of 6x6 patches, 4 x centroids"
         " pooled triangle activations, standardized).",
+        metavar="pixels|hog|kmeans",
     ),
     centroids: int | None = typer.Option(
-        None, "--centroids", help="kmeans: dictionary size K (default 1600, as in the paper)."
+        None,
+        "--centroids",
+        help="kmeans: dictionary size K (default 1600, as in the paper).",
+        metavar="K",
     ),
     patches: int | None = typer.Option(
-        None, "--patches", help="kmeans: random training patches k-means learns from (400000)."
+        None,
+        "--patches",
+        help="kmeans: random training patches k-means learns from (400000).",
+        metavar="N",
     ),
     kmeans_iters: int | None = typer.Option(
-        None, "--kmeans-iters", help="kmeans: k-means iterations (default 50)."
+        None, "--kmeans-iters", help="kmeans: k-means iterations (default 50).", metavar="N"
     ),
     use_cache: bool = typer.Option(
         True,
         "--cache/--no-cache",
         help="Read and store features in the feature cache (DATA_DIR/feature-cache).",
     ),
-    batch_size: int = typer.Option(200, "--batch-size", help="Rows per minibatch."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the split, the initial W and the batches."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 (fast) or float64."),
+    batch_size: int = typer.Option(
+        200,
+        "--batch-size",
+        help="Rows per minibatch. More than the training images: every step uses all of them"
+        " (said on stderr, recorded in the model).",
+        metavar="N",
+    ),
+    seed: int = typer.Option(
+        0,
+        "--seed",
+        help="Seeds the initial W, the order of the training rows and the batches; for data"
+        " other than CIFAR-10 also which images are validation and, with --num-train, which"
+        " train (CIFAR-10's split is by position, the same for every seed).",
+        metavar="N",
+    ),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="float32 (fast) or float64.", metavar="float32|float64"
+    ),
     num_train: int | None = typer.Option(
         None,
         "--num-train",
-        help="Training images (CIFAR-10: 49000; smaller data: all but the validation split).",
+        help="Training images (default: every image not in the validation split, 49000 for"
+        " CIFAR-10). CIFAR-10: the first N, as CS231n; other data: N drawn with --seed.",
+        metavar="N",
     ),
     num_val: int | None = typer.Option(
         None,
         "--num-val",
-        help="Validation images, the last of the training set"
-        " (CIFAR-10: 1000; else min(1000, N/10)).",
+        help="Validation images (default: min(1000, N/10), 1000 for CIFAR-10). CIFAR-10: the"
+        " last of the training set (49000-49999), as CS231n; other data: a stratified sample"
+        " drawn with --seed, so data saved sorted by label still validates on every class.",
+        metavar="N",
+    ),
+    init_scale: float = typer.Option(
+        1e-3,
+        "--init-scale",
+        help="W starts as this times a standard normal (CS231n's LinearClassifier: 0.001).",
+        metavar="FLOAT",
+    ),
+    print_every: int = typer.Option(
+        0,
+        "--print-every",
+        help="Print 'iteration k / ITERS: loss L' every N steps to stderr, as CS231n's"
+        " notebook does with N=100 (0: only the progress bar).",
+        metavar="N",
     ),
     model_path: Path = typer.Option(
-        Path("svm_model.npz"), "--model", help="Where to write the model."
+        Path("svm_model.npz"), "--model", help="Where to write the model.", metavar="FILE"
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
@@ -368,7 +604,8 @@ def train(
     kept in a cache keyed by the data and the settings, so a second run (or
     another lr/reg) does not compute them again.
 
-    W starts as 1e-4 * standard normal. Batches: shuffled epochs. The training
+    W starts as 0.001 * standard normal (--init-scale), as in CS231n's
+    LinearClassifier.train. Batches: shuffled epochs. The training
     rows are put in a seeded random order once; each epoch views them as s
     interleaved columns (s drawn at random), cuts the columns into whole
     batches from random offsets, and visits the batches in random order. A
@@ -380,9 +617,15 @@ def train(
     A comma-separated --lr and/or --reg trains every pair together in one pass
     (same seed, same batches) and saves the best by validation accuracy.
 
+    Split: CIFAR-10 keeps CS231n's (train images 0-48,999, validation
+    49,000-49,999). Any other data (an .npz, synthetic): the validation split
+    is a seeded, stratified random sample and every other image trains. The
+    test set is not touched here: svmtool evaluate --split test uses it.
+
     Example: svmtool train --lr 1e-7,5e-7 --reg 2.5e4,5e4
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Column
 
     from svmtool import model as model_io
     from svmtool.pipeline import (
@@ -409,6 +652,7 @@ def train(
         data_dir=data_dir,
         num_train=num_train,
         num_val=num_val,
+        init_scale=init_scale,
         features=features,
         use_cache=use_cache,
         lr_decay=defaults["lr_decay"] if lr_decay is None else lr_decay,
@@ -422,10 +666,17 @@ def train(
             if value is not None
         },
     )
+    if print_every < 0:
+        raise SvmtoolError(f"print_every must be >= 0, got {print_every}")
     if model_path.is_dir():
         raise SvmtoolError(f"--model {model_path} is a folder; give a file name")
     if not model_path.parent.is_dir():
         raise SvmtoolError(f"--model {model_path}: folder {model_path.parent} does not exist")
+    # The model's temporary file is made now, so a folder that cannot take it
+    # fails before training, not after; it is removed unless committed, and
+    # the commit (the move into place) is the last step, after the output.
+    pending = model_io.reserve(model_path)
+    at_end(pending.discard)
     if download_first and data == "cifar10":
         from svmtool import cifar
 
@@ -433,40 +684,65 @@ def train(
         try:
             cifar.load(where)
         except SvmtoolError:
-            fetch_cifar(where)
+            fetch_cifar(
+                where,
+                advice=(
+                    f"fetch it with: svmtool download --data-dir {where} --url MIRROR,"
+                    f" or import a copy with: svmtool download --data-dir {where}"
+                    " --from-file ARCHIVE"
+                ),
+            )
     with feature_progress() as progress:
         prepared = prepare_training(request, progress)
     for note in prepared.notes:
         say(note)
-    configs = len(request.lrs) * len(request.regs)
+    for warning in prepared.warnings:
+        say(f"Warning: {warning}")
+    pairs = [(lr_k, reg_k) for lr_k in request.lrs for reg_k in request.regs]
+    # Only the bar shrinks with the terminal; the text that would not fit is left out.
+    width = err.width
+    title = "training" if len(pairs) == 1 else f"grid of {len(pairs)}"
+    fixed = functools.partial(Column, no_wrap=True)
     with Progress(
-        TextColumn("training" if configs == 1 else f"training {configs} configurations"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
+        TextColumn(title if width >= 50 else "", table_column=fixed()),
+        BarColumn(bar_width=None, table_column=Column(max_width=40)),
+        MofNCompleteColumn(table_column=fixed()),
+        TextColumn("{task.fields[loss]}", table_column=fixed()),
+        TimingColumn(table_column=fixed()),
         console=err,
     ) as progress:
-        task = progress.add_task("train", total=iters, loss="—")
+        task = progress.add_task("train", total=iters, loss="loss —")
 
-        def on_step(it: int, losses) -> None:
-            import numpy as np
-
-            finite = losses[np.isfinite(losses)]
-            shown = f"{finite.min():.4f}" if finite.size else "diverged"
+        def on_step(it: int, losses, leader: int) -> None:
+            if print_every and it % print_every == 0:
+                # Through the progress bar's console: the lines scroll above the bar.
+                for line in loss_lines(it, iters, losses, pairs):
+                    progress.console.print(clean(line), soft_wrap=True)
+            # The loss of the configuration leading on validation accuracy (a
+            # grid's configurations differ in reg, so their losses do not compare).
+            if leader < 0:
+                shown = "loss —"
+            elif len(pairs) == 1:
+                shown = f"loss {_loss_text(losses[leader])}"
+            elif width >= 80:
+                lr_k, reg_k = pairs[leader]
+                shown = f"best lr={lr_k:g} reg={reg_k:g} loss {_loss_text(losses[leader])}"
+            else:
+                shown = f"best loss {_loss_text(losses[leader])}"
             progress.update(task, completed=it + 1, loss=shown)
 
-        outcome = run_training(request, prepared, on_step)
+        # The bar needs a report every 10 steps; --print-every N needs one every N.
+        every = math.gcd(10, print_every) if print_every else 10
+        outcome = run_training(request, prepared, on_step, report_every=every)
     grid = outcome.grid
     if outcome.model is None:
-        lrs = sorted({g["lr"] for g in grid})
         at = min(g["diverged_at"] for g in grid)
         raise SvmtoolError(
-            f"training diverged (loss became inf or NaN by iteration {at}) with lr="
-            + ",".join(f"{v:g}" for v in lrs)
-            + f"; try a smaller --lr such as {min(lrs) / 10:g}. No model was saved."
+            f"training diverged (loss became inf or NaN by iteration {at}): "
+            + _why_diverged(grid, delta, dtype)
+            + ". No model was saved."
         )
-    model_io.save(outcome.model, model_path)
+    model_io.save(outcome.model, pending)
     best = grid[outcome.best]
     if as_json:
         print_json(
@@ -476,13 +752,18 @@ def train(
                 "metrics": outcome.model.metrics,
                 "sizes": outcome.sizes,
                 "grid": grid,
+                # The best configuration's minibatch loss before each step (null once diverged).
+                "loss_history": outcome.model.loss_history.tolist(),
+                "warnings": outcome.warnings,
             }
         )
+        pending.commit()
         return
     if len(grid) > 1:
         table = Table(title="grid search (same seed, same batches)")
-        for name in ("lr", "reg", "train acc", "val acc", "final loss", ""):
-            table.add_column(name, justify="right")
+        for name in ("lr", "reg", "train acc", "val acc", "final loss"):
+            number_column(table, name)
+        text_column(table, "", justify="right")
         for g in grid:
             mark = "best" if g.get("best") else ("diverged" if g["diverged"] else "")
             table.add_row(
@@ -494,12 +775,16 @@ def train(
                 mark,
                 style="bold" if g.get("best") else None,
             )
-        out.print(table)
+        print_table(out, table)
     timings = outcome.timings
     summary = Table(title="training result", show_header=False)
-    summary.add_column(justify="left")
-    summary.add_column(justify="right")
-    summary.add_row("data", f"{data} ({outcome.sizes['train']} train, {outcome.sizes['val']} val)")
+    text_column(summary, "")
+    text_column(summary, "", justify="right")
+    sizes = outcome.sizes
+    rule = "CS231n's split" if sizes["split"] == "cs231n" else f"stratified val, seed {seed}"
+    summary.add_row("data", literal(data))  # a path the user typed: never markup
+    summary.add_row("split", f"{sizes['train']} train, {sizes['val']} val ({rule})")
+    summary.add_row("test set", f"{sizes['test']} images (for svmtool evaluate)")
     summary.add_row("features", _features_text(outcome.model.features))
     summary.add_row("lr, reg", f"{best['lr']:g}, {best['reg']:g}")
     summary.add_row("train accuracy", _fmt(best["train_accuracy"]))
@@ -510,25 +795,74 @@ def train(
         summary.add_row("features (learn + extract)", f"{timings['feature_seconds']:.2f} s")
     summary.add_row("training time", f"{timings['train_seconds']:.2f} s")
     summary.add_row("iterations/s", f"{timings['iterations_per_second']:.0f}")
-    out.print(summary)
+    print_table(out, summary)
     for g in grid:
         if g["diverged"]:
-            say(f"lr={g['lr']:g}, reg={g['reg']:g} diverged at iteration {g['diverged_at']}")
+            say(
+                f"lr={g['lr']:g}, reg={g['reg']:g} diverged at iteration {g['diverged_at']}"
+                f" ({_CAUSE_SHORT[g['diverged_because']]})"
+            )
+    pending.commit()
     say(f"model written to {model_path}")
+
+
+def loss_lines(it: int, iters: int, losses, pairs: list[tuple[float, float]]) -> list[str]:
+    """CS231n's verbose line, 'iteration k / N: loss L', per configuration."""
+    if len(pairs) == 1:
+        return [f"iteration {it} / {iters}: loss {losses[0]:f}"]
+    return [
+        f"iteration {it} / {iters}: loss {loss:f} (lr {lr:g}, reg {reg:g})"
+        for loss, (lr, reg) in zip(losses, pairs, strict=True)
+    ]
 
 
 # --- evaluate / predict ------------------------------------------------------------
 
 
-@app.command()
+MATRIX_MAX_CLASSES = 20  # above this a confusion matrix is unreadable on a terminal
+CONFUSED_PAIRS = 20
+
+
+def most_confused(confusion, top: int) -> list[tuple[int, int, int]]:
+    """The ``top`` largest off-diagonal cells as (true, predicted, count), largest first."""
+    import numpy as np
+
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:top]
+    rows, cols = np.unravel_index(flat, off.shape)
+    return [(int(i), int(j), int(off[i, j])) for i, j in zip(rows, cols, strict=True) if off[i, j]]
+
+
+@app.command(cls=Command)
 @handle_errors
 def evaluate(
-    model_path: Path = typer.Option(Path("svm_model.npz"), "--model", help="The model file."),
-    split: str = typer.Option("test", "--split", help="val, train or test."),
-    data: str | None = typer.Option(
-        None, "--data", help="Default: the data the model was trained on."
+    model_path: Path = typer.Option(
+        Path("svm_model.npz"), "--model", help="The model file.", metavar="FILE"
     ),
-    data_dir: Path | None = data_dir_option(),
+    split: str = typer.Option(
+        "test", "--split", help="val, train or test.", metavar="val|train|test"
+    ),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        help="Default: the data the model was trained on. Other data needs the model's image"
+        " shape and classes.",
+        metavar=DATA_METAVAR,
+    ),
+    data_dir: Path | None = data_dir_option(MODEL_DATA_DIR_HELP),
+    num_test: int | None = typer.Option(
+        None,
+        "--num-test",
+        help="Evaluate on the first N test images (CS231n: 1000; default: the whole test set).",
+        metavar="N",
+    ),
+    ignore_class_names: bool = typer.Option(
+        False,
+        "--ignore-class-names",
+        help="Evaluate data whose class names differ from the model's (the count must match;"
+        " label k is taken to be the model's class k).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     use_cache: bool = typer.Option(
         True, "--cache/--no-cache", help="kmeans models: read and store the split's features."
@@ -536,7 +870,11 @@ def evaluate(
 ) -> None:
     """Accuracy per class, and a confusion matrix.
 
-    Example: svmtool evaluate --split val
+    The test split is the whole test set (10,000 images for CIFAR-10) unless
+    --num-test asks for its first N. The train and val splits are the model's
+    own, recomputed from its seed and sizes.
+
+    Example: svmtool evaluate --split test --num-test 1000
     """
     from svmtool import model as model_io
     from svmtool.pipeline import evaluate as run_evaluate
@@ -544,15 +882,20 @@ def evaluate(
     model = model_io.load(model_path)
     notes: list[str] = []
     with feature_progress() as progress:
-        result = run_evaluate(model, split, data, data_dir, progress, notes, use_cache)
+        result = run_evaluate(
+            model, split, data, data_dir, num_test, ignore_class_names, progress, notes, use_cache
+        )
     for note in notes:
         say(note)
+    for warning in result.warnings:
+        say(f"Warning: {warning}")
     names = model.class_names
     if as_json:
         print_json(
             {
                 "split": result.split,
                 "count": result.count,
+                "available": result.available,
                 "accuracy": result.accuracy,
                 "per_class": dict(zip(names, result.per_class, strict=True)),
                 "class_names": names,
@@ -560,33 +903,70 @@ def evaluate(
             }
         )
         return
-    out.print(f"{split} accuracy: {result.accuracy:.4f} on {result.count} images")
+    if split != "test":
+        scope = ""
+    elif result.count == result.available:
+        scope = " (the whole test set)"
+    else:
+        scope = f" (the first {result.count} of {result.available} test images)"
+    out.print(f"{split} accuracy: {result.accuracy:.4f} on {result.count} images{scope}")
     per = Table(title="per-class accuracy")
-    per.add_column("class")
-    per.add_column("accuracy", justify="right")
+    text_column(per, "class")
+    number_column(per, "accuracy")
     for name, acc in zip(names, result.per_class, strict=True):
-        per.add_row(name, _fmt(acc))
-    out.print(per)
+        per.add_row(literal(name), _fmt(acc))
+    print_table(out, per)
     conf = Table(title="confusion matrix (rows: true, columns: predicted)")
-    conf.add_column("")
+    text_column(conf, "")
     for i in range(len(names)):
-        conf.add_column(str(i), justify="right")
+        number_column(conf, str(i))
     for i, row in enumerate(result.confusion):
-        conf.add_row(f"{i} {names[i]}", *[str(v) for v in row])
-    out.print(conf)
+        conf.add_row(literal(f"{i} {names[i]}"), *[str(v) for v in row])
+    if len(names) <= MATRIX_MAX_CLASSES and fits(out, conf):
+        print_table(out, conf)
+        return
+    why = (
+        f"{len(names)} classes"
+        if len(names) > MATRIX_MAX_CLASSES
+        else f"a {out.width}-column terminal is too narrow"
+    )
+    pairs = most_confused(result.confusion, CONFUSED_PAIRS)
+    conf = Table(title=f"the {len(pairs)} most confused pairs")
+    text_column(conf, "true class")
+    text_column(conf, "predicted as")
+    number_column(conf, "images")
+    number_column(conf, "share")
+    totals = result.confusion.sum(axis=1)
+    for i, j, count in pairs:
+        conf.add_row(literal(names[i]), literal(names[j]), str(count), f"{count / totals[i]:.1%}")
+    print_table(out, conf)
+    out.print(
+        f"({why}: the whole {len(names)} x {len(names)} confusion matrix is in the output"
+        " of --json)"
+    )
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def predict(
-    images: list[Path] = typer.Argument(..., help="PNG or JPEG files, any size."),
-    model_path: Path = typer.Option(Path("svm_model.npz"), "--model", help="The model file."),
-    top: int = typer.Option(3, "--top", help="How many scores to show."),
+    images: list[Path] = typer.Argument(
+        ...,
+        metavar="IMAGE",
+        help="PNG or JPEG files, any size (transparent pixels count as white).",
+    ),
+    model_path: Path = typer.Option(
+        Path("svm_model.npz"), "--model", help="The model file.", metavar="FILE"
+    ),
+    top: int = typer.Option(3, "--top", help="How many scores to show.", metavar="N"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Predict the class of image files.
 
-    Each image is resized to the model's image shape and converted to its
-    channels, then preprocessed with the model's mean image.
+    Each image is read as a viewer shows it (EXIF orientation applied, 16-bit
+    grayscale scaled, transparency over white), resized to the model's image
+    shape and converted to its channels, then preprocessed with the model's
+    mean image. Only PNG and JPEG are decoded; images over Pillow's pixel
+    limit are refused.
 
     Example: svmtool predict cat.png plane.jpg
     """
@@ -597,20 +977,37 @@ def predict(
         raise SvmtoolError(f"top must be >= 1, got {top}")
     model = model_io.load(model_path)
     results = predict_files(model, images, top)
-    table = Table()
-    table.add_column("image")
-    table.add_column("prediction")
-    table.add_column(f"top {min(top, model.num_classes)} scores")
-    for r in results:
-        if r.error is None:
-            table.add_row(r.path, r.label, ", ".join(f"{n} {s:.2f}" for n, s in r.top))
-    if any(r.error is None for r in results):
-        out.print(table)
     failed = [r for r in results if r.error is not None]
+    if as_json:
+        print_json(
+            {
+                "model": str(model_path),
+                "predictions": [
+                    {
+                        "image": r.path,
+                        "prediction": r.label,
+                        "scores": [{"class": n, "score": v} for n, v in r.top],
+                        "error": r.error,
+                    }
+                    for r in results
+                ],
+            }
+        )
     for r in failed:
         say(f"Error: {r.error}")
+    if as_json or (failed and len(failed) == len(results)):
+        raise typer.Exit(EXIT_ERROR if failed else 0)
+    table = Table()
+    text_column(table, "image")
+    text_column(table, "prediction")
+    text_column(table, f"top {min(top, model.num_classes)} scores")
+    for r in results:
+        if r.error is None:
+            scores = ", ".join(f"{n} {s:.2f}" for n, s in r.top)
+            table.add_row(literal(r.path), literal(r.label), literal(scores))
+    print_table(out, table)
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ERROR)
 
 
 # --- gradcheck ----------------------------------------------------------------------
@@ -662,40 +1059,59 @@ def _interpretation(report) -> list[str]:
     return lines
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def gradcheck(
-    delta: float = typer.Option(1.0, "--delta", help="The hinge margin."),
+    delta: float = typer.Option(1.0, "--delta", help="The hinge margin.", metavar="FLOAT"),
     reg: float | None = typer.Option(
         None,
         "--reg",
         help="L2 strength (default 0; with --loss, 0 and then 5e1, as CS231n's notebook).",
+        metavar="FLOAT",
     ),
-    checks: int = typer.Option(10, "--checks", help="How many coordinates to draw with the seed."),
-    h: float = typer.Option(1e-5, "--h", help="The centered-difference step."),
-    seed: int = typer.Option(0, "--seed", help="Seeds W, the batch and the coordinates."),
+    checks: int = typer.Option(
+        10, "--checks", help="How many coordinates to draw with the seed.", metavar="N"
+    ),
+    h: float = typer.Option(1e-5, "--h", help="The centered-difference step.", metavar="FLOAT"),
+    seed: int = typer.Option(
+        0, "--seed", help="Seeds W, the batch and the coordinates.", metavar="N"
+    ),
     coord: list[str] | None = typer.Option(
-        None, "--coord", help="Check coordinate d,c (repeatable)."
+        None, "--coord", help="Check coordinate d,c (repeatable).", metavar="D,C"
     ),
-    tol: float | None = typer.Option(
-        None,
+    tol: float = typer.Option(
+        1e-6,  # gradcheck.DEFAULT_TOL, written out so that --help needs no numpy
         "--tol",
-        help="Relative error allowed on kink-free coordinates (default 1e-6: away from kinks the"
-        " check is exact up to rounding, ~1e-10; a wrong gradient term gives 1e-3 or more).",
+        help="Relative error allowed on kink-free coordinates (away from kinks the check is"
+        " exact up to rounding, ~1e-10; a wrong gradient term gives 1e-3 or more).",
+        metavar="FLOAT",
     ),
     show_kinks: bool = typer.Option(
         False, "--show-kinks", help="List the samples behind each kink."
     ),
     sweep: str | None = typer.Option(
-        None, "--sweep-delta", help="Comma-separated deltas: how often kinks occur for each."
+        None,
+        "--sweep-delta",
+        help="Comma-separated deltas: how often kinks occur for each.",
+        metavar="DELTA[,DELTA...]",
     ),
     data: str | None = typer.Option(
-        None, "--data", help="Default: CIFAR-10's dev sample if downloaded, else synthetic."
+        None,
+        "--data",
+        help="Default: the model's data with --model; else CIFAR-10 when it is in the default"
+        " folder ($SVMTOOL_DATA_DIR, else the user cache), else synthetic, with a notice. Data"
+        " named by --data or --data-dir must be there.",
+        metavar=DATA_METAVAR,
     ),
-    data_dir: Path | None = data_dir_option(),
-    model_path: Path | None = typer.Option(None, "--model", help="Check at a trained model's W."),
+    data_dir: Path | None = data_dir_option(MODEL_DATA_DIR_HELP),
+    model_path: Path | None = typer.Option(
+        None, "--model", help="Check at a trained model's W.", metavar="FILE"
+    ),
     weights: Path | None = typer.Option(
-        None, "--weights", help="Check at this W: a .npy file saved with np.save (D+1 x C)."
+        None,
+        "--weights",
+        help="Check at this W: a .npy file saved with np.save (D+1 x C).",
+        metavar="FILE.npy",
     ),
     loss: str | None = typer.Option(
         None,
@@ -703,12 +1119,14 @@ def gradcheck(
         help="Check YOUR loss function: PATH.py:FUNC, package.module:FUNC, or PATH.py for its"
         " svm_loss_naive and svm_loss_vectorized. Called as FUNC(W, X, y, reg) -> (loss, dW)"
         " (delta too if it takes one). Loading the file runs it, as pytest does.",
+        metavar="PATH.py[:FUNC]",
     ),
     plot: Path | None = typer.Option(
         None,
         "--plot",
         help="Write a PNG of the loss along the coordinate that straddled a kink worst"
         " (needs matplotlib).",
+        metavar="FILE.png",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
 ) -> None:
@@ -738,6 +1156,7 @@ def gradcheck(
     from svmtool import gradcheck as gc
     from svmtool import model as model_io
     from svmtool.pipeline import gradcheck_batch, parse_floats
+    from svmtool.report import gradcheck_table
 
     if not (h > 0 and math.isfinite(h)):
         raise SvmtoolError(f"h must be > 0, got {h}")
@@ -747,7 +1166,6 @@ def gradcheck(
         raise SvmtoolError(f"reg must be >= 0, got {reg}")
     if checks < 1 and not coord:
         raise SvmtoolError(f"checks must be >= 1, got {checks}")
-    tol = gc.DEFAULT_TOL if tol is None else tol
     if not tol > 0:
         raise SvmtoolError(f"tol must be > 0, got {tol}")
     deltas = parse_floats(sweep, "sweep-delta") if sweep else []
@@ -829,38 +1247,25 @@ def gradcheck(
         raise typer.Exit(1 if failed else 0)
 
     out.print(
-        f"gradient check on {X.shape[0]} samples of {batch.source} (float64) at {point};"
-        f" delta={delta:g}, reg={reg:g}, h={h:g}, tol={tol:g}, loss={report.loss:.6f}",
-        markup=False,
+        clean(
+            f"gradient check on {X.shape[0]} samples of {batch.source} (float64) at {point};"
+            f" delta={delta:g}, reg={reg:g}, h={h:g}, tol={tol:g}, loss={report.loss:.6f}"
+        ),
         soft_wrap=True,
     )
-    table = Table()
-    for name in ("d", "c", "numeric", "analytic", "rel error", "kink samples", "status"):
-        table.add_column(name, justify="right")
-    for c in report.checks:
-        style = {"ok": "green", "kink": "yellow", "FAIL": "bold red"}[c.status]
-        table.add_row(
-            str(c.d),
-            str(c.c),
-            f"{c.numeric:.8g}",
-            f"{c.analytic:.8g}",
-            f"{c.rel_error:.2e}",
-            str(c.straddled),
-            f"[{style}]{c.status}[/]",
-        )
-    out.print(table)
+    print_table(out, gradcheck_table(report))
     if show_kinks:
         for c in report.checks:
             if not c.kinks:
                 continue
             kt = Table(title=f"kinks straddled by ({c.d}, {c.c})")
             for name in ("sample", "label", "class j", "margin", "h*|x_nd|"):
-                kt.add_column(name, justify="right")
+                number_column(kt, name)
             for k in c.kinks:
                 kt.add_row(
                     str(k.sample), str(k.label), str(k.cls), f"{k.margin:.3e}", f"{k.step:.3e}"
                 )
-            out.print(kt)
+            print_table(out, kt)
     worst = report.worst_kink_free_error
     worst_text = "none is kink-free" if math.isnan(worst) else f"{worst:.2e}"
     out.print(
@@ -882,12 +1287,11 @@ def gradcheck(
     )
     if sweep_rows:
         st = Table(title="how delta changes the frequency of kinks")
-        st.add_column("delta", justify="right")
-        st.add_column("margins near a kink", justify="right")
-        st.add_column("coordinates straddling", justify="right")
+        for name in ("delta", "margins near a kink", "coordinates straddling"):
+            number_column(st, name)
         for r in sweep_rows:
             st.add_row(f"{r.delta:g}", f"{r.near_kink_fraction:.4%}", f"{r.straddled_fraction:.0%}")
-        out.print(st)
+        print_table(out, st)
     if failed:
         raise typer.Exit(1)
 
@@ -945,7 +1349,7 @@ def load_user_functions(spec_text: str):
 def user_code_failure(exc) -> typer.Exit:
     """Their traceback (their frames only), a hint if one fits, and one line. Exit 3."""
     if exc.details:
-        err.print(literal(exc.details), soft_wrap=True)
+        err.print(literal_lines(exc.details), soft_wrap=True)
     if exc.hint:
         say(f"hint: {exc.hint}")
     return fail(exc.summary, 3)
@@ -1003,7 +1407,7 @@ def run_user_check(functions, W, X, y, *, regs, delta, coords, h, tol, seed, sou
     for fn in report.functions:
         if fn.error is not None:
             if fn.error.details:
-                err.print(literal(fn.error.details), soft_wrap=True)
+                err.print(literal_lines(fn.error.details), soft_wrap=True)
             if fn.error.hint:
                 say(f"hint: {fn.error.hint}")
             say(f"Error: {fn.error.summary}")
@@ -1033,17 +1437,25 @@ def _plot_user_kink(plot, report, functions, W, X, y, h):
 # --- visualize -----------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=Command)
 @handle_errors
 def visualize(
-    model_path: Path = typer.Option(Path("svm_model.npz"), "--model", help="The model file."),
-    out_dir: Path = typer.Option(Path("templates"), "--out-dir", help="Where the PNGs go."),
+    model_path: Path = typer.Option(
+        Path("svm_model.npz"), "--model", help="The model file.", metavar="FILE"
+    ),
+    out_dir: Path = typer.Option(
+        Path("templates"), "--out-dir", help="Where the PNGs go.", metavar="DIR"
+    ),
     scale: str = typer.Option(
         "global",
         "--scale",
         help="global (one range for all classes, so they compare) or per-class.",
+        metavar="global|per-class",
     ),
-    zoom: int = typer.Option(4, "--zoom", help="Enlarge each template this many times."),
+    zoom: int = typer.Option(
+        4, "--zoom", help="Enlarge each template this many times.", metavar="N"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Write class templates and plots as PNGs.
 
@@ -1052,6 +1464,10 @@ def visualize(
     A hog model has no image template: its files show each class's weight per
     HOG cell (NN_classname_hog_cells.png, hog_cells.png). A kmeans model's
     centroids.png shows its dictionary as 6x6 patches.
+
+    What an earlier visualize wrote into the same folder and this run does not
+    write (another model's classes, an old grid.png) is removed; other files
+    are left alone. The list lives in the folder's .svmtool-visualize.json.
 
     Example: svmtool visualize --out-dir templates
     """
@@ -1103,8 +1519,23 @@ def visualize(
             files["grid.png"] = functools.partial(images.grid_heatmap, model.grid)
     else:
         say("loss.png and grid.png need matplotlib: pip install 'svmtool[plots]'")
-    for path in images.write_outputs(out_dir, files):
-        print(path)
+    result = images.write_outputs(out_dir, files)
+    if as_json:
+        print_json(
+            {
+                "out_dir": str(out_dir),
+                "files": [str(p) for p in result.written],
+                "removed": [str(p) for p in result.removed],
+            }
+        )
+        return
+    for path in result.written:
+        print(clean(path))
+    if result.removed:
+        say(
+            f"removed {len(result.removed)} file(s) an earlier visualize wrote here: "
+            + ", ".join(p.name for p in result.removed)
+        )
 
 
 def main() -> None:

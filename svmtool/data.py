@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,58 +105,172 @@ def synthetic(
 # --- a user's .npz -----------------------------------------------------------
 
 NPZ_KEYS = ("X_train", "y_train", "X_test", "y_test")
+MAX_CLASSES = 10_000
+"""Labels run 0..MAX_CLASSES-1: W has a column per class, so a stray label of 10**9
+must be refused, not allocated."""
+
+
+def _square_side(n: int) -> int | None:
+    side = math.isqrt(n)
+    return side if side * side == n else None
+
+
+def _channel_first(images: np.ndarray) -> bool:
+    """(N, C, H, W) with C = 1 or 3, PyTorch's layout, and not plausibly (N, H, W, C)."""
+    return images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[3] not in (1, 3, 4)
+
+
+def _image_fix(name: str, images: np.ndarray) -> str | None:
+    """The numpy expression that turns ``images`` into uint8 (N, H, W, C), or None
+    when no expression is certain (values outside 0..255, a flat row of unknown
+    height and width)."""
+    expr = name
+    if images.dtype != np.uint8:
+        if images.dtype == np.bool_ or not np.issubdtype(images.dtype, np.number):
+            return None
+        if images.size:
+            low, high = float(np.min(images)), float(np.max(images))
+            if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 255:
+                return None
+            if np.issubdtype(images.dtype, np.floating):
+                # [0, 1] floats are the usual "normalised" layout; anything above 1 is 0..255.
+                expr = f"({expr} * 255).round()" if high <= 1 else f"{expr}.round()"
+        expr += ".astype(np.uint8)"
+    if images.ndim == 2:
+        d = images.shape[1]
+        side = _square_side(d)
+        if side:
+            expr += f".reshape(-1, {side}, {side}, 1)"
+        elif d % 3 == 0 and _square_side(d // 3):
+            side = _square_side(d // 3)
+            # CIFAR's own rows are channel planes (R, G, B): the reshape must say so.
+            expr += f".reshape(-1, 3, {side}, {side}).transpose(0, 2, 3, 1)"
+        else:
+            return None
+    elif _channel_first(images):
+        expr += ".transpose(0, 2, 3, 1)"
+    elif images.ndim not in (3, 4):
+        return None
+    return expr
+
+
+def _check_images(path: Path, name: str, images: np.ndarray) -> np.ndarray:
+    """``images`` as uint8 (N, H, W, C); (N, H, W) gains a channel axis (Keras' layout).
+    Any other layout is one line saying exactly what to save instead."""
+    if images.dtype == np.uint8 and images.ndim == 3:
+        images = images[..., None]  # a view: no copy
+    if (
+        images.dtype == np.uint8
+        and images.ndim == 4
+        and min(images.shape[1:]) >= 1
+        and not _channel_first(images)
+    ):
+        return images
+    found = f"{path}: {name} is {images.dtype} {images.shape}"
+    wanted = "svmtool reads uint8 images, N x H x W x C or N x H x W"
+    fix = _image_fix(name, images)
+    if images.ndim == 2:
+        # A flat row does not say its height and width: name the likely guess as one.
+        d = images.shape[1]
+        if fix is None:
+            raise SvmtoolError(f"{found}; {wanted}: reshape each row to H x W x C")
+        if _square_side(d):
+            side = _square_side(d)
+            guess = f"if they are {side} x {side} grayscale, save {name}={fix}"
+        else:
+            side = _square_side(d // 3)
+            guess = (
+                f"if they are {side} x {side} colour stored as channel planes (CIFAR's rows),"
+                f" save {name}={fix} (pixel after pixel: .reshape(-1, {side}, {side}, 3))"
+            )
+        raise SvmtoolError(f"{found}; {wanted}: {guess}")
+    if fix is not None and fix != name:
+        raise SvmtoolError(f"{found}; {wanted}: save {name}={fix}")
+    if images.ndim in (3, 4) and images.size and np.issubdtype(images.dtype, np.number):
+        low, high = np.min(images), np.max(images)
+        raise SvmtoolError(f"{found} with values in [{low}, {high}]; {wanted}: scale to 0..255")
+    raise SvmtoolError(f"{found}; {wanted}")
+
+
+def _check_labels(path: Path, name: str, labels: np.ndarray, count: int) -> np.ndarray:
+    """``labels`` as int64 (count,), each in 0..MAX_CLASSES-1."""
+    if labels.ndim != 1 or labels.shape[0] != count:
+        raise SvmtoolError(f"{path}: {name} has shape {labels.shape}, expected ({count},)")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        integral = (np.issubdtype(labels.dtype, np.floating) or labels.dtype == np.bool_) and bool(
+            np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))
+        )
+        hint = f": save {name}={name}.astype(np.int64)" if integral else ""
+        raise SvmtoolError(f"{path}: {name} must hold integers, got {labels.dtype}{hint}")
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0:
+            raise SvmtoolError(f"{path}: labels must be >= 0, got {low} in {name}")
+        if high >= MAX_CLASSES:
+            raise SvmtoolError(
+                f"{path}: label {high} in {name}; svmtool takes at most {MAX_CLASSES} classes,"
+                f" labelled 0..{MAX_CLASSES - 1}"
+            )
+    return labels.astype(np.int64)
 
 
 def load_npz(path: Path) -> Dataset:
-    """A user's dataset: X_train, y_train, X_test, y_test (uint8 N x H x W x C images,
-    integer labels), optional class_names. Never unpickles."""
+    """A user's dataset: X_train, y_train, X_test, y_test (uint8 N x H x W x C or
+    N x H x W images, integer labels 0..K-1), optional class_names. Never unpickles.
+
+    Other layouts (flat rows, floats, channel-first) are refused with the exact
+    numpy expression that converts them.
+    """
     content = read_npz(path, "dataset")
     missing = [k for k in NPZ_KEYS if k not in content]
     if missing:
         raise SvmtoolError(f"{path} lacks {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})")
-    arrays = {k: content[k] for k in NPZ_KEYS}
-    names = content.get("class_names")
-
+    images, labels = {}, {}
     for part in ("train", "test"):
-        images, labels = arrays[f"X_{part}"], arrays[f"y_{part}"]
-        if images.dtype != np.uint8 or images.ndim != 4 or min(images.shape[1:], default=0) < 1:
-            raise SvmtoolError(
-                f"{path}: X_{part} must be uint8 N x H x W x C, got {images.dtype} {images.shape}"
-            )
-        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-            raise SvmtoolError(
-                f"{path}: y_{part} has shape {labels.shape}, expected ({images.shape[0]},)"
-            )
-        if labels.size and not np.issubdtype(labels.dtype, np.integer):
-            raise SvmtoolError(f"{path}: y_{part} must hold integers, got {labels.dtype}")
-    if arrays["X_train"].shape[1:] != arrays["X_test"].shape[1:]:
+        images[part] = _check_images(path, f"X_{part}", content[f"X_{part}"])
+        labels[part] = _check_labels(path, f"y_{part}", content[f"y_{part}"], len(images[part]))
+    if images["train"].shape[1:] != images["test"].shape[1:]:
         raise SvmtoolError(
-            f"{path}: X_train images are {arrays['X_train'].shape[1:]},"
-            f" X_test images {arrays['X_test'].shape[1:]}"
+            f"{path}: X_train images are {images['train'].shape[1:]},"
+            f" X_test images {images['test'].shape[1:]}"
         )
-    if arrays["y_train"].size == 0:
+    if labels["train"].size == 0:
         raise SvmtoolError(f"{path}: X_train is empty")
-    top = max(int(arrays["y_train"].max()), int(arrays["y_test"].max(initial=0)))
+    low = min(int(labels["train"].min()), int(labels["test"].min(initial=MAX_CLASSES)))
+    top = max(int(labels["train"].max()), int(labels["test"].max(initial=0)))
+    names = content.get("class_names")
     if names is not None:
-        class_names = [str(n) for n in np.asarray(names).ravel()]
-        if top >= len(class_names):
+        if names.size > MAX_CLASSES:
+            raise SvmtoolError(f"{path}: {names.size} class_names; at most {MAX_CLASSES}")
+        if names.ndim != 1 or names.dtype.kind not in "US":
             raise SvmtoolError(
-                f"{path}: label {top} is out of range for {len(class_names)} class_names"
+                f"{path}: class_names must be a list of strings, got {names.dtype} {names.shape}"
+            )
+        class_names = [str(n) for n in names]
+        if top >= len(class_names):
+            hint = (
+                f": labels run {low}..{top}; if they count from 1, save y_train=y_train - 1"
+                " and y_test=y_test - 1"
+                if low >= 1 and top == len(class_names)
+                else ""
+            )
+            raise SvmtoolError(
+                f"{path}: label {top} is out of range for {len(class_names)} class_names{hint}"
             )
     else:
+        if low >= 1:
+            # Labels 1..K would make a class 0 with no image at all: a phantom class
+            # that still gets a column of W and a row of the confusion matrix.
+            raise SvmtoolError(
+                f"{path}: the labels run {low}..{top} and no image is labelled 0; classes are"
+                f" numbered from 0: save y_train=y_train - {low} and y_test=y_test - {low}"
+                " (or add class_names, one name for each of 0..{top})".replace("{top}", str(top))
+            )
         class_names = [f"class{k}" for k in range(top + 1)]
-    low = min(int(arrays["y_train"].min()), int(arrays["y_test"].min(initial=0)))
-    if low < 0:
-        raise SvmtoolError(f"{path}: labels must be >= 0, got {low}")
     if len(class_names) < 2:
         raise SvmtoolError(f"{path}: needs at least 2 classes, got {len(class_names)}")
     return Dataset(
-        arrays["X_train"],
-        arrays["y_train"].astype(np.int64),
-        arrays["X_test"],
-        arrays["y_test"].astype(np.int64),
-        class_names,
-        str(path),
+        images["train"], labels["train"], images["test"], labels["test"], class_names, str(path)
     )
 
 
@@ -176,16 +291,26 @@ def load_dataset(source: str, data_dir: Path | None = None) -> Dataset:
 
 # --- split ---------------------------------------------------------------------
 
+CS231N_RULE = "cs231n"
+STRATIFIED_RULE = "stratified"
+
 
 @dataclass
 class Split:
     """Index arrays into a Dataset: train/val/dev into the training images, test
-    into the test images. ``train`` is in a seeded random order (SGD walks it)."""
+    into the test images. ``train`` is in a seeded random order (SGD walks it).
+
+    rule: 'cs231n' (CIFAR-10: train the first images, val the last) or
+    'stratified' (any other data: a seeded, stratified validation sample).
+    warnings: sentences about classes a split lacks.
+    """
 
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
     dev: np.ndarray
+    rule: str = CS231N_RULE
+    warnings: list[str] = field(default_factory=list)
 
 
 def split_sizes(
@@ -196,17 +321,18 @@ def split_sizes(
     num_test: int | None = None,
     num_dev: int | None = None,
 ) -> tuple[int, int, int, int]:
-    """CS231n sizes (49,000/1,000/1,000/500) for full CIFAR-10; for smaller data
-    the validation split is min(1000, N/10) and the test split min(1000, test N).
+    """Default sizes: validation min(1000, N/10) (CS231n's 1,000 for CIFAR-10's
+    50,000), training every other image (49,000 for CIFAR-10), test the whole
+    test set, dev min(500, train).
 
     Explicit sizes are checked against what the data holds.
     """
     if num_val is None:
         num_val = min(1000, n_train_images // 10)
     if num_train is None:
-        num_train = min(49000, n_train_images - num_val)
+        num_train = n_train_images - num_val
     if num_test is None:
-        num_test = min(1000, n_test_images)
+        num_test = n_test_images
     if num_dev is None:
         num_dev = min(500, num_train)
     for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
@@ -226,21 +352,94 @@ def split_sizes(
     return num_train, num_val, num_test, num_dev
 
 
+def stratified_sample(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` sorted indices into ``labels`` (N,), each class in proportion to
+    its count (largest remainders, ties at random). A class keeps at least one
+    image outside the sample whenever the size allows it."""
+    labels = np.asarray(labels)
+    n = labels.size
+    if size <= 0 or n == 0:
+        return np.zeros(0, dtype=np.int64)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    exact = size * counts / n
+    room = counts - 1 if size <= n - classes.size else counts
+    take = np.minimum(np.floor(exact).astype(np.int64), room)
+    # Hand out what flooring left, one image per class per round, to the classes
+    # with the largest remainders (a random key breaks ties).
+    tiebreak = rng.random(classes.size)
+    while (short := size - int(take.sum())) > 0:
+        open_ = np.flatnonzero(take < room)
+        if open_.size == 0:  # cannot happen when size < N; never loop forever
+            break
+        order = open_[np.lexsort((tiebreak[open_], -(exact - take)[open_]))]
+        take[order[:short]] += 1
+    # Random order within each class, then the first take[k] of class k.
+    shuffled = rng.permutation(n)
+    grouped = shuffled[np.argsort(inverse[shuffled], kind="stable")]
+    starts = np.cumsum(counts) - counts
+    cls = inverse[grouped]
+    rank = np.arange(n) - starts[cls]
+    return np.sort(grouped[rank < take[cls]])
+
+
+def _absent(class_names: list[str], labels: np.ndarray) -> list[str]:
+    present = np.zeros(len(class_names), dtype=bool)
+    present[np.unique(labels)] = True
+    return [class_names[k] for k in np.flatnonzero(~present)]
+
+
+def _name_list(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def split_warnings(dataset: Dataset, parts: Split) -> list[str]:
+    """Sentences about classes with no training image, or missing from validation."""
+    names = list(dataset.class_names)
+    labels = np.asarray(dataset.train_labels)
+    warnings = []
+    no_train = _absent(names, labels[parts.train])
+    if no_train:
+        warnings.append(
+            f"{len(no_train)} of {len(names)} classes have no training images"
+            f" ({_name_list(no_train)}): the model cannot learn them"
+        )
+    no_val = [n for n in _absent(names, labels[parts.val]) if n not in no_train]
+    if parts.val.size and no_val:
+        warnings.append(
+            f"the validation split ({parts.val.size} images) has no image of"
+            f" {len(no_val)} class(es) ({_name_list(no_val)})"
+        )
+    return warnings
+
+
 def split(dataset: Dataset, seed: int = 0, **sizes: int | None) -> Split:
-    """The CS231n split: train = the first num_train training images, val = the
-    last num_val (images 49,000-49,999 for CIFAR-10), test = the first num_test
-    test images, dev = num_dev images drawn from train with the seed."""
+    """Split the training images into train/val/dev and take the test rows.
+
+    CIFAR-10 keeps CS231n's split: train = the first num_train images (0-48,999),
+    val = the last num_val (49,000-49,999). Any other data: val is a seeded,
+    stratified sample (data saved sorted by label still gets every class) and
+    train is num_train of the remaining images drawn with the seed (all of them
+    by default). test = the first num_test test images (all by default);
+    dev = num_dev images drawn from train with the seed.
+    """
     n = dataset.train_images.shape[0]
     num_train, num_val, num_test, num_dev = split_sizes(n, dataset.test_images.shape[0], **sizes)
     rng = np.random.default_rng(seed)
-    train = rng.permutation(num_train)
-    dev = np.sort(rng.choice(num_train, num_dev, replace=False))
-    return Split(
-        train=train,
-        val=np.arange(n - num_val, n),
-        test=np.arange(num_test),
-        dev=dev,
-    )
+    if dataset.source == CIFAR10:
+        rule = CS231N_RULE
+        train = rng.permutation(num_train)
+        dev = np.sort(rng.choice(num_train, num_dev, replace=False))
+        val = np.arange(n - num_val, n)
+    else:
+        rule = STRATIFIED_RULE
+        val = stratified_sample(dataset.train_labels, num_val, rng)
+        rest = np.setdiff1d(np.arange(n), val, assume_unique=True)
+        train = rng.permutation(rest)[:num_train]
+        dev = np.sort(rng.choice(train, num_dev, replace=False))
+    parts = Split(train=train, val=val, test=np.arange(num_test), dev=dev, rule=rule)
+    parts.warnings = split_warnings(dataset, parts)
+    return parts
 
 
 # --- preprocess ----------------------------------------------------------------

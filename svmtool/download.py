@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import stat
 import tarfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import requests
+import urllib3
 
 from svmtool.errors import SvmtoolError
+from svmtool.files import disk_error, link_refusal, open_own, open_regular
 
 CHUNK_SIZE = 1 << 16
 CONNECT_TIMEOUT = 10.0
@@ -31,112 +35,211 @@ ProgressFn = Callable[[int, int | None], None]
 def md5_of(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
     """Hex md5 of a file, read in chunks."""
     digest = hashlib.md5()
-    with open(path, "rb") as f:
+    with open_regular(path, "archive") as f:
         while block := f.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
 
 
+class DownloadFailed(SvmtoolError):
+    """A download that did not complete. The message says what happened; the
+    command that started it adds advice that works from that command."""
+
+
+RetryFn = Callable[[str, float, int, int], None]
+"""Called as ``on_retry(reason, delay_seconds, next_try, tries)`` before each retry."""
+
 # What a cut connection looks like while streaming the body.
 _DROPPED = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    OSError,
 )
 
 
 class _Retryable(Exception):
-    """A failure worth another try (connection dropped, 5xx, timeout)."""
+    """A failure worth another try (connection failed or dropped, 5xx, timeout)."""
 
 
-def _hint(url: str) -> str:
-    return f"{url}; use --url MIRROR or --from-file ARCHIVE"
+def _part_size(part: Path) -> int:
+    """Bytes already in ``part`` (0 if absent); a link or non-file there is refused."""
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    if stat.S_ISLNK(st.st_mode):
+        raise link_refusal(part)
+    if not stat.S_ISREG(st.st_mode):
+        raise SvmtoolError(f"{part} is not a regular file; remove it and run again")
+    return st.st_size
 
 
-def _fetch_once(url: str, part: Path, progress: ProgressFn | None) -> None:
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte of 'bytes START-END/TOTAL', or None if unreadable."""
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", content_range or "")
+    return int(match.group(1)) if match else None
+
+
+def _range_total(content_range: str | None) -> int | None:
+    """The TOTAL of 'bytes */TOTAL' (a 416's answer), or None."""
+    match = re.fullmatch(r"\s*bytes\s+\*/(\d+)\s*", content_range or "")
+    return int(match.group(1)) if match else None
+
+
+def _fetch_once(
+    url: str, part: Path, progress: ProgressFn | None, max_size: int | None, restarted=False
+) -> None:
     """One attempt: continue ``part`` from its current size, or start it over."""
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    have = _part_size(part)
+    # identity: the archive is hashed as sent, never as a transport-decoded body.
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
     try:
         response = requests.get(
             url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
         )
-    except requests.exceptions.InvalidURL as exc:
-        raise SvmtoolError(f"invalid URL {url!r}: {exc}") from None
     except requests.exceptions.MissingSchema:
         raise SvmtoolError(f"invalid URL {url!r}: it needs http:// or https://") from None
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise _Retryable(f"cannot connect to {_hint(url)} ({type(exc).__name__})") from None
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
+        raise SvmtoolError(f"invalid URL {url!r}: {exc}") from None
+    except requests.TooManyRedirects:
+        raise DownloadFailed(f"download failed: too many redirects from {url}") from None
+    except requests.Timeout:
+        raise _Retryable("connection timed out") from None
+    except requests.ConnectionError:
+        raise _Retryable("connection failed") from None
+    except requests.RequestException as exc:
+        raise DownloadFailed(f"download failed for {url}: {exc}") from None
+
+    def restart(why: str) -> None:
+        # The bytes on disk cannot be continued: drop them and fetch from byte 0.
+        response.close()
+        part.unlink(missing_ok=True)
+        if restarted:
+            raise DownloadFailed(f"download failed: {why} for {url}")
+        _fetch_once(url, part, progress, max_size, restarted=True)
+
     with response:
-        if response.status_code == 416 and have:
-            # The part may already hold the whole file; the checksum decides.
-            return
-        if response.status_code >= 500:
-            raise _Retryable(f"server error {response.status_code} from {_hint(url)}")
-        if response.status_code >= 400:
-            raise SvmtoolError(
-                f"download failed: {response.status_code} {response.reason} for {_hint(url)}"
+        status = response.status_code
+        if status == 416 and have:
+            if _range_total(response.headers.get("Content-Range")) == have:
+                return  # the part already holds the whole file; the checksum decides
+            return restart(f"the server refused to resume at byte {have}")
+        if 300 <= status < 400:
+            # requests follows every redirect that names where to go.
+            location = response.headers.get("Location")
+            where = (
+                f"a Location svmtool cannot follow ({location!r})" if location else "no Location"
             )
-        if response.status_code == 206 and have:
-            mode, done = "ab", have
-        else:
+            raise DownloadFailed(
+                f"download failed: {url} answered {status} {response.reason}, a redirect with"
+                f" {where}"
+            )
+        if status >= 500:
+            raise _Retryable(f"server error {status} {response.reason}")
+        if status >= 400:
+            raise DownloadFailed(f"download failed: {status} {response.reason} for {url}")
+        if status == 206:
+            start = _range_start(response.headers.get("Content-Range"))
+            if start != have:
+                # Appending bytes from elsewhere in the file would corrupt it silently.
+                return restart(f"the server resumed at byte {start}, not at {have}")
+            append, done = have > 0, have
+        elif status == 200:
             # 200 to a ranged request: the server ignores Range, so start over.
-            mode, done = "wb", 0
+            append, done = False, 0
+        else:
+            raise DownloadFailed(f"download failed: {url} answered {status} {response.reason}")
         length = response.headers.get("Content-Length")
         total = done + int(length) if length and length.isdigit() else None
+        if max_size is not None and total is not None and total > max_size:
+            raise DownloadFailed(
+                f"download failed: {url} sends {total} bytes, more than the {max_size} bytes"
+                " of the archive the checksum names; refusing it"
+            )
         if progress:
             progress(done, total)
-        try:
-            with open(part, mode) as f:
-                for block in response.iter_content(CHUNK_SIZE):
+        # Raw bytes, as sent: a Content-Encoding (gzip) is not undone.
+        body = response.raw.stream(CHUNK_SIZE, decode_content=False)
+        with open_own(part, append=append, truncate=not append) as f:
+            while True:
+                try:
+                    block = next(body, None)
+                except _DROPPED:
+                    raise _Retryable(f"connection lost after {done} bytes") from None
+                if block is None:
+                    break
+                if max_size is not None and done + len(block) > max_size:
+                    f.close()
+                    part.unlink(missing_ok=True)
+                    raise DownloadFailed(
+                        f"download failed: {url} sent more than the {max_size} bytes of the"
+                        " archive the checksum names; refusing the rest"
+                    )
+                try:
                     f.write(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
-        except _DROPPED as exc:
-            raise _Retryable(f"connection lost after {done} bytes from {url} ({exc})") from None
+                except OSError as exc:
+                    raise disk_error(exc, part) or exc from None
+                done += len(block)
+                if progress:
+                    progress(done, total)
         if total is not None and done < total:
-            raise _Retryable(f"connection closed after {done} of {total} bytes from {url}")
+            raise _Retryable(f"connection closed after {done} of {total} bytes")
 
 
 def fetch(
     url: str,
     dest: Path,
-    md5: str,
+    md5: str | Iterable[str],
     progress: ProgressFn | None = None,
     retries: int = RETRIES,
-) -> Path:
+    on_retry: RetryFn | None = None,
+    max_size: int | None = None,
+) -> str:
     """Download ``url`` to ``dest``, resuming from ``dest.part``, and verify its md5.
 
-    The file appears at ``dest`` only once its checksum matches; a mismatch
-    deletes the download and raises ``SvmtoolError`` naming both checksums.
+    ``md5`` is the checksum, or several accepted ones; the one that matched is
+    returned. The file appears at ``dest`` only once its checksum matches; a
+    mismatch deletes the download and raises ``SvmtoolError`` naming the
+    checksums. ``max_size`` bounds the body: a server sending more is refused.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
-            _fetch_once(url, part, progress)
+            _fetch_once(url, part, progress, max_size)
             break
         except _Retryable as exc:
             if attempt == retries:
-                raise SvmtoolError(f"download failed after {retries + 1} tries: {exc}") from None
-            time.sleep(BACKOFF * 2**attempt)
-    verify_md5(part, md5, label=url)
+                raise DownloadFailed(
+                    f"download failed after {retries + 1} tries from {url}: {exc}"
+                ) from None
+            delay = BACKOFF * 2**attempt
+            if on_retry:
+                on_retry(str(exc), delay, attempt + 2, retries + 1)
+            time.sleep(delay)
+    matched = verify_md5(part, md5, label=url)
     os.replace(part, dest)
-    return dest
+    return matched
 
 
-def verify_md5(path: Path, expected: str, delete: bool = True, label: str | None = None) -> None:
-    """Raise ``SvmtoolError`` (and delete ``path`` if asked) when the md5 differs;
-    ``label`` names the file in the message (default: its path)."""
+def verify_md5(
+    path: Path, expected: str | Iterable[str], delete: bool = True, label: str | None = None
+) -> str:
+    """The md5 of ``path`` if it is one of ``expected``; otherwise raise
+    ``SvmtoolError`` (and delete ``path`` if asked). ``label`` names the file in
+    the message (default: its path)."""
+    accepted = [expected.lower()] if isinstance(expected, str) else [e.lower() for e in expected]
     got = md5_of(path)
-    if got != expected.lower():
+    if got not in accepted:
         if delete:
             path.unlink(missing_ok=True)
         raise SvmtoolError(
-            f"checksum mismatch for {label or path}: expected md5 {expected.lower()}, got {got}"
-            + (" (the file was deleted)" if delete else "")
+            f"checksum mismatch for {label or path}: expected md5 {' or '.join(accepted)},"
+            f" got {got}" + (" (the file was deleted)" if delete else "")
         )
+    return got
 
 
 def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
@@ -152,17 +255,34 @@ def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def safe_extract(archive: Path, dest: Path) -> None:
+def safe_extract(
+    archive: Path, dest: Path, max_bytes: int | None = None, max_members: int | None = None
+) -> None:
     """Extract a (gzipped) tar into ``dest``, rejecting the whole archive if any
-    member is absolute, climbs out with ``..``, is a link or a special file."""
+    member is absolute, climbs out with ``..``, is a link or a special file, or
+    if the members add up to more than ``max_bytes`` or ``max_members``. All of
+    it is checked from the headers before a byte is written."""
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
+        with open_regular(archive, "archive") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+            members, total = [], 0
+            # Header by header (not getmembers()): a bomb is refused at the first
+            # header past the bound, before the rest is decompressed.
+            while (member := tar.next()) is not None:
                 reason = _unsafe_reason(member)
                 if reason:
                     raise SvmtoolError(
                         f"refusing to extract {archive.name}: member {member.name!r} has {reason}"
+                    )
+                members.append(member)
+                total += member.size if member.isfile() else 0
+                if max_members is not None and len(members) > max_members:
+                    raise SvmtoolError(
+                        f"refusing to extract {archive.name}: more than {max_members} members"
+                    )
+                if max_bytes is not None and total > max_bytes:
+                    raise SvmtoolError(
+                        f"refusing to extract {archive.name}: its members add up to more than"
+                        f" {max_bytes:,} bytes (at least {total:,})"
                     )
             dest.mkdir(parents=True, exist_ok=True)
             for member in members:
@@ -173,10 +293,20 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = tar.extractfile(member)
                 assert source is not None  # regular files always have data
-                with source, open(target, "wb") as out:
+                # Exclusive and never through a link: a second member of the same
+                # name is refused rather than written over the first.
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                with source, os.fdopen(os.open(target, flags, 0o666), "wb") as out:
                     while block := source.read(CHUNK_SIZE):
-                        out.write(block)
+                        try:
+                            out.write(block)
+                        except OSError as exc:
+                            raise disk_error(exc, target) or exc from None
+    except SvmtoolError:
+        raise
+    except FileExistsError as exc:
+        raise SvmtoolError(
+            f"refusing to extract {archive.name}: it holds {exc.filename} twice"
+        ) from None
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        if isinstance(exc, FileNotFoundError) and not archive.exists():
-            raise SvmtoolError(f"archive not found: {archive}") from None
         raise SvmtoolError(f"cannot read archive {archive}: {exc}") from None

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from svmtool import __version__
+from svmtool.errors import SvmtoolError
+from svmtool.files import disk_error, new_folder_mode
+from svmtool.npzfile import map_npy
 
 CACHE_FORMAT = 1
 DIRNAME = "feature-cache"
@@ -81,15 +84,13 @@ class FeatureCache:
                 return None
             arrays = {}
             for name, (shape, dtype) in meta["arrays"].items():
-                file = folder / f"{name}.npy"
-                if file.is_symlink():
-                    return None
-                a = np.load(file, mmap_mode="r", allow_pickle=False)
+                # Never through a link, never a FIFO, the header checked against the size.
+                a = map_npy(folder / f"{name}.npy", "feature cache file")
                 if list(a.shape) != shape or str(a.dtype) != dtype:
                     return None
                 arrays[name] = a
             return arrays
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, SvmtoolError):
             return None
 
     def store(self, key: dict, arrays: dict[str, np.ndarray]) -> Path:
@@ -98,9 +99,13 @@ class FeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
         try:
-            tmp.chmod(0o755)
+            tmp.chmod(new_folder_mode())  # mkdtemp's 0700, made what the umask gives
             for name, a in arrays.items():
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+                target = tmp / f"{name}.npy"
+                try:
+                    np.save(target, np.ascontiguousarray(a), allow_pickle=False)
+                except OSError as exc:
+                    raise disk_error(exc, target) or exc from None
             meta = {
                 "cache_format": CACHE_FORMAT,
                 "key": key,

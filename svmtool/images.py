@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import shutil
+import stat
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from svmtool.errors import SvmtoolError
+from svmtool.files import new_file_mode, open_regular
+from svmtool.terminal import clean
 
 
 def safe_filename(name: str) -> str:
@@ -54,14 +62,31 @@ def to_pil(image: np.ndarray, zoom: int = 1) -> Image.Image:
     return pil
 
 
+LABEL_CHARS = 16  # a longer class name is cut to this many characters, the last one "…"
+
+
+def montage_label(name: str) -> str:
+    """A class name as the montage shows it: control characters escaped, long names cut."""
+    text = clean(name)
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 1] + "…"
+
+
 def montage(images: list[Image.Image], names: list[str], columns: int | None = None) -> Image.Image:
-    """All templates in one grid, each with its class name underneath."""
+    """All templates in one grid, each with its class name underneath.
+
+    The labels have one size whatever the zoom, and each cell is as wide as
+    the wider of its picture and the longest label, so labels never overlap.
+    """
     font = ImageFont.load_default()
+    labels = [montage_label(n) for n in names]
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    boxes = [probe.textbbox((0, 0), t, font=font) for t in [*labels, "Wg"]]
+    label_w = max(b[2] - min(b[0], 0) for b in boxes)
+    label_h = max(b[3] for b in boxes) + 4
     columns = columns or min(len(images), 5)
     rows = -(-len(images) // columns)
-    cell_w = max(im.width for im in images)
+    cell_w = max(max(im.width for im in images), label_w)
     cell_h = max(im.height for im in images)
-    label_h = 16
     pad = 6
     mode = "L" if all(im.mode == "L" for im in images) else "RGB"
     white = 255 if mode == "L" else (255, 255, 255)
@@ -69,12 +94,12 @@ def montage(images: list[Image.Image], names: list[str], columns: int | None = N
         mode, (columns * (cell_w + pad) + pad, rows * (cell_h + label_h + pad) + pad), white
     )
     draw = ImageDraw.Draw(sheet)
-    for i, (im, name) in enumerate(zip(images, names, strict=True)):
+    for i, (im, text) in enumerate(zip(images, labels, strict=True)):
         x = pad + (i % columns) * (cell_w + pad)
         y = pad + (i // columns) * (cell_h + label_h + pad)
-        sheet.paste(im.convert(mode), (x, y))
-        text = name if draw.textlength(name, font=font) <= cell_w + pad else name[:12] + "…"
-        draw.text((x, y + cell_h + 2), text, fill=0 if mode == "L" else (0, 0, 0), font=font)
+        sheet.paste(im.convert(mode), (x + (cell_w - im.width) // 2, y))
+        left = x + (cell_w - int(draw.textlength(text, font=font))) // 2
+        draw.text((left, y + cell_h + 2), text, fill=0 if mode == "L" else (0, 0, 0), font=font)
     return sheet
 
 
@@ -139,47 +164,186 @@ def grid_heatmap(grid: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(out_dir: Path, files: dict[str, object]) -> list[Path]:
+MANIFEST = ".svmtool-visualize.json"
+"""What visualize wrote into a folder (name -> sha256), so that the next run
+removes its own outputs that it no longer writes, and nothing else."""
+
+_MANIFEST_MAX_BYTES = 1 << 20
+_OUTPUT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\.png")
+
+
+@dataclass
+class Written:
+    """The files a visualize run wrote, and the earlier outputs it removed."""
+
+    written: list[Path]
+    removed: list[Path]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_manifest(out_dir: Path) -> dict[str, str]:
+    """The previous run's outputs; anything unexpected in the file means none."""
+    path = out_dir / MANIFEST
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode) or path.lstat().st_size > _MANIFEST_MAX_BYTES:
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {
+        name: digest
+        for name, digest in files.items()
+        if isinstance(name, str)
+        and _OUTPUT_NAME.fullmatch(name)
+        and isinstance(digest, str)
+        and len(digest) == 64
+    }
+
+
+def _folders_in_the_way(out_dir: Path, names: list[str]) -> list[str]:
+    blocked = []
+    for name in names:
+        try:
+            if stat.S_ISDIR((out_dir / name).lstat().st_mode):
+                blocked.append(name)
+        except FileNotFoundError:
+            pass
+    return blocked
+
+
+def write_outputs(out_dir: Path, files: dict[str, object]) -> Written:
     """Write every file into a scratch folder beside ``out_dir``, then move them
-    in: an error midway leaves ``out_dir`` as it was.
+    in, then remove what an earlier run wrote there and this one does not (a
+    file the user changed since is kept). The whole destination is checked
+    first: an error leaves ``out_dir`` as it was.
 
     files: name -> a PIL image, or a callable taking the destination path.
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise SvmtoolError(f"--out-dir {out_dir} exists and is not a folder")
+    if out_dir.is_dir():
+        blocked = _folders_in_the_way(out_dir, [*files, MANIFEST])
+        if blocked:
+            raise SvmtoolError(
+                f"--out-dir {out_dir}: {', '.join(blocked)} "
+                + ("is a folder" if len(blocked) == 1 else "are folders")
+                + "; nothing was written (move it away or choose another --out-dir)"
+            )
+    previous = _read_manifest(out_dir) if out_dir.is_dir() else {}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        digests = {}
         for name, content in files.items():
             target = scratch / name
             if isinstance(content, Image.Image):
                 content.save(target, format="PNG")
             else:
                 content(target)  # type: ignore[operator]
+            digests[name] = _sha256(target)
         out_dir.mkdir(exist_ok=True)
         written = []
         for name in files:
             destination = out_dir / name
+            # A replaced PNG keeps its permissions; a new one follows the umask.
+            os.chmod(scratch / name, new_file_mode(destination))
             (scratch / name).replace(destination)
             written.append(destination)
-        return written
+        removed, kept = [], {}
+        for name, digest in previous.items():
+            if name in files:
+                continue
+            stale = out_dir / name
+            try:
+                if stat.S_ISREG(stale.lstat().st_mode) and _sha256(stale) == digest:
+                    stale.unlink()
+                    removed.append(stale)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                kept[name] = digest  # still ours: the next run tries again
+        manifest = scratch / MANIFEST
+        record = {"written_by": "svmtool visualize", "files": {**kept, **digests}}
+        manifest.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        manifest.replace(out_dir / MANIFEST)
+        return Written(written, removed)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+# predict reads only these (Image.open(formats=...)): no other decoder, and no
+# external program (Pillow hands EPS to Ghostscript), is ever reached.
+IMAGE_FORMATS = ("PNG", "JPEG")
+# Transparent pixels are shown over white, as an image viewer or a web page shows them.
+BACKGROUND = (255, 255, 255)
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _as_8bit_gray(im: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit integer) grayscale scaled to 0..255, keeping tRNS transparency."""
+    values = np.asarray(im, dtype=np.float64)
+    top = 65535.0 if im.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+    gray = np.rint(np.clip(values, 0, top) * (255.0 / top)).astype(np.uint8)
+    transparent = im.info.get("transparency")
+    if isinstance(transparent, int):
+        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.dstack([gray, alpha]), "LA")
+    return Image.fromarray(gray, "L")
+
+
+def _as_shown(im: Image.Image) -> Image.Image:
+    """The image as a viewer shows it: EXIF orientation applied, 16-bit gray
+    scaled (not clipped to white), transparency composited over white. RGB."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in _SIXTEEN_BIT or im.mode == "F":
+        im = _as_8bit_gray(im)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
 def read_image(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
-    """An image file (PNG, JPEG, any size, RGB or grayscale) as uint8 image_shape (H, W, C)."""
+    """A PNG or JPEG file (any size, RGB or grayscale, 8 or 16 bits) as uint8
+    image_shape (H, W, C), read as a viewer shows it (see ``_as_shown``).
+
+    Images over Pillow's pixel limit (Image.MAX_IMAGE_PIXELS) are refused,
+    never decoded.
+    """
     h, w, c = image_shape
-    try:
-        with Image.open(path) as im:
-            im.load()
-            converted = im.convert("RGB" if c == 3 else "L")
-    except FileNotFoundError:
-        raise SvmtoolError(f"{path}: no such file") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise SvmtoolError(f"{path}: cannot read the image ({exc})") from None
     if c not in (1, 3):
         raise SvmtoolError(f"{path}: the model has {c} channels; only 1 or 3 can come from a file")
+    size = None
+    with open_regular(path, "image") as f:
+        try:
+            with warnings.catch_warnings():
+                # Pillow only warns between its limit and twice it, then decodes anyway.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f, formats=IMAGE_FORMATS) as im:
+                    size = im.size
+                    im.load()
+                    shown = _as_shown(im)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+            raise SvmtoolError(
+                f"{path}: refusing an image of {pixels}, over the limit of"
+                f" {Image.MAX_IMAGE_PIXELS:,} (it could be a decompression bomb)"
+            ) from None
+        except UnidentifiedImageError:
+            raise SvmtoolError(f"{path}: cannot read the image (not a PNG or JPEG file)") from None
+        except MemoryError:
+            raise SvmtoolError(f"{path}: not enough memory to decode a {size} image") from None
+        except Exception as exc:  # a decoder fed hostile bytes may raise anything
+            raise SvmtoolError(f"{path}: cannot read the image ({exc})") from None
+    converted = shown if c == 3 else shown.convert("L")
     resized = converted.resize((w, h), Image.Resampling.BILINEAR)
     array = np.asarray(resized, dtype=np.uint8)
     return array.reshape(h, w, c)

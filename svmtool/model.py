@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 from svmtool import __version__
 from svmtool.errors import SvmtoolError
 from svmtool.features import Features, feature_dim
+from svmtool.files import PendingFile, write_atomic
 from svmtool.npzfile import read_npz
 
 # 2: the feature pipeline (``features`` JSON and ``feature_*`` arrays). Format 1
@@ -52,27 +52,14 @@ class Model:
         return self.W.shape[1]
 
 
-def write_atomic(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then
-    rename it into place: a crash never leaves a half-written ``path``."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise SvmtoolError(f"cannot write {path}: folder {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def reserve(path: Path) -> PendingFile:
+    """A temporary file beside ``path``, created now: a folder that cannot take
+    the model fails before training, not after. ``save(model, pending)`` writes
+    it; ``pending.commit()`` moves it into place."""
+    return PendingFile(Path(path))
 
 
-def save(model: Model, path: Path) -> Path:
-    """Write the model to ``path`` atomically."""
-    if Path(path).is_dir():
-        raise SvmtoolError(f"cannot write the model to {path}: it is a folder")
+def _arrays(model: Model) -> dict[str, np.ndarray]:
     arrays = {
         "format_version": np.array(FORMAT_VERSION),
         "svmtool_version": np.array(model.svmtool_version),
@@ -90,8 +77,19 @@ def save(model: Model, path: Path) -> Path:
     }
     for name, array in model.features.arrays.items():
         arrays[FEATURE_PREFIX + name] = np.asarray(array)
-    write_atomic(Path(path), lambda f: np.savez(f, **arrays))
-    return Path(path)
+    return arrays
+
+
+def save(model: Model, path: Path | PendingFile) -> Path:
+    """Write the model to ``path`` atomically; given a ``PendingFile``, write it
+    there and leave the move into place to the caller."""
+    arrays = _arrays(model)
+    if isinstance(path, PendingFile):
+        path.write(lambda f: np.savez(f, **arrays))
+        return path.path
+    if Path(path).is_dir():
+        raise SvmtoolError(f"cannot write the model to {path}: it is a folder")
+    return write_atomic(Path(path), lambda f: np.savez(f, **arrays))
 
 
 REQUIRED = (
@@ -100,31 +98,135 @@ REQUIRED = (
 )  # fmt: skip
 
 
+MAX_JSON_DEPTH = 16
+_NUMBER = (int, float)
+# The settings that svmtool reads back, and the JSON types each may have.
+SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "data": (str,),
+    "data_dir": (str, type(None)),
+    "dtype": (str,),
+    "sampling": (str,),
+    "seed": (int,),
+    "iters": (int,),
+    "batch_size": (int,),
+    "num_train": (int, type(None)),
+    "num_val": (int, type(None)),
+    "num_test": (int, type(None)),
+    "lr": _NUMBER,
+    "reg": _NUMBER,
+    "delta": _NUMBER,
+    "init_scale": _NUMBER,
+}
+
+
+def _depth(value) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            break
+        if isinstance(item, dict):
+            item = list(item.values())
+        children = item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _json(raw: dict, key: str, expected: type, damaged, label: str | None = None):
+    label = label or f"metadata in {key}"
+    value = raw[key]
+    if value.shape != () or value.dtype.kind != "U":
+        raise damaged(f"{key} is {value.dtype} {value.shape}, not a JSON text")
+    try:
+        parsed = json.loads(str(value))
+    except RecursionError:
+        raise damaged(f"{key} is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError as exc:  # JSONDecodeError, and numbers too long to convert
+        raise damaged(f"damaged {label}: {exc}") from None
+    if not isinstance(parsed, expected):
+        kind = "object" if expected is dict else "list"
+        raise damaged(f"{key} must be a JSON {kind}, got {type(parsed).__name__}")
+    if _depth(parsed) > MAX_JSON_DEPTH:
+        raise damaged(f"{key} is nested more than {MAX_JSON_DEPTH} levels deep")
+    return parsed
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_settings(settings: dict, damaged) -> None:
+    for key, types in SETTING_TYPES.items():
+        if key not in settings:
+            continue
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            kind = {str: "a string", int: "an integer"}.get(types[0], "a number")
+            raise damaged(f"setting {key} is {value!r:.40}, not {kind}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise damaged(f"setting {key} is {value!r}, not a finite number")
+        if isinstance(value, int) and key not in ("lr", "reg", "delta") and value < 0:
+            raise damaged(f"setting {key} is {value}, which is negative")
+
+
+def _check_grid(grid: list, damaged) -> None:
+    for i, entry in enumerate(grid):
+        if not isinstance(entry, dict):
+            raise damaged(f"grid entry {i} is not an object")
+        if not (_finite_number(entry.get("lr")) and _finite_number(entry.get("reg"))):
+            raise damaged(f"grid entry {i} lacks a finite lr and reg")
+        accuracy = entry.get("val_accuracy")
+        if accuracy is not None and not _finite_number(accuracy):
+            raise damaged(f"grid entry {i} has val_accuracy {accuracy!r}")
+
+
 def load(path: Path) -> Model:
-    """Read and check a model file; every problem is one ``SvmtoolError`` line."""
+    """Read and check a model file; every problem is one ``SvmtoolError`` line.
+
+    Every field is checked: a model that loads can be used by every command.
+    """
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise SvmtoolError(f"model file not found: {path} (train one with: svmtool train)")
     raw = read_npz(path, "model")
-    if "format_version" in raw and raw["format_version"].shape == ():
-        found = raw["format_version"].item()
-        if found not in READABLE_VERSIONS:
+
+    def damaged(problem: str) -> SvmtoolError:
+        return SvmtoolError(f"{path} is not a usable svmtool model: {problem}")
+
+    if "format_version" in raw:
+        version = raw["format_version"]
+        if version.shape != () or version.dtype.kind not in "iu":
+            raise damaged(f"format_version is {version.dtype} {version.shape}, not an integer")
+        if version.item() not in READABLE_VERSIONS:
             raise SvmtoolError(
-                f"{path} has model format {found}; this svmtool reads formats"
+                f"{path} has model format {version.item()}; this svmtool reads formats"
                 f" {', '.join(map(str, READABLE_VERSIONS))}"
             )
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise SvmtoolError(f"{path} is not an svmtool model: it lacks {', '.join(missing)}")
 
-    W, mean_image = raw["W"], raw["mean_image"]
-    image_shape = tuple(int(v) for v in raw["image_shape"])
-    class_names = [str(n) for n in raw["class_names"]]
-    features = _load_features(path, raw, image_shape)
+    W, mean_image, shape = raw["W"], raw["mean_image"], raw["image_shape"]
+    names, history, version = raw["class_names"], raw["loss_history"], raw["svmtool_version"]
+    if version.shape != () or version.dtype.kind != "U":
+        raise damaged(f"svmtool_version is {version.dtype} {version.shape}, not a string")
+    if W.ndim != 2 or W.dtype not in (np.float32, np.float64):
+        raise damaged(f"W is {W.dtype} {W.shape}, not a float32 or float64 matrix")
+    if mean_image.dtype.kind != "f":
+        raise damaged(f"mean_image is {mean_image.dtype}, not floating point")
+    if shape.ndim != 1 or shape.size != 3 or shape.dtype.kind not in "iu" or (shape < 1).any():
+        raise damaged(f"image_shape is {shape.tolist()!r}, not three positive integers")
+    if names.ndim != 1 or names.dtype.kind != "U":
+        raise damaged(f"class_names is {names.dtype} {names.shape}, not a list of strings")
+    if history.ndim != 1 or history.dtype.kind not in "fiu":
+        raise damaged(f"loss_history is {history.dtype} {history.shape}, not a list of numbers")
+    image_shape = tuple(int(v) for v in shape)
+    class_names = [str(n) for n in names]
+    features = _load_features(path, raw, image_shape, damaged)
     if (
-        W.ndim != 2
-        or not np.issubdtype(W.dtype, np.floating)
-        or mean_image.shape != image_shape
+        mean_image.shape != image_shape
         or W.shape[0] != feature_dim(features, image_shape) + 1
         or W.shape[1] != len(class_names)
         or len(class_names) < 2
@@ -133,26 +235,29 @@ def load(path: Path) -> Model:
             f"{path} is inconsistent: W {W.shape}, image shape {image_shape},"
             f" mean image {mean_image.shape}, {len(class_names)} class names"
         )
-    try:
-        settings = json.loads(str(raw["settings"]))
-        metrics = json.loads(str(raw["metrics"]))
-        grid = json.loads(str(raw["grid"]))
-    except json.JSONDecodeError as exc:
-        raise SvmtoolError(f"{path} has damaged metadata: {exc}") from None
+    if not np.isfinite(W).all():
+        raise damaged("W holds NaN or infinite values")
+    if not np.isfinite(mean_image).all():
+        raise damaged("mean_image holds NaN or infinite values")
+    settings = _json(raw, "settings", dict, damaged)
+    metrics = _json(raw, "metrics", dict, damaged)
+    grid = _json(raw, "grid", list, damaged)
+    _check_settings(settings, damaged)
+    _check_grid(grid, damaged)
     return Model(
         W=W,
         mean_image=mean_image,
         class_names=class_names,
         settings=settings,
         metrics=metrics,
-        loss_history=raw["loss_history"],
+        loss_history=history.astype(np.float64, copy=False),
         grid=grid,
-        svmtool_version=str(raw["svmtool_version"]),
+        svmtool_version=str(version),
         features=features,
     )
 
 
-def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple) -> Features:
+def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple, damaged) -> Features:
     """The model's feature pipeline, checked; a file without one is a pixel model."""
     from svmtool.features import check
 
@@ -160,10 +265,7 @@ def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple) -
     if "features" not in raw:
         spec = {"kind": "pixels", "params": {}}
     else:
-        try:
-            spec = json.loads(str(raw["features"]))
-        except json.JSONDecodeError as exc:
-            raise SvmtoolError(f"{path} has a damaged feature description: {exc}") from None
+        spec = _json(raw, "features", dict, damaged, "feature description")
     if not isinstance(spec, dict) or not isinstance(spec.get("params", {}), dict):
         raise SvmtoolError(f"{path} has a damaged feature description")
     features = Features(str(spec.get("kind")), dict(spec.get("params", {})), arrays)

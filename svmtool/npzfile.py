@@ -1,38 +1,126 @@
-"""Reading .npz files safely: never unpickle, and every problem is one line."""
+"""Reading .npz files safely: never unpickle, bound every size, every problem is one line.
+
+An .npz is a zip of .npy members. Each member's header (dtype and shape) is
+checked against the member's real size before anything is allocated, so a
+small file cannot ask for gigabytes.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from svmtool.errors import SvmtoolError
+from svmtool.files import open_regular
 
 ZIP_MAGIC = b"PK\x03\x04"
+# What numpy writes (stored, deflate) and what Python's zipfile also reads.
+KNOWN_COMPRESSION = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+
+
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> None:
+    """Refuse a member whose header does not describe exactly the bytes it holds."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        header_size = f.tell()
+    if dtype.hasobject:
+        raise SvmtoolError(f"{where} holds Python objects; refusing to unpickle it")
+    needed = math.prod(shape) * dtype.itemsize
+    held = info.file_size - header_size
+    if needed != held:
+        raise SvmtoolError(
+            f"{where} is damaged: its header says {dtype} {tuple(shape)} ({needed} bytes)"
+            f" but it holds {held} bytes"
+        )
 
 
 def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     """All arrays of the .npz at ``path``; ``what`` names it in errors ("model", "dataset")."""
     path = Path(path)
-    if not path.exists():
-        raise SvmtoolError(f"{what} file not found: {path}")
-    if path.is_dir():
-        raise SvmtoolError(f"{what} path {path} is a folder, not a file")
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != ZIP_MAGIC:
-                raise SvmtoolError(f"{path} is not an .npz file")
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except SvmtoolError:
-        raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise SvmtoolError(f"{path} holds Python objects; refusing to unpickle it") from None
-        raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
-    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
+    with open_regular(path, f"{what} file") as f:
+        if f.read(4) != ZIP_MAGIC:
+            raise SvmtoolError(f"{path} is not an .npz file")
+        f.seek(0)
+        name = "?"
+        try:
+            with zipfile.ZipFile(f) as zf:
+                infos = zf.infolist()
+                for info in infos:
+                    name = info.filename
+                    where = f"{what} {path}: member {name}"
+                    if info.is_dir():
+                        continue
+                    if not name.endswith(".npy"):
+                        raise SvmtoolError(f"{where} is not an .npy array")
+                    if info.flag_bits & 0x1:
+                        raise SvmtoolError(f"{where} is encrypted")
+                    if info.compress_type not in KNOWN_COMPRESSION:
+                        raise SvmtoolError(
+                            f"{where} uses compression method {info.compress_type}, which"
+                            " svmtool cannot read (numpy writes stored or deflate)"
+                        )
+                    _member_header(zf, info, where)
+                arrays = {}
+                for info in infos:
+                    if info.is_dir():
+                        continue
+                    name = info.filename
+                    with zf.open(info) as member:
+                        arrays[name[: -len(".npy")]] = np.lib.format.read_array(
+                            member, allow_pickle=False
+                        )
+                return arrays
+        except SvmtoolError:
+            raise
+        except MemoryError:
+            raise SvmtoolError(f"not enough memory to load {what} {path} (member {name})") from None
+        except ValueError as exc:
+            if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+                raise SvmtoolError(
+                    f"{path} holds Python objects; refusing to unpickle it"
+                ) from None
+            raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
+        except (OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError) as exc:
+            raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
+
+
+def map_npy(path: Path, what: str) -> np.ndarray:
+    """Memory-map a .npy file svmtool wrote (a cache), read-only, after checking
+    that its header describes exactly the bytes it holds. A link, a FIFO or a
+    device at ``path`` is refused (SvmtoolError); a damaged file is a ValueError."""
+    with open_regular(path, what, follow=False) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+        held = os.fstat(f.fileno()).st_size - offset
+        needed = math.prod(shape) * dtype.itemsize
+        if dtype.hasobject or fortran:
+            raise ValueError(f"{path.name} is not a plain array")
+        if held != needed:
+            raise ValueError(
+                f"{path.name} says {dtype} {tuple(shape)} ({needed} bytes) but holds {held}"
+            )
+        if needed == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
 
 
 NPY_MAGIC = b"\x93NUMPY"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import textwrap
 
 from rich.console import Console
@@ -16,13 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from svmtool.diagnose import CONVENTIONS
+from svmtool.terminal import literal, literal_lines, number_column, print_table, text_column
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def literal(text: object, style: str | None = None) -> Text:
-    """Outside text as it is: no markup, control characters shown as U+FFFD."""
-    return Text(_CONTROL.sub("\ufffd", str(text)), style=style or "")
+__all__ = ["literal", "literal_lines"]  # the one helper for outside text lives in svmtool.terminal
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -37,9 +32,10 @@ STATUS_STYLE = {"ok": "green", "kink": "yellow", "FAIL": "bold red"}
 def gradcheck_table(report) -> Table:
     """One row per checked coordinate of a GradcheckReport."""
     table = Table()
-    for name in ("d", "c", "numeric", "analytic", "rel error", "kink samples", "status"):
-        # The digits are the point of this table: never cut them.
-        table.add_column(name, justify="right", no_wrap=True)
+    for name in ("d", "c", "numeric", "analytic", "rel error", "kink samples"):
+        # The digits are the point of this table: print_table never cuts them.
+        number_column(table, name)
+    text_column(table, "status", justify="right")
     for c in report.checks:
         table.add_row(
             str(c.d),
@@ -114,11 +110,6 @@ def _print_lines(console: Console, lines: list[str], indent: int = 0) -> None:
         console.print(literal_lines(filled), soft_wrap=True)
 
 
-def literal_lines(text: str) -> Text:
-    """Like ``literal`` but keeps newlines (the wrapping is ours)."""
-    return Text("\n".join(_CONTROL.sub("\ufffd", part) for part in text.split("\n")))
-
-
 def render_user_check(report, console: Console) -> None:
     """Print a UserCheckReport (svmtool gradcheck --loss, svmtool.check_gradient)."""
     console.print(
@@ -145,20 +136,20 @@ def render_user_check(report, console: Console) -> None:
                 continue
             console.print(Text(f"reg = {check.reg:g}", style="bold"))
             if check.gradcheck is not None:
-                console.print(gradcheck_table(check.gradcheck))
+                print_table(console, gradcheck_table(check.gradcheck))
                 console.print(self_consistency_line(check.gradcheck))
             elif check.problem:
                 console.print(literal(f"self-consistency: {check.problem}"))
             _print_lines(console, _agreement_lines(check.diagnosis))
         if fn.probes:
             table = Table(title="other shapes")
-            table.add_column("shape", no_wrap=True)
-            table.add_column("result")
-            table.add_column("detail")
+            number_column(table, "shape")
+            text_column(table, "result")
+            text_column(table, "detail")
             for p in fn.probes:
                 style = "green" if p.status == "ok" else "bold red"
                 table.add_row(p.label, Text(p.status, style=style), literal(p.detail))
-            console.print(table)
+            print_table(console, table)
         if fn.mutated:
             console.print(literal(f"inputs: changed in place: {', '.join(fn.mutated)}"))
         elif fn.bad_return is None:

@@ -14,8 +14,10 @@ import numpy as np
 
 from svmtool.loss import hinge
 
-StepFn = Callable[[int, np.ndarray], None]
-"""Called as ``on_step(iteration, losses)`` every ``report_every`` steps; losses: (K,)."""
+StepFn = Callable[[int, np.ndarray, int], None]
+"""Called as ``on_step(iteration, losses, leader)`` every ``report_every`` steps;
+losses: (K,); leader: the configuration with the best validation accuracy at the
+latest check (-1 before the first one; always 0 for a single configuration)."""
 
 
 @dataclass
@@ -102,18 +104,28 @@ def sgd_grid(
     iters: int = 1500,
     batch_size: int = 200,
     rng: np.random.Generator,
-    init_scale: float = 1e-4,
+    init_scale: float = 1e-3,
     on_step: StepFn | None = None,
     report_every: int = 10,
     lr_decay: float = 1.0,
+    decay_every: int = 100,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    val_checks: int = 10,
 ) -> GridResult:
     """Train K = len(lrs) linear SVMs side by side; configuration k uses lrs[k], regs[k].
 
     X: (N, D) rows in random order (see ``minibatches``), dtype float32 or
     float64; y: (N,). All configurations start from the same W (drawn once
     from ``rng``) and see the same minibatches. Every learning rate is
-    multiplied by ``lr_decay`` after each epoch (N // batch_size steps), as
-    CS231n's solvers do; 1 keeps it constant.
+    multiplied by ``lr_decay`` every ``decay_every`` steps (a fixed number of
+    steps rather than CS231n's per epoch, so that the schedule does not depend
+    on the size of the data); 1 keeps it constant.
+
+    With K > 1, an ``on_step`` and a validation split (X_val: (M, D), y_val:
+    (M,)), the validation accuracy of every configuration is measured about
+    ``val_checks`` times (each costs about as much as 3 steps), so that
+    ``on_step`` can say which configuration leads.
     """
     lr = np.asarray(lrs, dtype=np.float64)
     reg = np.asarray(regs, dtype=np.float64)
@@ -122,6 +134,8 @@ def sgd_grid(
     check_settings(lr.tolist(), reg.tolist(), delta, iters, batch_size)
     if not 0 < lr_decay <= 1:
         raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
+    if decay_every < 1:
+        raise ValueError(f"decay_every must be >= 1, got {decay_every}")
     n, d = X.shape
     k, c = lr.size, num_classes
     dtype = X.dtype
@@ -136,12 +150,16 @@ def sgd_grid(
     # The update W <- W - lr * (X_b.T @ coeff + 2 reg W) as a decay and a step,
     # one value per column of W: 2-D broadcasting over K*C columns is several
     # times faster than a (K, 1) factor broadcast over (D, K, C).
-    decay = (1 - 2 * lr * reg).astype(dtype)
-    neg_step = (-lr).astype(dtype)
     y = np.asarray(y)
-    epoch = max(1, n // batch_size)
+    leader = 0 if k == 1 else -1
+    checking = k > 1 and on_step is not None and X_val is not None and len(X_val) > 0
+    check_every = max(report_every, iters // max(val_checks, 1))
 
+    # A huge lr or reg legitimately overflows here (the configuration then
+    # diverges and is reported, see ``divergence_cause``): no warning.
     with np.errstate(over="ignore", invalid="ignore"):
+        decay = (1 - 2 * lr * reg).astype(dtype)
+        neg_step = (-lr).astype(dtype)
         decay_cols, step_cols = _per_column(decay[alive], c), _per_column(neg_step[alive], c)
         for it, rows in enumerate(minibatches(n, batch_size, iters, rng)):
             batch = X[rows]
@@ -175,18 +193,58 @@ def sgd_grid(
                 step_cols = _per_column(neg_step[alive], c)
                 if alive.size == 0:
                     break
-            if lr_decay != 1 and (it + 1) % epoch == 0:
-                current = lr * lr_decay ** ((it + 1) // epoch)
+            if lr_decay != 1 and (it + 1) % decay_every == 0:
+                current = lr * lr_decay ** ((it + 1) // decay_every)
                 decay = (1 - 2 * current * reg).astype(dtype)
                 neg_step = (-current).astype(dtype)
                 decay_cols = _per_column(decay[alive], c)
                 step_cols = _per_column(neg_step[alive], c)
+            if checking and (it % check_every == check_every - 1 or it == iters // 100):
+                val_acc = (predict_side(W, X_val, c) == y_val).mean(axis=1)
+                leader = int(alive[np.argmax(val_acc)])
             if on_step and (it % report_every == 0 or it == iters - 1):
-                on_step(it, losses[it])
+                on_step(it, losses[it], leader)
 
     weights = np.zeros((k, d, c), dtype=dtype)
     weights[alive] = W.reshape(d, alive.size, c).transpose(1, 0, 2)
     return GridResult(lr, reg, weights, losses, diverged_at, batch_size)
+
+
+def predict_side(W: np.ndarray, X: np.ndarray, c: int, chunk: int = 8192) -> np.ndarray:
+    """Predictions of K models side by side: W (D, K*C), X (N, D) -> (K, N)."""
+    k = W.shape[1] // c
+    out = np.empty((k, X.shape[0]), dtype=np.int64)
+    for s in range(0, X.shape[0], chunk):
+        scores = (X[s : s + chunk] @ W).reshape(-1, k, c)
+        out[:, s : s + chunk] = scores.argmax(axis=2).T
+    return out
+
+
+def divergence_cause(
+    lr: float,
+    reg: float,
+    delta: float,
+    diverged_at: int,
+    *,
+    num_classes: int,
+    batch_size: int,
+    dtype: type = np.float32,
+) -> str:
+    """Why a configuration's loss became inf or NaN, as one of:
+
+    'delta': the hinge terms alone overflow ``dtype`` (a batch's loss adds up
+    batch_size * (C - 1) margins of about delta each); 'start': the loss was
+    not finite at the initial weights, before any step; 'decay': lr * reg > 1,
+    so the L2 step 1 - 2 lr reg multiplies W by more than 1 in magnitude
+    every step; 'lr': none of these, the gradient step overshoots.
+    """
+    if delta * batch_size * max(num_classes - 1, 1) >= float(np.finfo(dtype).max):
+        return "delta"
+    if diverged_at == 0:
+        return "start"
+    if lr * reg > 1:
+        return "decay"
+    return "lr"
 
 
 def predict(W: np.ndarray, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -197,10 +255,7 @@ def predict(W: np.ndarray, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
     stacked = W if W.ndim == 3 else W[None]
     k, d, c = stacked.shape
     side = np.ascontiguousarray(stacked.transpose(1, 0, 2).reshape(d, k * c)).astype(X.dtype)
-    out = np.empty((k, X.shape[0]), dtype=np.int64)
-    for s in range(0, X.shape[0], chunk):
-        scores = (X[s : s + chunk] @ side).reshape(-1, k, c)
-        out[:, s : s + chunk] = scores.argmax(axis=2).T
+    out = predict_side(side, X, c, chunk)
     return out if W.ndim == 3 else out[0]
 
 

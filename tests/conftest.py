@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
+import signal
+import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +137,46 @@ def extracted(tmp_path: Path, tiny: TinyCifar, fmt: str) -> Path:
     for name, content in batch_files(tiny, fmt).items():
         (folder / name).write_bytes(content)
     return folder
+
+
+# Hostile inputs run in a child process with its address space capped: a
+# regression that allocates what a file claims fails fast with MemoryError
+# instead of exhausting the machine. svmtool itself needs about 400 MB.
+MEMORY_LIMIT = 768 << 20
+
+
+def _cap_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def run_limited(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``svmtool ARGS`` (or ``python -c CODE`` when args[0] == "-c") in a child
+    process under MEMORY_LIMIT; the output is captured as text."""
+    command = (
+        [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "svmtool", *args]
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
+    return subprocess.run(
+        command,
+        preexec_fn=_cap_memory,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture
+def deadline():
+    """Fail instead of hanging forever if something waits on a FIFO."""
+
+    def expire(signum, frame):
+        raise TimeoutError("blocked: something opened a FIFO and waited")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

@@ -186,7 +186,11 @@ def test_refused_connection_is_one_clear_line(tmp_path):
     result = run("download", "--data-dir", str(tmp_path), "--url", url)
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and url in lines[0] and "--url" in lines[0], result.output
+    # Each retry is shown, then one error line.
+    assert lines[:-1] == [f"connection failed, retrying in 0 s ({k}/5)" for k in range(2, 6)], (
+        result.output
+    )
+    assert url in lines[-1] and "--url" in lines[-1] and "after 5 tries" in lines[-1]
 
 
 def test_from_file_imports_offline(archive, tiny, tmp_path):
@@ -344,3 +348,138 @@ def test_one_download_at_a_time(tmp_path):
         result = run("download", "--data-dir", str(tmp_path), "--url", "http://127.0.0.1:9/x")
     assert result.exit_code == 1
     assert "another svmtool download is running" in result.output
+
+
+# --- HTTP replies that cannot be taken at face value -----------------------------------
+
+
+def test_206_that_does_not_continue_the_part_restarts(httpserver, tiny, tmp_path):
+    body = cifar_archive(tiny, "binary")
+
+    def from_the_start(request: Request) -> Response:
+        # Answers a Range request with the whole file as a 206: appending it would corrupt.
+        if request.headers.get("Range"):
+            headers = {"Content-Range": f"bytes 0-{len(body) - 1}/{len(body)}"}
+            return Response(body, 206, headers)
+        return Response(body, 200)
+
+    httpserver.expect_request("/a.tgz").respond_with_handler(from_the_start)
+    (tmp_path / "a.tgz.part").write_bytes(body[:1000])
+    fetch(httpserver.url_for("/a.tgz"), tmp_path / "a.tgz", md5(body))
+    assert (tmp_path / "a.tgz").read_bytes() == body
+    assert "Range" not in httpserver.log[-1][0].headers  # started over
+
+
+def test_416_for_a_part_larger_than_the_file_restarts(httpserver, tiny, tmp_path):
+    body = cifar_archive(tiny, "binary")
+    httpserver.expect_request("/a.tgz").respond_with_handler(ranged(body))
+    (tmp_path / "a.tgz.part").write_bytes(body + b"stale bytes from a longer file")
+    fetch(httpserver.url_for("/a.tgz"), tmp_path / "a.tgz", md5(body))
+    assert (tmp_path / "a.tgz").read_bytes() == body
+    assert [entry[1].status_code for entry in httpserver.log] == [416, 200]
+
+
+def test_a_complete_part_answered_416_is_verified_not_refetched(httpserver, tiny, tmp_path):
+    body = cifar_archive(tiny, "binary")
+
+    def complete(request: Request) -> Response:
+        return Response(b"", 416, {"Content-Range": f"bytes */{len(body)}"})
+
+    httpserver.expect_request("/a.tgz").respond_with_handler(complete)
+    (tmp_path / "a.tgz.part").write_bytes(body)
+    fetch(httpserver.url_for("/a.tgz"), tmp_path / "a.tgz", md5(body))
+    assert (tmp_path / "a.tgz").read_bytes() == body and len(httpserver.log) == 1
+
+
+def test_content_encoding_gzip_is_hashed_as_sent(httpserver, tiny, tmp_path):
+    body = cifar_archive(tiny, "binary")  # a .tar.gz served with Content-Encoding: gzip
+    httpserver.expect_request("/a.tgz").respond_with_data(
+        body, headers={"Content-Encoding": "gzip"}, content_type="application/x-tar"
+    )
+    fetch(httpserver.url_for("/a.tgz"), tmp_path / "a.tgz", md5(body))
+    assert (tmp_path / "a.tgz").read_bytes() == body
+    assert httpserver.log[0][0].headers["Accept-Encoding"] == "identity"
+
+
+def test_redirect_without_location_is_one_clear_line(httpserver, tmp_path):
+    httpserver.expect_request("/a.tgz").respond_with_data("", status=302)
+    result = run("download", "--data-dir", str(tmp_path), "--url", httpserver.url_for("/a.tgz"))
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "302" in lines[0] and "no Location" in lines[0], result.output
+
+
+def test_each_retry_is_shown(httpserver, tiny, tmp_path):
+    body = cifar_archive(tiny, "binary")
+    for _ in range(2):
+        httpserver.expect_ordered_request("/a.tgz").respond_with_data("busy", status=503)
+    httpserver.expect_ordered_request("/a.tgz").respond_with_data(body)
+    url = httpserver.url_for("/a.tgz")
+    result = run("download", "--data-dir", str(tmp_path), "--url", url, "--md5", md5(body))
+    assert result.exit_code == 0, result.output
+    assert "server error 503 SERVICE UNAVAILABLE, retrying in 0 s (2/5)" in result.output
+    assert "retrying in 0 s (3/5)" in result.output
+
+
+def small_official(monkeypatch, **archives: bytes) -> None:
+    """Make the official archives these bytes (checksum and size), at these URLs."""
+    for fmt, body in archives.items():
+        spec = cifar.ARCHIVES[fmt]
+        monkeypatch.setitem(
+            cifar.ARCHIVES,
+            fmt,
+            cifar.Archive(fmt, spec.url, md5(body), len(body), spec.filename, spec.folder),
+        )
+
+
+def test_a_body_beyond_the_official_size_is_refused(httpserver, tiny, tmp_path, monkeypatch):
+    body = cifar_archive(tiny, "binary")
+    python = cifar_archive(tiny, "python")
+    small_official(monkeypatch, binary=body, python=python)
+    limit = max(len(body), len(python))
+
+    def endless(request: Request) -> Response:
+        def stream():  # no Content-Length: only the bytes themselves can be counted
+            while True:
+                yield b"\0" * 65536
+
+        return Response(stream(), 200)
+
+    httpserver.expect_request("/endless").respond_with_handler(endless)
+    data_dir = tmp_path / "d"
+    result = run("download", "--data-dir", str(data_dir), "--url", httpserver.url_for("/endless"))
+    assert result.exit_code == 1
+    assert f"sent more than the {limit} bytes" in result.output
+    assert not data_dir.exists()
+    httpserver.expect_request("/big").respond_with_data(b"\0" * (limit + 1))
+    result = run("download", "--data-dir", str(data_dir), "--url", httpserver.url_for("/big"))
+    assert result.exit_code == 1 and f"sends {limit + 1} bytes" in result.output
+
+
+def test_from_file_recognises_either_official_archive(tiny, tmp_path, monkeypatch):
+    body = cifar_archive(tiny, "python")
+    small_official(monkeypatch, binary=cifar_archive(tiny, "binary"), python=body)
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(body)
+    result = run("download", "--data-dir", str(tmp_path / "d"), "--from-file", str(path))
+    assert result.exit_code == 0, result.output  # no --format python needed
+    assert "is the official python-format archive; using it" in result.output
+    np.testing.assert_array_equal(cifar.load(tmp_path / "d").test_labels, tiny.test_labels)
+
+
+def test_train_download_advice_names_only_what_works(httpserver, tmp_path, monkeypatch):
+    httpserver.expect_request("/official.tgz").respond_with_data("gone", status=404)
+    spec = cifar.ARCHIVES["binary"]
+    monkeypatch.setitem(
+        cifar.ARCHIVES,
+        "binary",
+        cifar.Archive("binary", httpserver.url_for("/official.tgz"), spec.md5, spec.size,
+                      spec.filename, spec.folder),
+    )  # fmt: skip
+    data_dir = tmp_path / "d"
+    result = run("train", "--download", "--data-dir", str(data_dir), "--iters", "1")
+    assert result.exit_code == 1
+    line = result.output.strip().splitlines()[-1]
+    assert "404" in line and "use --url" not in line  # train has no --url
+    assert f"svmtool download --data-dir {data_dir} --url MIRROR" in line
+    assert f"svmtool download --data-dir {data_dir} --from-file ARCHIVE" in line

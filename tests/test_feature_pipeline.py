@@ -101,7 +101,8 @@ def test_kmeans_end_to_end_and_predict_equals_evaluate(npz, tmp_path):
 
     one = tmp_path / "one.npz"
     np.savez(one, X_train=np.repeat(image, 240, 0), y_train=np.arange(240) % 3,
-             X_test=image, y_test=np.array([int(scores.argmax())]))  # fmt: skip
+             X_test=image, y_test=np.array([int(scores.argmax())]),
+             class_names=np.array(model.class_names))  # fmt: skip
     evaluated = run("evaluate", "--model", str(model_path), "--data", str(one), "--json")
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["accuracy"] == 1.0
