@@ -537,7 +537,13 @@ def train(
         "--cache/--no-cache",
         help="Read and store features in the feature cache (DATA_DIR/feature-cache).",
     ),
-    batch_size: int = typer.Option(200, "--batch-size", help="Rows per minibatch.", metavar="N"),
+    batch_size: int = typer.Option(
+        200,
+        "--batch-size",
+        help="Rows per minibatch. More than the training images: every step uses all of them"
+        " (said on stderr, recorded in the model).",
+        metavar="N",
+    ),
     seed: int = typer.Option(
         0,
         "--seed",

@@ -81,17 +81,25 @@ def _rendered_width(console: Console, table: Table, width: int = 10_000) -> int:
 def print_table(console: Console, table: Table) -> None:
     """Print a table without ever cutting or folding a number.
 
-    A table too wide for the terminal is drawn compact (no frame, one space
-    between columns); if it still does not fit, number columns keep the width
-    of their widest cell, headers wrap, names and paths fold, and the lines
-    that remain too long run past the edge (the terminal wraps them) instead
-    of being cropped.
+    Every column gets a minimum width: a number column its widest cell (and its
+    header's longest word), a name or path column up to 16 characters. A table
+    too wide for the terminal is drawn compact (no frame, one space between
+    columns); Rich then narrows the widest columns first, names and paths fold
+    and headers wrap. If even the minimum widths do not fit, the lines run past
+    the edge (the terminal wraps them) rather than being cropped.
     """
-    width = console.width
-    if not fits(console, table):
-        _fix_widths(table, width)
+    for column in table.columns:
+        column.min_width = _minimum_width(column)
+    fits(console, table)
+    # The width at which every column can have its minimum: below it Rich
+    # would squeeze columns evenly, numbers included.
+    fixed = [column.width for column in table.columns]
+    for column in table.columns:
+        column.width = column.min_width
     need = _rendered_width(console, table)
-    rendered = list(console.render(table, console.options.update(width=max(width, need))))
+    for column, width in zip(table.columns, fixed, strict=True):
+        column.width = width
+    rendered = list(console.render(table, console.options.update(width=max(console.width, need))))
     console.print(Segments(rendered), crop=False)
 
 
@@ -107,25 +115,10 @@ def fits(console: Console, table: Table) -> bool:
     return _rendered_width(console, table) <= console.width
 
 
-def _fix_widths(table: Table, width: int) -> None:
-    """Number columns as wide as their widest cell; text columns share the rest."""
-    numbers, texts = [], []
-    for column in table.columns:
-        cells = [_plain(c) for c in column.cells]
-        words = str(column.header).split() or [""]
-        longest_word = max(len(w) for w in words)
-        if getattr(column, "meta", None) == "number":
-            column.width = max([len(c) for c in cells] + [longest_word])
-            numbers.append(column)
-        else:
-            natural = max(
-                [len(line) for c in cells for line in c.splitlines() or [""]]
-                + [len(str(column.header))]
-            )
-            texts.append((column, natural))
-    # Borders and padding: about two characters per column in the compact style.
-    spare = width - sum(c.width + 1 for c in numbers) - sum(1 for _ in texts)
-    total = sum(n for _, n in texts)
-    for column, natural in texts:
-        share = spare * natural // total if total else natural
-        column.width = max(min(natural, _TEXT_MIN), min(natural, share))
+def _minimum_width(column) -> int:
+    cells = [_plain(c) for c in column.cells]
+    longest_word = max((len(w) for w in str(column.header).split()), default=0)
+    widest = max([len(c) for c in cells] + [longest_word])
+    if getattr(column, "meta", None) == "number":
+        return widest
+    return min(widest, _TEXT_MIN)
