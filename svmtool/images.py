@@ -191,7 +191,7 @@ def _read_manifest(out_dir: Path) -> dict[str, str]:
         if not stat.S_ISREG(path.lstat().st_mode) or path.lstat().st_size > _MANIFEST_MAX_BYTES:
             return {}
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, dict):
