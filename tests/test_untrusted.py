@@ -580,3 +580,13 @@ def test_deeply_nested_json_in_our_own_files_is_damage_not_a_crash(tmp_path, whe
         out.mkdir()
         (out / ".svmtool-visualize.json").write_text(deep)
         assert run("visualize", "--model", str(model), "--out-dir", str(out)).exit_code == 0
+
+
+def test_unreadable_exif_is_ignored_as_a_viewer_does(tmp_path):
+    path = tmp_path / "badexif.png"
+    exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff garbage"
+    Image.new("RGB", (4, 3), "red").save(path, exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no warning escapes read_image
+        got = images.read_image(path, (3, 4, 3))
+    assert (got == [255, 0, 0]).all()
