@@ -419,7 +419,7 @@ def _open_cache(data_dir: Path) -> Dataset | str:
                 )
     except SvmtoolError as exc:
         return f"it is damaged ({exc})"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         return f"it is incomplete or damaged ({type(exc).__name__}: {exc})"
     return Dataset(**arrays, class_names=list(names), source="cifar10")
 

@@ -91,6 +91,10 @@ def _fetch_once(
 ) -> None:
     """One attempt: continue ``part`` from its current size, or start it over."""
     have = _part_size(part)
+    if max_size is not None and have > max_size:
+        # Longer than the archive can be: not a beginning worth continuing.
+        part.unlink()
+        have = 0
     # identity: the archive is hashed as sent, never as a transport-decoded body.
     headers = {"Accept-Encoding": "identity"}
     if have:
@@ -154,6 +158,7 @@ def _fetch_once(
         length = response.headers.get("Content-Length")
         total = done + int(length) if length and length.isdigit() else None
         if max_size is not None and total is not None and total > max_size:
+            part.unlink(missing_ok=True)  # what it holds cannot be the start of the archive
             raise DownloadFailed(
                 f"download failed: {url} sends {total} bytes, more than the {max_size} bytes"
                 " of the archive the checksum names; refusing it"

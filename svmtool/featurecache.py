@@ -90,7 +90,15 @@ class FeatureCache:
                     return None
                 arrays[name] = a
             return arrays
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, SvmtoolError):
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            RecursionError,
+            SvmtoolError,
+        ):
             return None
 
     def store(self, key: dict, arrays: dict[str, np.ndarray]) -> Path:

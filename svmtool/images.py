@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -191,7 +192,7 @@ def _read_manifest(out_dir: Path) -> dict[str, str]:
         if not stat.S_ISREG(path.lstat().st_mode) or path.lstat().st_size > _MANIFEST_MAX_BYTES:
             return {}
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, dict):
@@ -300,7 +301,8 @@ def _as_8bit_gray(im: Image.Image) -> Image.Image:
 def _as_shown(im: Image.Image) -> Image.Image:
     """The image as a viewer shows it: EXIF orientation applied, 16-bit gray
     scaled (not clipped to white), transparency composited over white. RGB."""
-    im = ImageOps.exif_transpose(im)
+    with contextlib.suppress(Exception):  # unreadable EXIF: shown as stored, as a viewer does
+        im = ImageOps.exif_transpose(im)
     if im.mode in _SIXTEEN_BIT or im.mode == "F":
         im = _as_8bit_gray(im)
     if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
@@ -324,7 +326,9 @@ def read_image(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
     with open_regular(path, "image") as f:
         try:
             with warnings.catch_warnings():
-                # Pillow only warns between its limit and twice it, then decodes anyway.
+                # Pillow's other warnings (corrupt EXIF, ...) are not the user's business;
+                # it only warns between its pixel limit and twice it, then decodes anyway.
+                warnings.simplefilter("ignore")
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(f, formats=IMAGE_FORMATS) as im:
                     size = im.size

@@ -27,8 +27,17 @@ KNOWN_COMPRESSION = {
 }
 
 
-def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> None:
-    """Refuse a member whose header does not describe exactly the bytes it holds."""
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the system says (None elsewhere)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> int:
+    """Refuse a member whose header does not describe exactly the bytes it holds;
+    return how many bytes its array needs."""
     with zf.open(info) as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -47,6 +56,7 @@ def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> No
             f"{where} is damaged: its header says {dtype} {tuple(shape)} ({needed} bytes)"
             f" but it holds {held} bytes"
         )
+    return needed
 
 
 def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
@@ -60,6 +70,7 @@ def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
         try:
             with zipfile.ZipFile(f) as zf:
                 infos = zf.infolist()
+                total = 0
                 for info in infos:
                     name = info.filename
                     where = f"{what} {path}: member {name}"
@@ -74,7 +85,15 @@ def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
                             f"{where} uses compression method {info.compress_type}, which"
                             " svmtool cannot read (numpy writes stored or deflate)"
                         )
-                    _member_header(zf, info, where)
+                    total += _member_header(zf, info, where)
+                memory = physical_memory()
+                if memory is not None and total > memory:
+                    # A deflated member can expand 1000-fold: a small file must not
+                    # start filling more memory than the machine has.
+                    raise SvmtoolError(
+                        f"{what} {path} holds {total / 1e9:.1f} GB of arrays once"
+                        f" decompressed, more than this machine's {memory / 1e9:.1f} GB of memory"
+                    )
                 arrays = {}
                 for info in infos:
                     if info.is_dir():

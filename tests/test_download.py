@@ -454,6 +454,13 @@ def test_a_body_beyond_the_official_size_is_refused(httpserver, tiny, tmp_path, 
     httpserver.expect_request("/big").respond_with_data(b"\0" * (limit + 1))
     result = run("download", "--data-dir", str(data_dir), "--url", httpserver.url_for("/big"))
     assert result.exit_code == 1 and f"sends {limit + 1} bytes" in result.output
+    # A .part already longer than the archive can be is not continued.
+    data_dir.mkdir()
+    (data_dir / "cifar-10-binary.tar.gz.part").write_bytes(b"\0" * (limit + 5))
+    httpserver.expect_request("/ok").respond_with_handler(ranged(body))
+    result = run("download", "--data-dir", str(data_dir), "--url", httpserver.url_for("/ok"))
+    assert result.exit_code == 0, result.output
+    assert "Range" not in httpserver.log[-1][0].headers
 
 
 def test_from_file_recognises_either_official_archive(tiny, tmp_path, monkeypatch):

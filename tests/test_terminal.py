@@ -289,3 +289,11 @@ def test_sgd_with_a_huge_reg_warns_nothing():
         result = sgd_grid(X, y, 3, [1e-3, 1e-3], [1e300, 1.0], iters=20, batch_size=10,
                           rng=np.random.default_rng(0))  # fmt: skip
     assert result.diverged_at[0] >= 0 and result.diverged_at[1] == -1
+
+
+def test_the_bar_shows_a_huge_loss_in_a_few_digits_and_diverged_as_a_word():
+    from svmtool.cli import _loss_text
+
+    assert _loss_text(5.19304) == "5.1930"
+    assert _loss_text(9000017513735852939184586096640.0) == "9.0000e+30"
+    assert _loss_text(float("nan")) == "diverged" and _loss_text(float("inf")) == "diverged"

@@ -554,3 +554,39 @@ def test_predict_reads_a_missing_file_as_one_line(tmp_path):
     model = model_io.save(small_model(shape=(4, 4, 3)), tmp_path / "m.npz")
     result = run("predict", str(tmp_path / "none.png"), "--model", str(model))
     assert result.exit_code == 1 and "image not found" in result.output
+
+
+def test_npz_expanding_past_the_machines_memory_is_refused(tmp_path, monkeypatch):
+    """A deflated member may expand 1000-fold; its declared size is checked first."""
+    from svmtool import npzfile
+
+    path = tmp_path / "d.npz"
+    np.savez_compressed(path, X_train=np.zeros(100_000, np.uint8))  # 100 kB from ~200 bytes
+    monkeypatch.setattr(npzfile, "physical_memory", lambda: 50_000)
+    with pytest.raises(SvmtoolError, match="more than this machine's"):
+        read_npz(path, "dataset")
+
+
+@pytest.mark.parametrize("where", ["cache", "manifest"])
+def test_deeply_nested_json_in_our_own_files_is_damage_not_a_crash(tmp_path, where):
+    deep = "[" * 100_000 + "]" * 100_000
+    if where == "cache":
+        data_dir = built_cache(tmp_path)
+        (data_dir / "cifar-10-cache" / "meta.json").write_text(deep)
+        assert "damaged" in cifar.cache_state(data_dir)
+    else:
+        model = model_io.save(small_model(), tmp_path / "m.npz")
+        out = tmp_path / "v"
+        out.mkdir()
+        (out / ".svmtool-visualize.json").write_text(deep)
+        assert run("visualize", "--model", str(model), "--out-dir", str(out)).exit_code == 0
+
+
+def test_unreadable_exif_is_ignored_as_a_viewer_does(tmp_path):
+    path = tmp_path / "badexif.png"
+    exif = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff garbage"
+    Image.new("RGB", (4, 3), "red").save(path, exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no warning escapes read_image
+        got = images.read_image(path, (3, 4, 3))
+    assert (got == [255, 0, 0]).all()
