@@ -1157,10 +1157,11 @@ def gradcheck(
     from svmtool import gradcheck as gc
     from svmtool import model as model_io
     from svmtool.pipeline import gradcheck_batch, parse_floats
-    from svmtool.report import gradcheck_table
+    from svmtool.report import check_json, gradcheck_table
 
-    if not (h > 0 and math.isfinite(h)):
-        raise SvmtoolError(f"h must be > 0, got {h}")
+    if not (0 < h <= 0.1):
+        # A step beyond 0.1 straddles nearly every kink: the check would say nothing.
+        raise SvmtoolError(f"h must be in (0, 0.1], got {h}")
     if not (delta >= 0 and math.isfinite(delta)):
         raise SvmtoolError(f"delta must be >= 0, got {delta}")
     if reg is not None and not (reg >= 0 and math.isfinite(reg)):
@@ -1202,6 +1203,11 @@ def gradcheck(
         report = gc.gradcheck(W, X, y, coords, reg=reg, delta=delta, h=h, tol=tol)
     except ValueError as exc:
         raise SvmtoolError(str(exc)) from None
+    if not math.isfinite(report.loss):
+        raise SvmtoolError(
+            f"the loss is {report.loss} at this point, so no difference of it means anything:"
+            f" --delta {delta:g} or --reg {reg:g} is too large"
+        )
     sweep_rows = gc.sweep_delta(W, X, y, coords, deltas, h) if deltas else []
     naive = gc.compare_naive(W, X, y, reg, delta)
     failed = any(c.status == "FAIL" for c in report.checks)
@@ -1218,20 +1224,7 @@ def gradcheck(
                 "h": h,
                 "tol": tol,
                 "loss": report.loss,
-                "checks": [
-                    {
-                        "d": c.d,
-                        "c": c.c,
-                        "numeric": c.numeric,
-                        "analytic": c.analytic,
-                        "rel_error": c.rel_error,
-                        "kink_free_rel_error": c.kink_free_rel_error,
-                        "straddled_samples": c.straddled,
-                        "status": c.status,
-                        "kinks": [vars(k) for k in c.kinks],
-                    }
-                    for c in report.checks
-                ],
+                "checks": [check_json(c) for c in report.checks],
                 "summary": {
                     "worst_kink_free_rel_error": report.worst_kink_free_error,
                     "straddled_coordinates": sum(1 for c in report.checks if c.straddled),

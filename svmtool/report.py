@@ -225,7 +225,8 @@ def render_to_text(report, width: int = 100) -> str:
     return buffer.getvalue().rstrip("\n")
 
 
-def _jsonable_check(c) -> dict:
+def check_json(c) -> dict:
+    """One CoordCheck as JSON-able values (shared by both gradcheck outputs)."""
     return {
         "d": c.d,
         "c": c.c,
@@ -293,7 +294,7 @@ def user_check_json(report) -> dict:
                         "reg": r.reg,
                         "loss": r.loss,
                         "problem": r.problem,
-                        "checks": [_jsonable_check(c) for c in r.gradcheck.checks]
+                        "checks": [check_json(c) for c in r.gradcheck.checks]
                         if r.gradcheck
                         else [],
                         "diagnosis": _jsonable_diagnosis(r.diagnosis),
