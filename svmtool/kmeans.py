@@ -128,23 +128,32 @@ def kmeans(
     augmented[:, :p] = x
     augmented[:, p] = 1.0
     starts = list(range(0, m, chunk))
-    labels = np.empty(m, dtype=np.int64)
     scorer = np.empty((p + 1, k), dtype=np.float32)
 
-    def assign(s: int) -> None:
-        labels[s : s + chunk] = (augmented[s : s + chunk] @ scorer).argmax(axis=1)
+    def assign_and_sum(s: int) -> tuple[np.ndarray, np.ndarray]:
+        """This chunk's per-cluster sums (k, p) float64 and counts (k,): the
+        update's work happens in the workers too, not after them."""
+        rows = x[s : s + chunk]
+        labels = (augmented[s : s + chunk] @ scorer).argmax(axis=1)
+        counts = np.bincount(labels, minlength=k)
+        order = np.argsort(labels, kind="stable")
+        present = counts > 0
+        firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
+        sums = np.zeros((k, p), dtype=np.float64)
+        sums[present] = np.add.reduceat(rows[order], firsts, axis=0, dtype=np.float64)
+        return sums, counts
 
     with one_blas_thread(), ThreadPoolExecutor(_threads()) as pool:
         for it in range(iters):
             scorer[:p] = centroids.T
             scorer[p] = -0.5 * np.einsum("ij,ij->i", centroids, centroids)
-            list(pool.map(assign, starts))
-            counts = np.bincount(labels, minlength=k)
-            order = np.argsort(labels, kind="stable")
+            sums = np.zeros((k, p), dtype=np.float64)
+            counts = np.zeros(k, dtype=np.int64)
+            for part_sums, part_counts in pool.map(assign_and_sum, starts):
+                sums += part_sums
+                counts += part_counts
             present = counts > 0
-            firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
-            sums = np.add.reduceat(x[order], firsts, axis=0, dtype=np.float64)
-            centroids[present] = (sums / counts[present, None]).astype(np.float32)
+            centroids[present] = (sums[present] / counts[present, None]).astype(np.float32)
             empty = np.flatnonzero(~present)
             if empty.size:
                 centroids[empty] = x[rng.choice(m, empty.size, replace=False)]
