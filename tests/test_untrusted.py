@@ -590,3 +590,41 @@ def test_unreadable_exif_is_ignored_as_a_viewer_does(tmp_path):
         warnings.simplefilter("error")  # and no warning escapes read_image
         got = images.read_image(path, (3, 4, 3))
     assert (got == [255, 0, 0]).all()
+
+
+def test_damaged_dtype_descriptions_never_reach_numpy(tmp_path):
+    """numpy's dtype.__setstate__ crashes the interpreter (SIGSEGV) on a state two
+    bytes shorter than it wrote: the unpickler must not hand it one. Run in a child."""
+    tiny = make_tiny()
+    good = batch_files(tiny, "python")["data_batch_1"]
+    at = good.find(b"NNNJ")  # inside the dtype's state: (3, '|', None, None, None, -1, -1, 0)
+    variants = {
+        "short_state": good[:at] + good[at + 2 :],
+        "object_dtype": good.replace(b"X\x02\x00\x00\x00u1", b"X\x02\x00\x00\x00O8", 1),
+        "odd_order": good.replace(b"X\x01\x00\x00\x00|", b"X\x01\x00\x00\x00>", 1),
+    }
+    folders = {}
+    for name, content in variants.items():
+        folder = tmp_path / name / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for file, data in batch_files(tiny, "python").items():
+            (folder / file).write_bytes(data)
+        (folder / "data_batch_1").write_bytes(content)
+        folders[name] = str(folder)
+    code = (
+        "import json, sys, pathlib\n"
+        "from svmtool import cifar\n"
+        "from svmtool.errors import SvmtoolError\n"
+        "for name, folder in json.loads(sys.argv[1]).items():\n"
+        "    try:\n"
+        "        cifar.load(pathlib.Path(folder))\n"
+        "        print(name, 'loaded', flush=True)\n"
+        "    except SvmtoolError as exc:\n"
+        "        print(name, 'refused', exc, flush=True)\n"
+    )
+    done = run_limited("-c", code, json.dumps(folders))
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)  # -11: crashed
+    lines = dict(line.split(" ", 1) for line in done.stdout.strip().splitlines())
+    assert lines["short_state"] == "loaded"  # u1 needs nothing from its state
+    assert lines["object_dtype"].startswith("refused") and "dtype 'O8'" in lines["object_dtype"]
+    assert lines["odd_order"].startswith("refused")
