@@ -140,9 +140,7 @@ def _empty_array(subtype, shape, typecode):
 
 # The dtypes a batch's arrays may have (its data is uint8; labels, when an array, integers).
 # numpy never sees a dtype description or state from the file: fuzzed ones crash it.
-_DTYPES = {
-    name: np.dtype(name) for name in ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "b1")
-}
+_DTYPES = {name: np.dtype(name) for name in ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "b1")}
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 
 

@@ -628,3 +628,23 @@ def test_damaged_dtype_descriptions_never_reach_numpy(tmp_path):
     assert lines["short_state"] == "loaded"  # u1 needs nothing from its state
     assert lines["object_dtype"].startswith("refused") and "dtype 'O8'" in lines["object_dtype"]
     assert lines["odd_order"].startswith("refused")
+
+
+def raw_npy(header_text: str, payload: bytes = b"") -> bytes:
+    text = header_text.encode("latin1")
+    text += b" " * (-(len(text) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + payload
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (",  # the tokenizer's TokenError
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), 'x': [[[[",
+        "{'descr': 7, 'fortran_order': False, 'shape': (3,)}",
+    ],
+)
+def test_damaged_npy_headers_are_one_line(tmp_path, header):
+    path = zip_with(tmp_path / "m.npz", "W.npy", raw_npy(header, b"\0" * 24))
+    with pytest.raises(SvmtoolError, match="cannot read model"):
+        read_npz(path, "model")
