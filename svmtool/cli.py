@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover
 # Exit codes (the README lists them in one place).
 EXIT_ERROR = 1  # bad input, a failed download, a FAIL in gradcheck, an image predict could not read
 EXIT_USAGE = 2  # the command line itself: an unknown option, a value of the wrong type
+EXIT_USER_CODE = 3  # gradcheck --loss: the user's code could not be imported, or raised
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
@@ -492,22 +493,29 @@ def train(
         None,
         "--lr",
         help="Learning rate, or a comma-separated list for a grid"
-        " (default: pixels 1e-7, hog 1e-3, kmeans 1e-3).",
+        " (default: pixels 1e-7, hog and kmeans 1e-2).",
         metavar="LR[,LR...]",
     ),
     reg: str | None = typer.Option(
         None,
         "--reg",
         help="L2 strength, or a comma-separated list for a grid"
-        " (default: pixels 2.5e4, hog 1e-2, kmeans 1e-3).",
+        " (default: pixels 2.5e4, hog 1e-2, kmeans 1e-4).",
         metavar="REG[,REG...]",
     ),
     delta: float = typer.Option(1.0, "--delta", help="The hinge margin.", metavar="FLOAT"),
     iters: int | None = typer.Option(
         None,
         "--iters",
-        help="SGD steps (default: pixels 1500, hog 1500, kmeans 1500).",
+        help="SGD steps (default: pixels 1500, hog and kmeans 5000).",
         metavar="N",
+    ),
+    lr_decay: float | None = typer.Option(
+        None,
+        "--lr-decay",
+        help="Multiply the learning rate by this every 100 steps (default: pixels 1, i.e."
+        " none, as CS231n; hog and kmeans 0.95).",
+        metavar="FLOAT",
     ),
     features: str = typer.Option(
         "pixels",
@@ -648,6 +656,7 @@ def train(
         init_scale=init_scale,
         features=features,
         use_cache=use_cache,
+        lr_decay=defaults["lr_decay"] if lr_decay is None else lr_decay,
         **{
             name: value
             for name, value in (
@@ -1148,10 +1157,11 @@ def gradcheck(
     from svmtool import gradcheck as gc
     from svmtool import model as model_io
     from svmtool.pipeline import gradcheck_batch, parse_floats
-    from svmtool.report import gradcheck_table
+    from svmtool.report import check_json, gradcheck_table
 
-    if not (h > 0 and math.isfinite(h)):
-        raise SvmtoolError(f"h must be > 0, got {h}")
+    if not (0 < h <= 0.1):
+        # A step beyond 0.1 straddles nearly every kink: the check would say nothing.
+        raise SvmtoolError(f"h must be in (0, 0.1], got {h}")
     if not (delta >= 0 and math.isfinite(delta)):
         raise SvmtoolError(f"delta must be >= 0, got {delta}")
     if reg is not None and not (reg >= 0 and math.isfinite(reg)):
@@ -1167,7 +1177,7 @@ def gradcheck(
         raise SvmtoolError("give --model or --weights, not both")
     if plot is not None:
         check_plot_destination(plot)
-    functions = load_user_functions(loss) if loss else None
+    functions = load_user_functions(loss, as_json) if loss else None
     model = model_io.load(model_path) if model_path else None
     batch = gradcheck_batch(data, data_dir, model, seed)
     if batch.notice:
@@ -1193,6 +1203,11 @@ def gradcheck(
         report = gc.gradcheck(W, X, y, coords, reg=reg, delta=delta, h=h, tol=tol)
     except ValueError as exc:
         raise SvmtoolError(str(exc)) from None
+    if not math.isfinite(report.loss):
+        raise SvmtoolError(
+            f"the loss is {report.loss} at this point, so no difference of it means anything:"
+            f" --delta {delta:g} or --reg {reg:g} is too large"
+        )
     sweep_rows = gc.sweep_delta(W, X, y, coords, deltas, h) if deltas else []
     naive = gc.compare_naive(W, X, y, reg, delta)
     failed = any(c.status == "FAIL" for c in report.checks)
@@ -1209,20 +1224,7 @@ def gradcheck(
                 "h": h,
                 "tol": tol,
                 "loss": report.loss,
-                "checks": [
-                    {
-                        "d": c.d,
-                        "c": c.c,
-                        "numeric": c.numeric,
-                        "analytic": c.analytic,
-                        "rel_error": c.rel_error,
-                        "kink_free_rel_error": c.kink_free_rel_error,
-                        "straddled_samples": c.straddled,
-                        "status": c.status,
-                        "kinks": [vars(k) for k in c.kinks],
-                    }
-                    for c in report.checks
-                ],
+                "checks": [check_json(c) for c in report.checks],
                 "summary": {
                     "worst_kink_free_rel_error": report.worst_kink_free_error,
                     "straddled_coordinates": sum(1 for c in report.checks if c.straddled),
@@ -1323,28 +1325,43 @@ def write_kink_plot(plot: Path, report, W, X, y, *, reg, delta, h, loss_fn=None)
     return str(plot)
 
 
-def load_user_functions(spec_text: str):
+def load_user_functions(spec_text: str, as_json: bool = False):
     """Import the user's file (this runs it); their errors become exit code 3."""
     from contextlib import redirect_stdout
 
-    from svmtool.usercode import UserCodeError, load_functions, parse_spec
+    from svmtool.usercode import (
+        SpecError,
+        UserCodeError,
+        UserInterrupted,
+        load_functions,
+        parse_spec,
+    )
 
-    spec = parse_spec(spec_text)
+    try:
+        spec = parse_spec(spec_text)
+    except SpecError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
     try:
         # Their prints go to stderr: stdout carries the report (and --json).
         with redirect_stdout(sys.stderr):
             return load_functions(spec)
+    except UserInterrupted as exc:
+        raise fail(str(exc), EXIT_INTERRUPTED) from None
     except UserCodeError as exc:
-        raise user_code_failure(exc) from None
-
-
-def user_code_failure(exc) -> typer.Exit:
-    """Their traceback (their frames only), a hint if one fits, and one line. Exit 3."""
-    if exc.details:
-        err.print(literal_lines(exc.details), soft_wrap=True)
-    if exc.hint:
-        say(f"hint: {exc.hint}")
-    return fail(exc.summary, 3)
+        if as_json:
+            print_json(
+                {
+                    "functions": [],
+                    "error": {"summary": exc.summary, "traceback": exc.details, "hint": exc.hint},
+                    "exit_code": EXIT_USER_CODE,
+                    "passed": False,
+                }
+            )
+        if exc.details:
+            err.print(literal_lines(exc.details), soft_wrap=True)
+        if exc.hint:
+            say(f"hint: {exc.hint}")
+        raise fail(exc.summary, EXIT_USER_CODE) from None
 
 
 def weights_for(path: Path, rows: int, classes: int):
@@ -1376,34 +1393,77 @@ def weights_for(path: Path, rows: int, classes: int):
 
 def run_user_check(functions, W, X, y, *, regs, delta, coords, h, tol, seed, source, point,
                    plot, as_json) -> None:  # fmt: skip
-    """gradcheck --loss: check the user's function(s), render, exit with the verdict."""
+    """gradcheck --loss: check the user's function(s), render each as soon as it is
+    done (a loop-based loss takes a while), exit with the verdict."""
+    import time
     from contextlib import redirect_stdout
 
-    from svmtool.report import render_user_check, user_check_json
-    from svmtool.usercheck import run_check
+    from svmtool.report import render_comparison, render_function, render_header, user_check_json
+    from svmtool.usercheck import UserCheckReport, run_check
+    from svmtool.usercode import UserInterrupted
 
-    with redirect_stdout(sys.stderr):
-        report = run_check(
-            functions, W, X, y, regs=regs, delta=delta, coords=coords, h=h, tol=tol,
-            seed=seed, source=source, point=point,
-        )  # fmt: skip
-        plotted = None
-        if plot is not None:
-            plotted = _plot_user_kink(plot, report, functions, W, X, y, h)
+    started = time.perf_counter()
+    status = err.status("", spinner="dots") if err.is_terminal and not as_json else None
+
+    def on_call(fn) -> None:
+        if status is not None:
+            status.update(
+                f"checking {clean(fn.name)}: call {fn.calls}, {time.perf_counter() - started:.0f} s"
+            )
+
+    real_stdout = sys.stdout  # the user's prints go to stderr; the report does not
+
+    def on_function(fn_report) -> None:
+        if status is not None:
+            status.stop()
+        if not as_json:
+            with redirect_stdout(real_stdout):
+                render_function(fn_report, out, tracebacks=False)
+            _show_user_error(fn_report.error)
+        if status is not None:
+            status.start()
+
+    for fn in functions:
+        fn.on_call = on_call
+    if not as_json:
+        header = UserCheckReport([], None, X.shape[0], W.shape, source, point, h, tol)
+        render_header(header, out)
+    if status is not None:
+        status.start()
+    try:
+        with redirect_stdout(sys.stderr):
+            report = run_check(
+                functions, W, X, y, regs=regs, delta=delta, coords=coords, h=h, tol=tol,
+                seed=seed, source=source, point=point, on_function=on_function,
+            )  # fmt: skip
+            plotted = None
+            if plot is not None:
+                plotted = _plot_user_kink(plot, report, functions, W, X, y, h)
+    except UserInterrupted as exc:
+        raise fail(str(exc), EXIT_INTERRUPTED) from None
+    finally:
+        if status is not None:
+            status.stop()
     if as_json:
         document = user_check_json(report)
         document["plot"] = plotted
         print_json(document)
+        for fn in report.functions:
+            _show_user_error(fn.error)
     else:
-        render_user_check(report, out)
-    for fn in report.functions:
-        if fn.error is not None:
-            if fn.error.details:
-                err.print(literal_lines(fn.error.details), soft_wrap=True)
-            if fn.error.hint:
-                say(f"hint: {fn.error.hint}")
-            say(f"Error: {fn.error.summary}")
+        render_comparison(report, out)
     raise typer.Exit(report.exit_code)
+
+
+def _show_user_error(error) -> None:
+    """On stderr: their traceback (their frames only), a hint, one Error: line."""
+    if error is None:
+        return
+    if error.details:
+        err.print(literal_lines(error.details), soft_wrap=True)
+    if error.hint:
+        say(f"hint: {error.hint}")
+    say(f"Error: {error.summary}")
 
 
 def _plot_user_kink(plot, report, functions, W, X, y, h):

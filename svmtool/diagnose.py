@@ -33,6 +33,8 @@ subtle mistake (the bias row left out of the loss's regularization) moves the
 loss by only ~1e-7, so 1e-9 comes first; 1e-6 then forgives code that works in
 float32 internally."""
 MATCH_RTOL = MATCH_RTOLS[-1]
+FLOAT32_RTOL = 1e-4
+"""For code that computes in float32: its sums of hundreds of terms carry ~1e-5."""
 
 MAX_MISTAKES = 2
 """A reading names at most this many mistakes at once; more is guesswork."""
@@ -111,6 +113,29 @@ def _grad_sign_flipped(W, X, y, delta):
     return -_grad_hinge(W, X, y, delta)
 
 
+def _grad_all_active_correct_counted(W, X, y, delta):
+    # binary = margins >= 0 after np.maximum: every entry, the correct class's too.
+    beta = np.ones((len(y), W.shape[1]), dtype=bool)
+    beta[np.arange(len(y)), y] = False
+    return _grad_from_beta(X, y, beta, correct_extra=1.0)
+
+
+def _grad_margin_values(W, X, y, delta):
+    # dW = X.T.dot(margins): the margins' values where a 0/1 mask belongs.
+    m = np.maximum(margins(X @ W, y, delta), 0)
+    coeff = m.copy()
+    coeff[np.arange(len(y)), y] = -m.sum(axis=1)
+    return X.T @ coeff
+
+
+OTHER_DELTAS = (0.0, 0.1, 0.5, 2.0, 5.0, 10.0, 100.0)
+"""Margins students hard-code by mistake (delta fixed inside the function)."""
+
+
+def _with_delta(fn, d: float):
+    return lambda W, X, y, delta: fn(W, X, y, d)
+
+
 DataFn = Callable[[np.ndarray, np.ndarray, np.ndarray, float], object]
 
 LOSS_DATA: list[tuple[Term, DataFn]] = [
@@ -176,7 +201,43 @@ GRAD_DATA: list[tuple[Term, DataFn]] = [
         Term("sign-flipped", "the data gradient has the wrong sign (+= and -= swapped)", "flip"),
         _grad_sign_flipped,
     ),
+    (
+        Term(
+            "all-active-correct-counted",
+            "every margin counts as active, the correct class's too (a mask such as"
+            " margins >= 0 after np.maximum is always true)",
+            "all-correct",
+        ),
+        _grad_all_active_correct_counted,
+    ),
+    (
+        Term(
+            "margin-values",
+            "the gradient weighs each sample by its margin's value where a 0/1 mask"
+            " belongs (X.T.dot(margins) instead of X.T.dot(margins > 0))",
+            "values",
+        ),
+        _grad_margin_values,
+    ),
 ]
+
+
+def _delta_rows(base: DataFn) -> list[tuple[Term, DataFn]]:
+    return [
+        (
+            Term(
+                f"delta-{d:g}",
+                f"the margin uses delta = {d:g} (hard-coded?), not the delta it was checked at",
+                d,
+            ),
+            _with_delta(base, d),
+        )
+        for d in OTHER_DELTAS
+    ]
+
+
+LOSS_DATA += _delta_rows(_loss_hinge)
+GRAD_DATA += _delta_rows(_grad_hinge)
 
 SIZES = [
     Term("mean", "", "N"),
@@ -188,6 +249,7 @@ SIZES = [
         "{data} is divided by N * C (PyTorch's MultiMarginLoss convention) instead of N",
         "NC",
     ),
+    Term("divided-twice", "{data} is divided by N twice", "NN"),
 ]
 
 # Coefficient a of reg * sum(W*W) in the loss, b of reg * W in the gradient.
@@ -198,6 +260,11 @@ LOSS_REG = [
     Term("half-reg", "", 0.5),
     Term("no-reg", "the loss has no regularization term", 0.0),
     Term("double-reg", "the loss's regularization is 2 * reg * sum(W*W)", 2.0),
+    Term(
+        "reg-divided-by-N",
+        "the loss's regularization is divided by N too (added before the division by N)",
+        "1/N",
+    ),
 ]
 GRAD_REG = [
     Term("reg", "", 2.0),
@@ -205,6 +272,11 @@ GRAD_REG = [
     Term("no-reg", "the gradient has no regularization term", 0.0),
     Term("double-reg", "the gradient's regularization is 4 * reg * W", 4.0),
     Term("quarter-reg", "the gradient's regularization is 0.5 * reg * W", 0.5),
+    Term(
+        "reg-divided-by-N",
+        "the gradient's regularization is divided by N too (added before the division by N)",
+        "2/N",
+    ),
 ]
 BIAS = [
     Term("bias-regularized", "", True),
@@ -219,7 +291,15 @@ BIAS = [
 def _size(term: Term, X: np.ndarray, W: np.ndarray) -> float:
     n, d = X.shape
     c = W.shape[1]
-    return {"N": n, "1": 1, "D": d, "C": c, "NC": n * c}[term.value]  # type: ignore[index]
+    return {"N": n, "1": 1, "D": d, "C": c, "NC": n * c, "NN": n * n}[term.value]  # type: ignore[index]
+
+
+def coefficient(term: Term, n: int) -> float:
+    """A regularization term's coefficient; '1/N' and '2/N' scale with the batch."""
+    if isinstance(term.value, str):
+        top, _, _ = term.value.partition("/")
+        return float(top) / n
+    return float(term.value)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -248,11 +328,12 @@ class Reading:
     @property
     def formula(self) -> str:
         """What the reading computes, e.g. 'hinge / N + 1 * reg * sum(W*W)'."""
-        size = {"N": "N", "1": "1", "D": "D", "C": "C", "NC": "(N*C)"}[self.size.value]
+        size = {"N": "N", "1": "1", "D": "D", "C": "C", "NC": "(N*C)", "NN": "N^2"}[self.size.value]
         weights = "W" if self.bias.value else "W without its bias row"
+        coef = self.reg.value if isinstance(self.reg.value, str) else f"{self.reg.value:g}"
         if self.part == "loss":
-            return f"{self.data.key} / {size} + {self.reg.value:g} * reg * sum({weights}^2)"
-        return f"{self.data.key} gradient / {size} + {self.reg.value:g} * reg * {weights}"
+            return f"{self.data.key} / {size} + {coef} * reg * sum({weights}^2)"
+        return f"{self.data.key} gradient / {size} + {coef} * reg * {weights}"
 
     @property
     def keys(self) -> list[str]:
@@ -283,10 +364,11 @@ def _candidates(part, data_terms, reg_terms, W, X, y, reg, delta):
     for _, dt, dv, st, rt, bt in combos:
         Wr = W if bt.value else W_nobias
         size = _size(st, X, W)
+        coef = coefficient(rt, X.shape[0])
         if part == "loss":
-            value = float(dv) / size + rt.value * reg * float(np.vdot(Wr, Wr))
+            value = float(dv) / size + coef * reg * float(np.vdot(Wr, Wr))
         else:
-            value = dv / size + (rt.value * reg) * Wr
+            value = dv / size + (coef * reg) * Wr
         yield dt, st, rt, bt, value
 
 
@@ -298,11 +380,13 @@ def read_part(
     y: np.ndarray,
     reg: float,
     delta: float,
+    single: bool = False,
 ) -> Reading | None:
-    """The simplest combination of terms that reproduces ``user_value``, or None."""
+    """The simplest combination of terms that reproduces ``user_value``, or None.
+    ``single``: the user computed in float32, so float32 rounding is forgiven."""
     data_terms, reg_terms = (LOSS_DATA, LOSS_REG) if part == "loss" else (GRAD_DATA, GRAD_REG)
     candidates = list(_candidates(part, data_terms, reg_terms, W, X, y, reg, delta))
-    for rtol in MATCH_RTOLS:
+    for rtol in MATCH_RTOLS + ((FLOAT32_RTOL,) if single else ()):
         for dt, st, rt, bt, value in candidates:
             diff = _relative(user_value, value)
             if diff <= rtol:
@@ -334,6 +418,9 @@ def reg_verdict(loss: Reading | None, grad: Reading | None, reg: float) -> tuple
     """
     if reg == 0:
         return None, "cannot be told at reg = 0"
+    scaled = [r.reg.text for r in (loss, grad) if r is not None and isinstance(r.reg.value, str)]
+    if scaled:
+        return "; ".join(scaled), "mixed"
     a = loss.reg.value if loss else None
     b = grad.reg.value if grad else None
     if a is None or b is None:
@@ -371,6 +458,7 @@ class Difference:
     """Where a gradient differs from the reference, for mistakes no row explains."""
 
     relative: float  # Frobenius norm of the difference over that of the reference
+    ratio: float | None  # user's dW = ratio * reference, when it is a multiple of it
     columns: list[tuple[int, float]]  # (class, max |difference|), largest first
     rows: list[tuple[int, float]]  # (row of W, max |difference|), largest first
     rows_differing: int
@@ -385,8 +473,14 @@ def where_differs(user_dW: np.ndarray, ref_dW: np.ndarray, top: int = 5) -> Diff
     by_row = diff.max(axis=1)
     cols = [(int(c), float(by_col[c])) for c in np.argsort(-by_col) if by_col[c] > noise]
     rows = [(int(r), float(by_row[r])) for r in np.argsort(-by_row)[:top] if by_row[r] > noise]
+    user = np.asarray(user_dW, dtype=np.float64)
+    scale = float(np.vdot(ref_dW, ref_dW))
+    ratio = float(np.vdot(user, ref_dW)) / scale if scale > 0 else None
+    if ratio is not None and _relative(user, ratio * ref_dW) > MATCH_RTOL:
+        ratio = None
     return Difference(
         relative=float(np.linalg.norm(diff) / max(np.linalg.norm(ref_dW), 1e-300)),
+        ratio=ratio,
         columns=cols,
         rows=rows,
         rows_differing=int((by_row > noise).sum()),
@@ -408,6 +502,7 @@ class Diagnosis:
     reg_mistake: str | None
     stub: str | None  # "not implemented yet?" cases
     gradient_difference: Difference | None  # when no row explains the gradient
+    rows: int = 0  # rows of W
     mistakes: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
 
@@ -424,10 +519,12 @@ def diagnose(
     y: np.ndarray,
     reg: float,
     delta: float,
+    single: bool = False,
 ) -> Diagnosis:
     """Name what the user's ``(loss, dW)`` at (W, X, y, reg) computes.
 
-    W: (D, C); X: (N, D); y: (N,). float64 throughout.
+    W: (D, C); X: (N, D); y: (N,). float64 throughout. ``single``: the user's
+    code works in float32 (its rounding is then forgiven).
     """
     user_dW = np.asarray(user_dW, dtype=np.float64)
     stub = None
@@ -442,8 +539,10 @@ def diagnose(
         )
     elif loss_zero:
         stub = "the loss is 0: not implemented yet? (the starter code's loss = 0.0)"
-    loss_reading = None if loss_zero else read_part("loss", user_loss, W, X, y, reg, delta)
-    grad_reading = None if grad_zero else read_part("gradient", user_dW, W, X, y, reg, delta)
+    loss_reading = None if loss_zero else read_part("loss", user_loss, W, X, y, reg, delta, single)
+    grad_reading = (
+        None if grad_zero else read_part("gradient", user_dW, W, X, y, reg, delta, single)
+    )
     reg_mistake, convention = reg_verdict(loss_reading, grad_reading, reg)
     half = convention.startswith("0.5")
     ref_loss, ref_dW = reference(W, X, y, reg, delta, half=half)
@@ -476,6 +575,7 @@ def diagnose(
         reg_mistake=reg_mistake,
         stub=stub,
         gradient_difference=difference,
+        rows=W.shape[0],
         mistakes=mistakes,
         keys=sorted(set(keys), key=keys.index),
     )

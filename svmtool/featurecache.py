@@ -2,8 +2,9 @@
 
 An entry is a folder ``<root>/<digest>/`` holding ``meta.json`` and one ``.npy``
 per array. The digest is a hash of the key: what was computed, a fingerprint
-of the images' bytes, the feature settings and the cache format version, so a
-changed setting or changed data can only miss, never return stale features.
+of the images' bytes, the feature settings, the cache format and svmtool's
+version, so a changed setting or changed data can only miss, never return
+stale features.
 Entries are built in a scratch folder and renamed into place, and every read
 checks the key and each array's shape and dtype against meta.json.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from svmtool import __version__
 from svmtool.errors import SvmtoolError
 from svmtool.files import disk_error, new_folder_mode
 from svmtool.npzfile import map_npy
@@ -54,7 +56,8 @@ def array_digest(arrays: dict[str, np.ndarray]) -> str:
 
 
 def _digest(key: dict) -> str:
-    text = json.dumps({"cache_format": CACHE_FORMAT, **key}, sort_keys=True)
+    # The version too: a later svmtool may compute the same settings differently.
+    text = json.dumps({"cache_format": CACHE_FORMAT, "svmtool": __version__, **key}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

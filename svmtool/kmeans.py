@@ -105,14 +105,6 @@ def whiten(patches: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.ndar
 # --- k-means ---------------------------------------------------------------------------------
 
 
-def _assign(x: np.ndarray, scorer: np.ndarray) -> np.ndarray:
-    """Nearest centroid of each row: argmax_k x.c_k - |c_k|^2 / 2, one product with
-    the |c_k|^2 / 2 folded in as a last row of ``scorer`` ((P+1, K))."""
-    scores = x @ scorer[:-1]
-    scores += scorer[-1]
-    return scores.argmax(axis=1)
-
-
 def kmeans(
     x: np.ndarray,
     k: int,
@@ -124,32 +116,35 @@ def kmeans(
     """Lloyd's k-means on rows x (M, P) float32: centroids (k, P) float32.
 
     Starts from k distinct random rows; an empty cluster is reseeded with a
-    random row. Assignments run in row chunks on a thread pool (bounded memory:
-    chunk x k scores per thread).
+    random row. The nearest centroid is argmax_k x.c_k - |c_k|^2 / 2, one
+    product of [x, 1] with [C^T; -|c|^2 / 2], in row chunks on a thread pool
+    (bounded memory: chunk x k scores per thread).
     """
     m, p = x.shape
     if not 1 <= k <= m:
         raise ValueError(f"k-means needs 1 <= centroids <= patches, got {k} and {m}")
     centroids = x[np.sort(rng.choice(m, k, replace=False))].astype(np.float32)
+    augmented = np.empty((m, p + 1), dtype=np.float32)
+    augmented[:, :p] = x
+    augmented[:, p] = 1.0
     starts = list(range(0, m, chunk))
     labels = np.empty(m, dtype=np.int64)
+    scorer = np.empty((p + 1, k), dtype=np.float32)
+
+    def assign(s: int) -> None:
+        labels[s : s + chunk] = (augmented[s : s + chunk] @ scorer).argmax(axis=1)
+
     with one_blas_thread(), ThreadPoolExecutor(_threads()) as pool:
         for it in range(iters):
-            scorer = np.empty((p + 1, k), dtype=np.float32)
-            scorer[:-1] = centroids.T
-            scorer[-1] = -0.5 * np.einsum("ij,ij->i", centroids, centroids)
-
-            def work(s: int, scorer=scorer) -> None:
-                labels[s : s + chunk] = _assign(x[s : s + chunk], scorer)
-
-            list(pool.map(work, starts))
+            scorer[:p] = centroids.T
+            scorer[p] = -0.5 * np.einsum("ij,ij->i", centroids, centroids)
+            list(pool.map(assign, starts))
             counts = np.bincount(labels, minlength=k)
             order = np.argsort(labels, kind="stable")
-            sums = np.zeros((k, p), dtype=np.float64)
             present = counts > 0
             firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
-            sums[present] = np.add.reduceat(x[order].astype(np.float64), firsts, axis=0)
-            centroids[present] = (sums[present] / counts[present, None]).astype(np.float32)
+            sums = np.add.reduceat(x[order], firsts, axis=0, dtype=np.float64)
+            centroids[present] = (sums / counts[present, None]).astype(np.float32)
             empty = np.flatnonzero(~present)
             if empty.size:
                 centroids[empty] = x[rng.choice(m, empty.size, replace=False)]
@@ -187,11 +182,16 @@ def triangle_pool(sq_dist: np.ndarray, b: int, ph: int, pw: int, sub: int = 256)
     sq_dist: (b * ph * pw, K) for b images with ph x pw patch positions.
     Returns (b, 4K): quadrant sums in the paper's order (top-left, bottom-left,
     top-right, bottom-right), the top/left halves round(ph/2) positions long.
-    The element-wise passes run on ``sub`` rows at a time, which stay in cache.
+
+    max(0, mu - z) = mu - min(z, mu), so a quadrant's sum is the sum of its mu
+    minus the sum of min(z, mu): one element-wise pass fewer than subtracting
+    and clipping. The element-wise passes run on ``sub`` rows at a time, which
+    stay in cache.
     """
     z = sq_dist
     k = z.shape[1]
     mean_weights = np.full(k, 1.0 / k, dtype=z.dtype)
+    mus = np.empty(z.shape[0], dtype=np.float32)
     for s in range(0, z.shape[0], sub):
         part = z[s : s + sub]
         # |x - c|^2 from the expansion can round to a tiny negative number;
@@ -199,17 +199,22 @@ def triangle_pool(sq_dist: np.ndarray, b: int, ph: int, pw: int, sub: int = 256)
         np.abs(part, out=part)
         np.sqrt(part, out=part)
         mu = part @ mean_weights  # the mean distance, as a product (faster than .mean)
-        np.subtract(mu[:, None], part, out=part)
-        np.maximum(part, 0, out=part)
+        mus[s : s + sub] = mu
+        np.minimum(part, mu[:, None], out=part)
     act = z.reshape(b, ph, pw * k)
     hr, hc = (ph + 1) // 2, (pw + 1) // 2  # MATLAB's round(ph / 2)
     top = act[:, :hr].sum(axis=1).reshape(b, pw, k)
     bottom = act[:, hr:].sum(axis=1).reshape(b, pw, k)
+    mu_grid = mus.reshape(b, ph, pw).astype(np.float64)
+    quadrants = (
+        (top[:, :hc], mu_grid[:, :hr, :hc]),
+        (bottom[:, :hc], mu_grid[:, hr:, :hc]),
+        (top[:, hc:], mu_grid[:, :hr, hc:]),
+        (bottom[:, hc:], mu_grid[:, hr:, hc:]),
+    )
     out = np.empty((b, 4, k), dtype=np.float32)
-    out[:, 0] = top[:, :hc].sum(axis=1)
-    out[:, 1] = bottom[:, :hc].sum(axis=1)
-    out[:, 2] = top[:, hc:].sum(axis=1)
-    out[:, 3] = bottom[:, hc:].sum(axis=1)
+    for q, (mins, mu_part) in enumerate(quadrants):
+        out[:, q] = mu_part.sum(axis=(1, 2))[:, None] - mins.sum(axis=1)
     return out.reshape(b, 4 * k)
 
 

@@ -32,12 +32,16 @@ from svmtool.train import StepFn, accuracy, check_settings, divergence_cause, sg
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 # Training defaults per feature set. Pixels: CS231n's. Standardized features
-# (every column mean 0, variance 1) need a learning rate and a regularization
-# orders of magnitude away from those; see the README for the grid behind these.
+# (every column mean 0, variance 1, so |x|^2 is about D) need a learning rate
+# and a regularization orders of magnitude away from those: one step moves a
+# batch's scores by about lr * D / batch_size * (active margins), which at
+# lr 1e-2 is well under one margin unit for D = 154 (hog) and ~0.3 for
+# D = 6400 (kmeans, K = 1600). The values come from grids on generated data
+# (README: "Training defaults for features").
 TRAIN_DEFAULTS = {
-    "pixels": {"lr": 1e-7, "reg": 2.5e4, "iters": 1500},
-    "hog": {"lr": 1e-3, "reg": 1e-2, "iters": 1500},
-    "kmeans": {"lr": 1e-3, "reg": 1e-3, "iters": 1500},
+    "pixels": {"lr": 1e-7, "reg": 2.5e4, "iters": 1500, "lr_decay": 1.0},
+    "hog": {"lr": 1e-2, "reg": 1e-2, "iters": 5000, "lr_decay": 0.95},
+    "kmeans": {"lr": 1e-2, "reg": 1e-4, "iters": 5000, "lr_decay": 0.95},
 }
 KMEANS_DEFAULTS = {"centroids": 1600, "patches": 400_000, "kmeans_iters": 50}
 
@@ -67,6 +71,7 @@ class TrainRequest:
     patches: int = KMEANS_DEFAULTS["patches"]
     kmeans_iters: int = KMEANS_DEFAULTS["kmeans_iters"]
     use_cache: bool = True
+    lr_decay: float = 1.0
 
 
 @dataclass
@@ -142,6 +147,7 @@ class PreparedData:
     features: Features = field(default_factory=Features)
     notes: list[str] = field(default_factory=list)  # for the user, before training
     feature_seconds: float = 0.0
+    feature_timings: dict = field(default_factory=dict)  # dictionary / extraction seconds
     batch_size: int = 0  # what SGD will use: the request, or all rows if there are fewer
 
 
@@ -155,6 +161,8 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
         check_settings(request.lrs, request.regs, request.delta, request.iters, request.batch_size)
     except ValueError as exc:
         raise SvmtoolError(str(exc)) from None
+    if not 0 < request.lr_decay <= 1:
+        raise SvmtoolError(f"lr-decay must be in (0, 1], got {request.lr_decay}")
     check_seed(request.seed)
     if not (request.init_scale >= 0 and np.isfinite(request.init_scale)):
         raise SvmtoolError(f"init_scale must be >= 0, got {request.init_scale}")
@@ -188,6 +196,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             features=built.features,
             notes=built.notes,
             feature_seconds=time.perf_counter() - t1,
+            feature_timings=built.timings,
         )
     else:
         # parts.train is a seeded permutation: the rows come out shuffled at no
@@ -258,6 +267,7 @@ class BuiltFeatures:
     X_val: np.ndarray  # (num_val, F+1)
     features: Features
     notes: list[str]
+    timings: dict = field(default_factory=dict)
 
 
 def _check_feature_request(request: TrainRequest, image_shape: tuple[int, ...]) -> None:
@@ -303,6 +313,7 @@ def build_features(
     train_sorted = np.sort(parts.train)
 
     arrays: dict[str, np.ndarray] = {}
+    t0 = time.perf_counter()
     if request.features == "kmeans":
         key = {
             "what": "kmeans-fit",
@@ -334,7 +345,9 @@ def build_features(
 
     features = Features(request.features, params, arrays)
     rows = np.sort(np.concatenate([parts.train, parts.val]))
+    t1 = time.perf_counter()
     raw = cached_raw_features(features, images, rows, cache, notes, progress)
+    t2 = time.perf_counter()
     pos_train = np.searchsorted(rows, parts.train)
     pos_val = np.searchsorted(rows, parts.val)
     mean, scale = F.standardization(raw, eps=params["std_eps"], rows=pos_train)
@@ -344,6 +357,11 @@ def build_features(
         X_val=F.standardized_rows(raw, mean, scale, pos_val, dtype),
         features=features,
         notes=notes,
+        timings={
+            "dictionary_seconds": t1 - t0,
+            "extraction_seconds": t2 - t1,
+            "standardization_seconds": time.perf_counter() - t2,
+        },
     )
 
 
@@ -417,6 +435,7 @@ def run_training(
         rng=np.random.default_rng(request.seed),
         init_scale=request.init_scale,
         on_step=on_step,
+        lr_decay=request.lr_decay,
         X_val=X_val,
         y_val=y_val,
         report_every=report_every,
@@ -463,6 +482,7 @@ def run_training(
     timings = {
         "load_seconds": prepared.load_seconds,
         "feature_seconds": prepared.feature_seconds,
+        **prepared.feature_timings,
         "train_seconds": train_seconds,
         "evaluate_seconds": t3 - t2,
         "iterations_per_second": request.iters / train_seconds if train_seconds > 0 else None,
@@ -492,6 +512,7 @@ def run_training(
             "sampling": "shuffled epochs",
             "init_scale": request.init_scale,
             "features": prepared.features.kind,
+            "lr_decay": request.lr_decay,
         }
         model = Model(
             W=result.weights[best],

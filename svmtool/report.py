@@ -64,6 +64,11 @@ def self_consistency_line(report) -> str:
     return line
 
 
+def diag_rows(diag) -> int:
+    """How many rows W has, as the gradient reading saw it."""
+    return int(diag.rows) if getattr(diag, "rows", None) else -1
+
+
 def _agreement_lines(diag) -> list[str]:
     """The user's loss and gradient against the hinge loss, with the evidence."""
     lines = []
@@ -80,14 +85,24 @@ def _agreement_lines(diag) -> list[str]:
         lines.append(f"regularization: {diag.convention}")
     for mistake in diag.mistakes:
         lines.append(f"✗ {mistake}")
+    if diag.loss_reading is None and diag.reference_loss and not diag.stub:
+        lines.append(
+            f"  the loss is {diag.user_loss / diag.reference_loss:.6g} times the hinge loss's"
+        )
     diff = diag.gradient_difference
-    if diff is not None:
+    if diff is not None and diff.ratio is not None:
+        lines.append(f"  dW is {diff.ratio:.6g} times the hinge loss's gradient, in every entry")
+    elif diff is not None:
         cols = ", ".join(f"{c} ({v:.2g})" for c, v in diff.columns[:10])
         rows = ", ".join(f"{r} ({v:.2g})" for r, v in diff.rows)
         lines.append(
             f"  dW differs from the hinge loss's by {diff.relative:.2e} (relative, Frobenius)"
-            f" in {diff.rows_differing} rows of W"
-            + (", the bias row among them" if diff.bias_row_differs else "")
+            + (
+                " in every row of W"
+                if diff.rows_differing == diag_rows(diag)
+                else f" in {diff.rows_differing} rows of W"
+                + (", the bias row among them" if diff.bias_row_differs else "")
+            )
         )
         if cols:
             lines.append(f"  columns (class: max |difference|): {cols}")
@@ -110,8 +125,8 @@ def _print_lines(console: Console, lines: list[str], indent: int = 0) -> None:
         console.print(literal_lines(filled), soft_wrap=True)
 
 
-def render_user_check(report, console: Console) -> None:
-    """Print a UserCheckReport (svmtool gradcheck --loss, svmtool.check_gradient)."""
+def render_header(report, console: Console) -> None:
+    """The first line of a user check: the data and the point."""
     console.print(
         literal(
             f"checking on {report.samples} samples of {report.source} (float64) at {report.point};"
@@ -119,70 +134,88 @@ def render_user_check(report, console: Console) -> None:
         ),
         soft_wrap=True,
     )
-    for fn in report.functions:
-        console.print()
-        origin = f" from {fn.origin}" if fn.origin else ""
-        console.rule(literal(f"{fn.name}{origin}"))
-        if fn.delta_note:
-            _print_lines(console, [fn.delta_note])
-        if fn.error is not None:
-            console.print(literal(f"could not be run: {fn.error.summary}", "bold red"))
-            if fn.error.hint:
-                console.print(literal(f"hint: {fn.error.hint}"))
-            continue
-        for check in fn.regs:
-            if check.loss is None:
-                console.print(literal(f"reg = {check.reg:g}: {check.problem}"))
-                continue
-            console.print(Text(f"reg = {check.reg:g}", style="bold"))
-            if check.gradcheck is not None:
-                print_table(console, gradcheck_table(check.gradcheck))
-                console.print(self_consistency_line(check.gradcheck))
-            elif check.problem:
-                console.print(literal(f"self-consistency: {check.problem}"))
-            _print_lines(console, _agreement_lines(check.diagnosis))
-        if fn.probes:
-            table = Table(title="other shapes")
-            number_column(table, "shape")
-            text_column(table, "result")
-            text_column(table, "detail")
-            for p in fn.probes:
-                style = "green" if p.status == "ok" else "bold red"
-                table.add_row(p.label, Text(p.status, style=style), literal(p.detail))
-            print_table(console, table)
-        if fn.mutated:
-            console.print(literal(f"inputs: changed in place: {', '.join(fn.mutated)}"))
-        elif fn.bad_return is None:
-            console.print("inputs: left unchanged")
-        if fn.verdict == "right":
-            convention = fn.convention if fn.convention in CONVENTIONS.values() else None
-            verdict = Text("RIGHT", style="bold green")
-            verdict.append_text(
-                literal(
-                    f": {fn.name}'s gradient agrees with its loss (every coordinate ok or kink),"
-                    " the loss is the multi-class hinge loss, and both hold at other shapes."
-                    + (f" Regularization: {convention}." if convention else "")
-                )
-            )
-            console.print(verdict)
-        else:
-            verdict = Text("WRONG", style="bold red")
-            verdict.append_text(literal(f": {fn.name}"))
-            console.print(verdict)
-            _print_lines(console, [f"- {finding}" for finding in fn.findings], indent=2)
-    comp = report.comparison
-    if comp is not None:
-        console.print()
-        console.print(
+
+
+def render_function(fn, console: Console, tracebacks: bool = True) -> None:
+    """One function's section: a table per reg, the agreement, other shapes, verdict.
+    ``tracebacks``: show the user's traceback here (the CLI prints it on stderr)."""
+    console.print()
+    origin = f" from {fn.origin}" if fn.origin else ""
+    console.rule(literal(f"{fn.name}{origin}"))
+    if fn.delta_note:
+        _print_lines(console, [fn.delta_note])
+    for check in fn.regs:
+        if check.loss is None:
+            continue  # its return value was refused: the verdict below says why
+        console.print(Text(f"reg = {check.reg:g}", style="bold"))
+        if check.gradcheck is not None:
+            print_table(console, gradcheck_table(check.gradcheck))
+            console.print(self_consistency_line(check.gradcheck))
+        elif check.problem:
+            _print_lines(console, [f"self-consistency: {check.problem}"])
+        _print_lines(console, _agreement_lines(check.diagnosis))
+    if fn.error is not None:
+        if tracebacks and fn.error.details:
+            console.print(literal_lines(fn.error.details), soft_wrap=True)
+        console.print(literal(f"could not be run: {fn.error.summary}", "bold red"), soft_wrap=True)
+        if fn.error.hint:
+            _print_lines(console, [f"hint: {fn.error.hint}"])
+        return
+    if fn.probes:
+        table = Table(title="other shapes")
+        number_column(table, "shape")
+        text_column(table, "result")
+        text_column(table, "detail")
+        for p in fn.probes:
+            style = "green" if p.status == "ok" else "bold red"
+            table.add_row(p.label, Text(p.status, style=style), literal(p.detail))
+        print_table(console, table)
+    if fn.mutated:
+        console.print(literal(f"inputs: changed in place: {', '.join(fn.mutated)}"))
+    elif fn.bad_return is None:
+        console.print("inputs: left unchanged")
+    if fn.verdict == "right":
+        convention = fn.convention if fn.convention in CONVENTIONS.values() else None
+        verdict = Text("RIGHT", style="bold green")
+        verdict.append_text(
             literal(
-                f"{comp.first} vs {comp.second} at reg = {comp.reg:g}: loss difference"
-                f" {comp.loss_difference:.2e}, gradient difference (Frobenius)"
-                f" {comp.gradient_difference:.2e}; {comp.first} {comp.first_seconds * 1e3:.1f} ms,"
-                f" {comp.second} {comp.second_seconds * 1e3:.2f} ms"
-                f" ({comp.speedup:.1f}x faster)"
-            ),
-            soft_wrap=True,
+                f": {fn.name}'s gradient agrees with its loss (every coordinate ok or kink),"
+                " the loss is the multi-class hinge loss, and both hold at other shapes."
+                + (f" Regularization: {convention}." if convention else "")
+            )
         )
+        console.print(verdict)
+    else:
+        verdict = Text("WRONG", style="bold red")
+        verdict.append_text(literal(f": {fn.name}"))
+        console.print(verdict)
+        _print_lines(console, [f"- {finding}" for finding in fn.findings], indent=2)
+
+
+def render_comparison(report, console: Console) -> None:
+    """The notebook's naive-vs-vectorized line, when both were checked."""
+    comp = report.comparison
+    if comp is None:
+        return
+    console.print()
+    console.print(
+        literal(
+            f"{comp.first} vs {comp.second} at reg = {comp.reg:g}: loss difference"
+            f" {comp.loss_difference:.2e}, gradient difference (Frobenius)"
+            f" {comp.gradient_difference:.2e}; {comp.first} {comp.first_seconds * 1e3:.1f} ms,"
+            f" {comp.second} {comp.second_seconds * 1e3:.2f} ms"
+            f" ({comp.speedup:.1f}x faster)"
+        ),
+        soft_wrap=True,
+    )
+
+
+def render_user_check(report, console: Console, tracebacks: bool = True) -> None:
+    """Print a UserCheckReport (svmtool gradcheck --loss, svmtool.check_gradient)."""
+    render_header(report, console)
+    for fn in report.functions:
+        render_function(fn, console, tracebacks)
+    render_comparison(report, console)
 
 
 def render_to_text(report, width: int = 100) -> str:
@@ -192,7 +225,8 @@ def render_to_text(report, width: int = 100) -> str:
     return buffer.getvalue().rstrip("\n")
 
 
-def _jsonable_check(c) -> dict:
+def check_json(c) -> dict:
+    """One CoordCheck as JSON-able values (shared by both gradcheck outputs)."""
     return {
         "d": c.d,
         "c": c.c,
@@ -260,7 +294,7 @@ def user_check_json(report) -> dict:
                         "reg": r.reg,
                         "loss": r.loss,
                         "problem": r.problem,
-                        "checks": [_jsonable_check(c) for c in r.gradcheck.checks]
+                        "checks": [check_json(c) for c in r.gradcheck.checks]
                         if r.gradcheck
                         else [],
                         "diagnosis": _jsonable_diagnosis(r.diagnosis),

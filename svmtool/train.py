@@ -107,6 +107,8 @@ def sgd_grid(
     init_scale: float = 1e-3,
     on_step: StepFn | None = None,
     report_every: int = 10,
+    lr_decay: float = 1.0,
+    decay_every: int = 100,
     X_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
     val_checks: int = 10,
@@ -115,7 +117,10 @@ def sgd_grid(
 
     X: (N, D) rows in random order (see ``minibatches``), dtype float32 or
     float64; y: (N,). All configurations start from the same W (drawn once
-    from ``rng``) and see the same minibatches.
+    from ``rng``) and see the same minibatches. Every learning rate is
+    multiplied by ``lr_decay`` every ``decay_every`` steps (a fixed number of
+    steps rather than CS231n's per epoch, so that the schedule does not depend
+    on the size of the data); 1 keeps it constant.
 
     With K > 1, an ``on_step`` and a validation split (X_val: (M, D), y_val:
     (M,)), the validation accuracy of every configuration is measured about
@@ -127,6 +132,10 @@ def sgd_grid(
     if lr.shape != reg.shape or lr.ndim != 1 or lr.size == 0:
         raise ValueError("lrs and regs must be equal-length, non-empty sequences")
     check_settings(lr.tolist(), reg.tolist(), delta, iters, batch_size)
+    if not 0 < lr_decay <= 1:
+        raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
+    if decay_every < 1:
+        raise ValueError(f"decay_every must be >= 1, got {decay_every}")
     n, d = X.shape
     k, c = lr.size, num_classes
     dtype = X.dtype
@@ -184,6 +193,12 @@ def sgd_grid(
                 step_cols = _per_column(neg_step[alive], c)
                 if alive.size == 0:
                     break
+            if lr_decay != 1 and (it + 1) % decay_every == 0:
+                current = lr * lr_decay ** ((it + 1) // decay_every)
+                decay = (1 - 2 * current * reg).astype(dtype)
+                neg_step = (-current).astype(dtype)
+                decay_cols = _per_column(decay[alive], c)
+                step_cols = _per_column(neg_step[alive], c)
             if checking and (it % check_every == check_every - 1 or it == iters // 100):
                 val_acc = (predict_side(W, X_val, c) == y_val).mean(axis=1)
                 leader = int(alive[np.argmax(val_acc)])

@@ -81,6 +81,7 @@ class FunctionReport:
     error: UserCodeError | None = None
     findings: list[str] = field(default_factory=list)
     convention: str = "cannot be told at reg = 0"
+    float32: bool = False  # it computes in float32
 
     @property
     def verdict(self) -> str:
@@ -202,10 +203,15 @@ def _self_consistency(
 ) -> tuple[GradcheckReport | None, str | None]:
     try:
         return gradcheck(W, X, y, coords, reg=reg, delta=delta, h=h, tol=tol, loss_fn=fn), None
-    except UserCodeError as exc:
-        return None, f"the check could not finish: {exc.summary}"
-    except BadReturn as exc:
-        return None, f"the check could not finish: {exc}"
+    except (UserCodeError, BadReturn) as exc:
+        what = exc.summary if isinstance(exc, UserCodeError) else str(exc)
+        if fn.last_rows != X.shape[0]:
+            return None, (
+                f"called on {fn.last_rows} of the {X.shape[0]} samples (the recheck of a kink"
+                f" leaves out the samples that straddle it), {what.replace(' raised:', ' raised')}"
+                " — is the number of samples hard-coded?"
+            )
+        return None, f"the check could not finish: {what}"
 
 
 def check_function(
@@ -236,21 +242,23 @@ def check_function(
         try:
             loss, dW = fn(W, X, y, reg, used)
         except UserCodeError as exc:
+            # It raised at the point of the check itself: nothing can be judged there.
             if i == 0:
                 exc.hint = exc.hint or layout_hint(fn, W, X, y, reg, used)
-                report.error = exc
-                return report
-            check.problem = exc.summary
-            report.findings.append(f"at reg = {reg:g} it raised: {exc.summary}")
-            continue
+            else:
+                exc.summary = exc.summary.replace(" raised:", f" raised at reg = {reg:g}:", 1)
+            report.error = exc
+            report.regs.pop()
+            return report
         except BadReturn as exc:
             report.bad_return = str(exc)
             report.findings.append(str(exc))
             return report
         check.loss = loss
-        check.diagnosis = diagnose(loss, dW, W, X, y, reg, used)
+        check.diagnosis = diagnose(loss, dW, W, X, y, reg, used, single=fn.float32)
         check.gradcheck, check.problem = _self_consistency(fn, W, X, y, reg, used, coords, h, tol)
     report.mutated = sorted(fn.mutated, key="WXy".index)
+    report.float32 = fn.float32
     _collect_findings(report)
     if probes and report.regs[-1].diagnosis is not None:
         last = report.regs[-1]
@@ -292,6 +300,31 @@ def _collect_findings(report: FunctionReport) -> None:
     for text, regs in seen.items():
         where = ", ".join(f"{r:g}" for r in regs)
         report.findings.append(f"{text} (reg = {where})")
+    checked = [c for c in report.regs if c.gradcheck is not None and c.diagnosis is not None]
+    consistent = all(
+        ch.status != "FAIL"
+        for c in checked
+        for ch in c.gradcheck.checks  # type: ignore[union-attr]
+    )
+    loss_right = all(
+        c.diagnosis.loss_reading is not None and not c.diagnosis.loss_reading.mistakes
+        for c in checked  # type: ignore[union-attr]
+    )
+    if checked and report.findings:
+        if consistent and not all(c.diagnosis.correct for c in checked):  # type: ignore[union-attr]
+            report.findings.append(
+                "its gradient agrees with its own loss: the mistake is in the formula both"
+                " compute, not in the differentiation"
+            )
+        elif loss_right and not consistent:
+            report.findings.append("its loss is right: the mistake is in the gradient")
+    if report.float32:
+        report.findings.insert(
+            0,
+            "it computes in float32 (its results are float32): a gradient check needs float64,"
+            " because float32 rounding of the loss, divided by 2h, swamps the comparison"
+            " (remove the astype(np.float32))",
+        )
     if report.mutated:
         names = " and ".join(report.mutated)
         report.findings.append(
@@ -345,8 +378,10 @@ def run_check(
     probes: bool = True,
     source: str = "arrays",
     point: str = "the given W",
+    on_function: Callable[[FunctionReport], None] | None = None,
 ) -> UserCheckReport:
-    """Check each function at (W, X, y); compare the first two when there are two."""
+    """Check each function at (W, X, y); compare the first two when there are two.
+    ``on_function`` is told each function's report as soon as it is done."""
     W, X, y = _validated(W, X, y)
     if not (h > 0 and np.isfinite(h)):
         raise SvmtoolError(f"h must be > 0, got {h}")
@@ -361,22 +396,25 @@ def run_check(
             raise SvmtoolError(
                 f"coordinate ({d}, {c}) is outside W, which is {W.shape[0]} x {W.shape[1]}"
             )
-    reports = [
-        check_function(
-            fn,
-            W,
-            X,
-            y,
-            regs=regs,
-            delta=delta,
-            coords=coords,
-            h=h,
-            tol=tol,
-            seed=seed + 2,
-            probes=probes,
+    reports = []
+    for fn in functions:
+        reports.append(
+            check_function(
+                fn,
+                W,
+                X,
+                y,
+                regs=regs,
+                delta=delta,
+                coords=coords,
+                h=h,
+                tol=tol,
+                seed=seed + 2,
+                probes=probes,
+            )
         )
-        for fn in functions
-    ]
+        if on_function is not None:
+            on_function(reports[-1])
     comparison = None
     if len(functions) == 2 and all(r.verdict != "error" for r in reports):
         a, b = functions

@@ -16,7 +16,8 @@ import re
 import sys
 import sysconfig
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,35 @@ class UserCodeError(SvmtoolError):
 
 class BadReturn(SvmtoolError):
     """The user's function returned something that is not ``(number, dW)``."""
+
+
+class SpecError(SvmtoolError):
+    """``--loss`` itself cannot be understood: a usage error (exit 2)."""
+
+
+class UserInterrupted(SvmtoolError):
+    """Ctrl-C while the user's code ran; the message says where it was."""
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """While the user's code runs, os._exit raises SystemExit instead of ending
+    the process silently (a report must always come out)."""
+
+    def no_exit(code: int = 0) -> None:
+        raise SystemExit(code)
+
+    real = os._exit
+    os._exit = no_exit
+    try:
+        yield
+    finally:
+        os._exit = real
+
+
+def _interrupted(exc: KeyboardInterrupt, name: str) -> UserInterrupted:
+    _, where = user_traceback(exc)
+    return UserInterrupted(f"interrupted in {name}" + (f" ({where})" if where else ""))
 
 
 def _is_ours(filename: str) -> bool:
@@ -94,11 +124,12 @@ def user_traceback(exc: BaseException) -> tuple[str, str | None]:
     """The traceback without svmtool's frames, and 'file, line N' of the deepest
     frame in the user's own code (not svmtool, not the standard library, not an
     installed package)."""
-    frames = [
-        f
-        for f in traceback.extract_tb(exc.__traceback__)
-        if not (_is_ours(f.filename) or f.filename.startswith("<frozen importlib"))
-    ]
+    everything = traceback.extract_tb(exc.__traceback__)
+    # Their frames only: not svmtool's, nor numpy's or the standard library's
+    # (the exception's own line still says what went wrong in there).
+    frames = [f for f in everything if not (_is_ours(f.filename) or _is_library(f.filename))]
+    if not frames:
+        frames = [f for f in everything if not _is_ours(f.filename)][-1:]
     where = None
     for frame in reversed(frames):
         if not _is_library(frame.filename):
@@ -143,16 +174,18 @@ def parse_spec(text: str) -> LossSpec:
     if sep and tail.isidentifier():
         target, func = head, tail
     elif sep and tail:
-        raise SvmtoolError(f"--loss: {tail!r} is not a Python function name (in {text!r})")
+        raise SpecError(f"--loss: {tail!r} is not a Python function name (in {text!r})")
+    elif sep:
+        raise SpecError(f"--loss {text}: the function's name is missing after ':'")
     if not target:
-        raise SvmtoolError(f"--loss needs a file or module before ':', got {text!r}")
+        raise SpecError(f"--loss needs a file or module before ':', got {text!r}")
     is_path = target.endswith(".py") or os.sep in target or "/" in target
     if not is_path and func is None:
-        raise SvmtoolError(
+        raise SpecError(
             f"--loss {text}: give a .py file, or a module and a function as package.module:FUNC"
         )
     if not is_path and not all(part.isidentifier() for part in target.split(".")):
-        raise SvmtoolError(f"--loss: {target!r} is neither a .py file nor a module name")
+        raise SpecError(f"--loss: {target!r} is neither a .py file nor a module name")
     return LossSpec(target, func, is_path)
 
 
@@ -180,7 +213,18 @@ def import_target(spec: LossSpec):
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         try:
-            module_spec.loader.exec_module(module)
+            with guarded():
+                module_spec.loader.exec_module(module)
+        except KeyboardInterrupt as exc:
+            sys.modules.pop(name, None)
+            raise _interrupted(exc, f"importing {spec.target}") from None
+        except ImportError as exc:
+            sys.modules.pop(name, None)
+            dotted = _package_name(path)
+            if "relative import" in str(exc) and dotted:
+                # A module of a package (from .helpers import ...): import it as one.
+                return _import_module(dotted, f"importing {spec.target} failed")
+            raise error_from(exc, f"importing {spec.target} failed", source) from None
         except SystemExit as exc:
             sys.modules.pop(name, None)
             raise UserCodeError(
@@ -193,17 +237,46 @@ def import_target(spec: LossSpec):
         return module
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    return _import_module(spec.target, f"importing {spec.target} failed")
+
+
+def _package_name(path: Path) -> str | None:
+    """'pkg.sub.mod' for a file inside package folders (with __init__.py), its top
+    package's parent put on sys.path; None for a file outside any package."""
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if len(parts) == 1 or not all(p.isidentifier() for p in parts):
+        return None
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return ".".join(parts)
+
+
+def _import_module(dotted: str, doing: str):
     try:
-        return importlib.import_module(spec.target)
+        with guarded():
+            return importlib.import_module(dotted)
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, f"importing {dotted}") from None
     except ModuleNotFoundError as exc:
-        if exc.name and spec.target.startswith(exc.name):
+        if exc.name and dotted.startswith(exc.name):
             raise UserCodeError(
-                f"no module named {spec.target!r} here (run from the folder that holds it,"
+                f"no module named {dotted!r} here (run from the folder that holds it,"
                 " or give the .py file's path)"
             ) from None
-        raise error_from(exc, f"importing {spec.target} failed") from None
+        raise error_from(exc, doing) from None
+    except SystemExit as exc:
+        raise UserCodeError(f"{doing}: it called sys.exit({exc.code!r})") from None
     except Exception as exc:
-        raise error_from(exc, f"importing {spec.target} failed") from None
+        hint = None
+        if "." in dotted:
+            hint = "if the package's __init__.py is what fails, give the .py file's path instead"
+        error = error_from(exc, doing)
+        error.hint = error.hint or hint
+        raise error from None
 
 
 LossCallable = Callable[..., object]
@@ -224,6 +297,9 @@ class UserFunction:
     takes_delta: bool = False
     mutated: set[str] = field(default_factory=set)  # "W", "X", "y" seen changed in place
     calls: int = 0
+    float32: bool = False  # it returned float32 results: it computes in single precision
+    last_rows: int = 0  # N of the latest call (the kink recheck calls it on fewer rows)
+    on_call: Callable[[UserFunction], None] | None = None  # progress: told before each call
 
     @classmethod
     def wrap(cls, fn: LossCallable, name: str | None = None, origin: str = "") -> UserFunction:
@@ -241,18 +317,22 @@ class UserFunction:
         return cls(fn, name or getattr(fn, "__name__", "loss"), origin, takes_delta)
 
     def raw_call(self, W, X, y, reg, delta):
-        """Call the function as is (no checks): used to probe other layouts."""
-        if self.takes_delta:
-            return self.fn(W, X, y, reg, delta=delta)
-        return self.fn(W, X, y, reg)
+        """Call the function as is (its return unchecked); os._exit is guarded."""
+        with guarded():
+            if self.takes_delta:
+                return self.fn(W, X, y, reg, delta=delta)
+            return self.fn(W, X, y, reg)
 
     def __call__(self, W, X, y, reg, delta) -> tuple[float, np.ndarray]:
         args = (W.copy(), X.copy(), y.copy())
         self.calls += 1
+        self.last_rows = X.shape[0]
+        if self.on_call is not None:
+            self.on_call(self)
         try:
             result = self.raw_call(*args, reg, delta)
-        except KeyboardInterrupt:
-            raise
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc, self.name) from None
         except SystemExit as exc:
             raise UserCodeError(f"{self.name} called sys.exit({exc.code!r})") from None
         except Exception as exc:
@@ -260,7 +340,9 @@ class UserFunction:
         for label, given, original in zip("WXy", args, (W, X, y), strict=True):
             if given.shape != original.shape or not np.array_equal(given, original):
                 self.mutated.add(label)
-        return check_return(result, W.shape, self.name)
+        loss, dW, single = check_return(result, W.shape, self.name)
+        self.float32 |= single
+        return loss, dW
 
 
 def _describe(value) -> str:
@@ -271,11 +353,22 @@ def _describe(value) -> str:
 
 def check_return(
     result, shape: tuple[int, int], name: str = "the function"
-) -> tuple[float, np.ndarray]:
-    """``(loss, dW)`` with a finite number and a finite float array shaped ``shape``."""
+) -> tuple[float, np.ndarray, bool]:
+    """``(loss, dW, single)``: a finite number, a finite float64 array shaped
+    ``shape``, and whether the function computed them in float32."""
+    if inspect.isgenerator(result):
+        raise BadReturn(f"{name} uses yield, so it returns a generator: write return loss, dW")
     if not isinstance(result, tuple | list) or len(result) != 2:
         raise BadReturn(f"{name} returned {_describe(result)}; it must return a pair (loss, dW)")
     loss, dW = result
+    if (
+        isinstance(loss, np.ndarray)
+        and loss.shape == tuple(shape)
+        and np.ndim(dW) == 0
+        and not isinstance(dW, str)
+    ):
+        raise BadReturn(f"{name} returned (dW, loss): CS231n's order is return loss, dW")
+    single = np.asarray(loss).dtype == np.float32 or getattr(dW, "dtype", None) == np.float32
     if isinstance(loss, np.ndarray) and loss.ndim == 0:
         loss = loss[()]
     if isinstance(loss, bool) or not isinstance(loss, int | float | np.integer | np.floating):
@@ -304,7 +397,7 @@ def check_return(
     if not np.all(np.isfinite(dW)):
         bad = int((~np.isfinite(dW)).sum())
         raise BadReturn(f"{name} returned dW with {bad} NaN or infinite entries")
-    return loss, dW
+    return loss, dW, bool(single)
 
 
 def load_functions(spec: LossSpec) -> list[UserFunction]:

@@ -265,8 +265,10 @@ def test_gradcheck_fails_with_a_wrong_gradient(monkeypatch):
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--h", "-1e-5"], ["h must be > 0, got -1e-05"]),
-        (["--h", "0"], ["h must be > 0"]),
+        (["--h", "-1e-5"], ["h must be in (0, 0.1], got -1e-05"]),
+        (["--h", "0"], ["h must be in (0, 0.1]"]),
+        (["--h", "5"], ["h must be in (0, 0.1], got 5"]),
+        (["--delta", "1e308", "--checks", "1"], ["the loss is inf", "--delta 1e+308"]),
         (["--coord", "99999,0"], ["coordinate (99999, 0) is outside W, which is 3073 x 10"]),
         (["--coord", "1,2,3"], ["--coord must be d,c"]),
         (["--tol", "0"], ["tol must be > 0"]),

@@ -60,7 +60,8 @@ def test_hog_end_to_end(npz, tmp_path):
     model = model_io.load(model_path)
     assert model.features.kind == "hog"
     assert model.W.shape == (2 * 2 * 9 + 10 + 1, 3)  # 4 cells x 9 bins, 10 hue bins, bias
-    assert model.settings["lr"] == 1e-3  # the hog default, not the pixel one
+    # the hog defaults, not the pixel ones (--iters 300 given)
+    assert model.settings["lr"] == 1e-2 and model.settings["lr_decay"] == 0.95
     assert model.metrics["val_accuracy"] > 0.8  # chance is 1/3
     evaluated = json.loads(run("evaluate", "--model", str(model_path), "--json").stdout)
     assert evaluated["count"] == 30 and evaluated["accuracy"] > 0.8
@@ -200,6 +201,7 @@ def test_damaged_feature_pipelines_are_refused(tmp_path, npz, change, message):
         (("--features", "sift"), "features must be"),
         (("--features", "kmeans", "--centroids", "0"), "centroids must be >= 1"),
         (("--features", "kmeans", "--centroids", "50", "--patches", "10"), "patches must be"),
+        (("--features", "hog", "--lr-decay", "0"), "lr-decay must be in (0, 1]"),
     ],
 )
 def test_bad_feature_options(npz, tmp_path, args, fragment):

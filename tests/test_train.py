@@ -132,3 +132,21 @@ def test_bad_settings_name_the_argument(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         sgd_grid(X, y, 2, rng=np.random.default_rng(0), **args)
+
+
+def test_lr_decay_shrinks_the_steps_every_decay_every_steps():
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 1, (400, 6)).astype(np.float64)
+    y = rng.integers(0, 3, 400)
+
+    def run(iters, lr_decay):
+        return sgd_grid(X, y, 3, [0.1], [0.01], iters=iters, batch_size=100, decay_every=4,
+                        rng=np.random.default_rng(1), lr_decay=lr_decay).weights[0]  # fmt: skip
+
+    # With a decay of 1e-9 every 4 steps, every step after the 4th is ~0:
+    # 12 steps end where 4 did. Without decay they go on.
+    np.testing.assert_allclose(run(12, 1e-9), run(4, 1e-9), atol=1e-8)
+    assert np.abs(run(12, 1.0) - run(4, 1.0)).max() > 1e-3
+    np.testing.assert_array_equal(run(4, 0.5), run(4, 1.0))  # the first 4 steps at full lr
+    with pytest.raises(ValueError, match="lr_decay"):
+        run(4, 1.5)

@@ -512,3 +512,153 @@ def test_sys_exit_in_user_code_is_their_error(tmp_path, small_npz):
 
     report = check_gradient(exits, W, X, y)
     assert report.exit_code == 3 and "sys.exit(0)" in report.functions[0].error.summary
+
+
+# --- what a review with sixty student files found --------------------------------
+
+
+def vectorized_with(**changes) -> str:
+    subs = substitutions("vectorized", 1.0, "correct")
+    subs.update(changes)
+    return VECTORIZED.format(**subs)
+
+
+def loop_with(**changes) -> str:
+    subs = substitutions("loop", 1.0, "correct")
+    subs.update(changes)
+    return LOOP.format(**subs)
+
+
+@pytest.mark.parametrize(
+    "source, key",
+    [
+        (loop_with(MARGIN="scores[j] - correct_class_score + 10"), "loss:delta-10"),
+        (
+            vectorized_with(CORRECT_COEFF="-binary.sum(axis=1)").replace(
+                "binary = (margins > 0)", "binary = (margins >= 0)"
+            ),
+            "gradient:all-active-correct-counted",
+        ),
+        (vectorized_with(GRAD_N="num_train ** 2"), "gradient:divided-twice"),
+        (
+            vectorized_with().replace("binary = (margins > 0).astype(float)", "binary = margins"),
+            "gradient:margin-values",
+        ),
+        (
+            loop_with(LOSS_N="1", GRAD_N="1").replace(
+                "    return loss, dW", "    return loss / num_train, dW / num_train"
+            ),
+            "loss:reg-divided-by-N",
+        ),
+    ],
+    ids=["delta-10", ">=0-mask", "dW-over-N-twice", "margin-values", "reg-before-division"],
+)
+def test_more_mistakes_students_make_are_named(tmp_path, source, key):
+    path = tmp_path / "student.py"
+    path.write_text(source)
+    report = check_file(path)
+    keys = [k for r in report.functions[0].regs for k in r.diagnosis.keys]
+    assert key in keys, (keys, report.functions[0].findings)
+    assert report.exit_code == 1
+
+
+def test_a_dW_that_is_a_multiple_says_the_ratio():
+    W, X, y = small_batch()
+    report = check_gradient(lambda W, X, y, reg: (reference(W, X, y, reg, 1.0)[0],
+                                                  3.7 * reference(W, X, y, reg, 1.0)[1]),
+                            W, X, y, reg=0.0)  # fmt: skip
+    assert "dW is 3.7 times the hinge loss's gradient" in str(report)
+
+
+def test_os_exit_and_a_raise_at_reg_50_are_exit_3():
+    W, X, y = small_batch()
+
+    def exits(W, X, y, reg):
+        import os
+
+        os._exit(0)
+
+    assert check_gradient(exits, W, X, y).exit_code == 3
+
+    def raises_with_reg(W, X, y, reg):
+        loss, dW = reference(W, X, y, reg, 1.0)
+        if reg != 0:
+            dW += 2 * reg * W.T  # a shape error only when reg > 0
+        return loss, dW
+
+    report = check_gradient(raises_with_reg, W, X, y)
+    fn = report.functions[0]
+    assert report.exit_code == 3 and "raised at reg = 50" in fn.error.summary
+    assert "Traceback" in fn.error.details and "Traceback" in str(report)
+
+
+def test_swapped_generator_float32_and_interrupt():
+    W, X, y = small_batch()
+    swapped = check_gradient(lambda W, X, y, reg: reference(W, X, y, reg, 1.0)[::-1], W, X, y)
+    assert "returned (dW, loss)" in swapped.functions[0].bad_return
+
+    def gen(W, X, y, reg):
+        yield reference(W, X, y, reg, 1.0)
+
+    assert "uses yield" in check_gradient(gen, W, X, y).functions[0].bad_return
+
+    def single(W, X, y, reg):
+        loss, dW = reference(W.astype(np.float32), X.astype(np.float32), y, reg, 1.0)
+        return np.float32(loss), dW.astype(np.float32)
+
+    fn = check_gradient(single, W, X, y).functions[0]
+    assert fn.float32 and "computes in float32" in fn.findings[0]
+    assert all(r.diagnosis.grad_reading is not None for r in fn.regs)  # right, up to rounding
+
+    def loops_forever(W, X, y, reg):
+        raise KeyboardInterrupt  # what Ctrl-C does inside their loop
+
+    from svmtool.usercode import UserInterrupted
+
+    with pytest.raises(UserInterrupted, match=r"interrupted in loops_forever \(.*, line \d+\)"):
+        check_gradient(loops_forever, W, X, y)
+
+
+def test_hard_coded_sample_count_is_named_when_the_recheck_uses_fewer_rows():
+    W, X, y = small_batch()
+    n = X.shape[0]
+    scores = X @ W
+    # Put sample 0's margin against its lowest-scoring class exactly on the kink.
+    others = [j for j in range(W.shape[1]) if j != y[0]]
+    j0 = min(others, key=lambda j: scores[0, j])
+    delta = float(scores[0, y[0]] - scores[0, j0])
+
+    def fixed_n(W, X, y, reg, delta=1.0):
+        assert X.shape[0] == n, "shapes differ"
+        return reference(W, X, y, reg, delta)
+
+    fn = UserFunction.wrap(fixed_n)
+    report = run_check([fn], W, X, y, regs=[0.0], delta=delta, coords=[(0, j0)], probes=False)
+    problem = report.functions[0].regs[0].problem or ""
+    assert f"{n - 1} of the {n} samples" in problem and "hard-coded" in problem
+    assert report.exit_code == 1
+
+
+def test_cli_json_on_import_failure_and_usage_errors(tmp_path, small_npz):
+    path = tmp_path / "bad.py"
+    path.write_text("def svm_loss_naive(W, X, y, reg):\n    return 1 +\n")
+    result = cli("--loss", str(path), "--data", str(small_npz), "--json")
+    assert result.exit_code == 3
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 3 and "SyntaxError" in document["error"]["summary"]
+    for spec, fragment in [(f"{path}:", "missing after ':'"), (f"{path}:no-name", "not a Python")]:
+        result = cli("--loss", spec, "--data", str(small_npz))
+        assert result.exit_code == 2 and fragment in result.stderr
+
+
+def test_cli_file_with_relative_imports_is_imported_as_a_package_member(tmp_path, small_npz):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("import numpy as np\nONE = 1.0\n")
+    (pkg / "linear_svm.py").write_text(
+        "from .helpers import ONE\n"
+        + vectorized_with(MARGINS="np.maximum(0, scores - correct + ONE)")
+    )
+    result = cli("--loss", str(pkg / "linear_svm.py"), "--data", str(small_npz))
+    assert result.exit_code == 0, result.output
