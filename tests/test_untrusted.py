@@ -648,3 +648,13 @@ def test_damaged_npy_headers_are_one_line(tmp_path, header):
     path = zip_with(tmp_path / "m.npz", "W.npy", raw_npy(header, b"\0" * 24))
     with pytest.raises(SvmtoolError, match="cannot read model"):
         read_npz(path, "model")
+
+
+def test_fuzzed_files_only_ever_give_one_line_errors():
+    """Seeded mutations of a pickled batch, a model file, PNG and JPEG images and a
+    tar: every failure is an SvmtoolError, with warnings as errors, in a child
+    process (a crash or a MemoryError fails this test, not the run)."""
+    script = Path(__file__).parent / "fuzz_inputs.py"
+    done = run_limited("-W", "error", str(script), "100")
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert json.loads(done.stdout) == {}
