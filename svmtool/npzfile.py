@@ -157,19 +157,12 @@ NPY_MAGIC = b"\x93NUMPY"
 def read_npy(path: Path, what: str) -> np.ndarray:
     """The array of a .npy file (np.save), its header checked against the file's
     size before anything is allocated; never unpickled."""
-    import stat
-
     path = Path(path)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise SvmtoolError(f"{what} file not found: {path}") from None
-    except OSError as exc:
-        raise SvmtoolError(f"cannot read {what} {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise SvmtoolError(f"{what} path {path} is not a regular file")
-    try:
-        with open(path, "rb") as f:
+    # One open, then everything from that descriptor: the file cannot be swapped
+    # for a FIFO or a bigger file between the check and the read.
+    with open_regular(path, f"{what} file") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
             if f.read(6) != NPY_MAGIC:
                 raise SvmtoolError(f"{path} is not a .npy file (np.save writes one)")
             f.seek(0)
@@ -177,14 +170,14 @@ def read_npy(path: Path, what: str) -> np.ndarray:
             if dtype.hasobject:
                 raise SvmtoolError(f"{path} holds Python objects; refusing to unpickle it")
             expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if expected != info.st_size - f.tell():
+            if expected != size - f.tell():
                 raise SvmtoolError(
                     f"{path}: the header says {shape} {dtype} ({expected} bytes) but the file"
-                    f" holds {info.st_size - f.tell()}"
+                    f" holds {size - f.tell()}"
                 )
             f.seek(0)
             return np.load(f, allow_pickle=False)
-    except SvmtoolError:
-        raise
-    except (ValueError, OSError, EOFError) as exc:
-        raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
+        except SvmtoolError:
+            raise
+        except (ValueError, OSError, EOFError) as exc:
+            raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
