@@ -10,6 +10,8 @@ import os
 import pickle
 import shutil
 import stat
+import struct
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,12 +130,28 @@ class _ArrayClass:
     reconstruct, never called (numpy.ndarray(shape) would allocate at will)."""
 
 
-def _empty_array(subtype, shape, dtype):
+def _empty_array(subtype, shape, typecode):
     """numpy's _reconstruct, limited to what a pickled array starts as: an empty
-    ndarray, filled by BUILD from bytes the file holds."""
-    if subtype is not _ArrayClass or tuple(shape) != (0,):
-        raise ForbiddenGlobal(f"an array reconstructed as {subtype!r} {shape!r}")
-    return _numpy_reconstruct()(np.ndarray, shape, dtype)
+    int8 ndarray, filled by BUILD from bytes the file holds."""
+    if subtype is not _ArrayClass or shape != (0,) or typecode not in (b"b", "b"):
+        raise ForbiddenGlobal(f"an array reconstructed as {subtype!r} {shape!r:.40}")
+    return _numpy_reconstruct()(np.ndarray, (0,), b"b")
+
+
+# The dtypes a batch's arrays may have (its data is uint8; labels, when an array, integers).
+# numpy never sees a dtype description or state from the file: fuzzed ones crash it.
+_DTYPES = {name: np.dtype(name) for name in ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "b1")}
+_NATIVE = "<" if sys.byteorder == "little" else ">"
+
+
+def _dtype(name, align=False, copy=True):
+    """numpy.dtype as pickles call it, dtype(name, False, True), for the plain
+    integer types only."""
+    if isinstance(name, bytes):
+        name = name.decode("latin1")
+    if not isinstance(name, str) or name not in _DTYPES or {type(align), type(copy)} - {bool}:
+        raise ForbiddenGlobal(f"a dtype {name!r:.40}")
+    return _DTYPES[name]
 
 
 def _latin1_bytes(text, encoding="utf-8", errors="strict"):
@@ -162,7 +180,7 @@ class _BatchUnpickler(pickle._Unpickler):
         if module == "numpy" and name == "ndarray":
             return _ArrayClass
         if module == "numpy" and name == "dtype":
-            return np.dtype
+            return _dtype
         if module == "_codecs" and name == "encode":
             return _latin1_bytes
         raise ForbiddenGlobal(f"forbidden global {module}.{name}")
@@ -174,19 +192,31 @@ class _BatchUnpickler(pickle._Unpickler):
             # (version, shape, dtype, fortran order, raw bytes), as ndarray.__reduce__ gives.
             if not (isinstance(state, tuple) and len(state) == 5):
                 raise ForbiddenGlobal("an array state that is not numpy's")
-            _, shape, dtype, _, raw = state
+            version, shape, dtype, fortran, raw = state
             if (
-                not isinstance(dtype, np.dtype)
-                or dtype.hasobject
+                version != 1
+                or type(fortran) is not bool
+                or not any(dtype is d for d in _DTYPES.values())
                 or not isinstance(shape, tuple)
                 or not all(type(n) is int and n >= 0 for n in shape)
                 or not isinstance(raw, bytes)
                 or math.prod(shape) * dtype.itemsize != len(raw)
             ):
                 raise ForbiddenGlobal("an array whose data does not match its shape and dtype")
-        elif not isinstance(target, np.dtype):
+            pickle._Unpickler.load_build(self)
+        elif any(target is d for d in _DTYPES.values()):
+            # dtype state (version, byte order, ...): a plain integer type in this machine's
+            # order needs nothing from it, and nothing else is accepted.
+            self.stack.pop()
+            if not (
+                isinstance(state, tuple)
+                and len(state) >= 2
+                and state[1] in ("|", "=", _NATIVE)
+                and not any(isinstance(v, list | dict | tuple) for v in state)
+            ):
+                raise ForbiddenGlobal(f"a dtype state {state!r:.60}")
+        else:
             raise ForbiddenGlobal(f"a {type(target).__name__} with state")
-        pickle._Unpickler.load_build(self)
 
     def _refuse(self) -> None:
         raise ForbiddenGlobal("an opcode CIFAR batches never use")
@@ -216,6 +246,9 @@ def _unpickle(path: Path) -> dict:
         AttributeError,
         IndexError,
         KeyError,
+        OverflowError,
+        RecursionError,
+        struct.error,
     ) as exc:
         raise SvmtoolError(f"truncated or malformed batch {path}: {exc}") from None
     except MemoryError:

@@ -109,6 +109,18 @@ def _fetch_once(
         raise SvmtoolError(f"invalid URL {url!r}: {exc}") from None
     except requests.TooManyRedirects:
         raise DownloadFailed(f"download failed: too many redirects from {url}") from None
+    except requests.exceptions.SSLError as exc:
+        # Not a dropped connection: trying again gives the same answer.
+        unverified = "certificate verify failed" in str(exc).lower()
+        why = (
+            "its TLS certificate could not be verified"
+            if unverified
+            else "the TLS handshake failed"
+        )
+        raise DownloadFailed(
+            f"download failed: {url}: {why} (behind a proxy that inspects TLS, set"
+            " REQUESTS_CA_BUNDLE to its certificate)"
+        ) from None
     except requests.Timeout:
         raise _Retryable("connection timed out") from None
     except requests.ConnectionError:

@@ -35,17 +35,30 @@ def physical_memory() -> int | None:
         return None
 
 
+def npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) from the .npy header at ``f``'s position.
+
+    numpy parses the header with Python's tokenizer and literal_eval: damaged
+    headers raise all sorts of errors, which all become one ValueError here.
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)
+        if version in ((2, 0), (3, 0)):
+            return np.lib.format.read_array_header_2_0(f)
+        raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError):
+        raise
+    except Exception as exc:  # TokenError, SyntaxError, TypeError, RecursionError...
+        raise ValueError(f"damaged .npy header ({type(exc).__name__}: {exc})") from None
+
+
 def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> int:
     """Refuse a member whose header does not describe exactly the bytes it holds;
     return how many bytes its array needs."""
     with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
+        shape, _, dtype = npy_header(f)
         header_size = f.tell()
     if dtype.hasobject:
         raise SvmtoolError(f"{where} holds Python objects; refusing to unpickle it")
@@ -123,11 +136,7 @@ def map_npy(path: Path, what: str) -> np.ndarray:
     that its header describes exactly the bytes it holds. A link, a FIFO or a
     device at ``path`` is refused (SvmtoolError); a damaged file is a ValueError."""
     with open_regular(path, what, follow=False) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        shape, fortran, dtype = npy_header(f)
         offset = f.tell()
         held = os.fstat(f.fileno()).st_size - offset
         needed = math.prod(shape) * dtype.itemsize
@@ -148,41 +157,27 @@ NPY_MAGIC = b"\x93NUMPY"
 def read_npy(path: Path, what: str) -> np.ndarray:
     """The array of a .npy file (np.save), its header checked against the file's
     size before anything is allocated; never unpickled."""
-    import stat
-
     path = Path(path)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise SvmtoolError(f"{what} file not found: {path}") from None
-    except OSError as exc:
-        raise SvmtoolError(f"cannot read {what} {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise SvmtoolError(f"{what} path {path} is not a regular file")
-    try:
-        with open(path, "rb") as f:
+    # One open, then everything from that descriptor: the file cannot be swapped
+    # for a FIFO or a bigger file between the check and the read.
+    with open_regular(path, f"{what} file") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
             if f.read(6) != NPY_MAGIC:
                 raise SvmtoolError(f"{path} is not a .npy file (np.save writes one)")
             f.seek(0)
-            version = np.lib.format.read_magic(f)
-            readers = {
-                (1, 0): np.lib.format.read_array_header_1_0,
-                (2, 0): np.lib.format.read_array_header_2_0,
-            }
-            if version not in readers:
-                raise SvmtoolError(f"{path}: unsupported .npy version {version}")
-            shape, _, dtype = readers[version](f)
+            shape, _, dtype = npy_header(f)
             if dtype.hasobject:
                 raise SvmtoolError(f"{path} holds Python objects; refusing to unpickle it")
             expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if expected != info.st_size - f.tell():
+            if expected != size - f.tell():
                 raise SvmtoolError(
                     f"{path}: the header says {shape} {dtype} ({expected} bytes) but the file"
-                    f" holds {info.st_size - f.tell()}"
+                    f" holds {size - f.tell()}"
                 )
             f.seek(0)
             return np.load(f, allow_pickle=False)
-    except SvmtoolError:
-        raise
-    except (ValueError, OSError, EOFError) as exc:
-        raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
+        except SvmtoolError:
+            raise
+        except (ValueError, OSError, EOFError) as exc:
+            raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None

@@ -152,11 +152,10 @@ def _cap_memory() -> None:
 
 
 def run_limited(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``svmtool ARGS`` (or ``python -c CODE`` when args[0] == "-c") in a child
-    process under MEMORY_LIMIT; the output is captured as text."""
-    command = (
-        [sys.executable, *args] if args[0] == "-c" else [sys.executable, "-m", "svmtool", *args]
-    )
+    """``svmtool ARGS`` (or ``python ARGS`` when args[0] is an option or a .py file)
+    in a child process under MEMORY_LIMIT; the output is captured as text."""
+    python = args[0].startswith("-") or args[0].endswith(".py")
+    command = [sys.executable, *args] if python else [sys.executable, "-m", "svmtool", *args]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
     return subprocess.run(
         command,

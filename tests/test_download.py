@@ -490,3 +490,22 @@ def test_train_download_advice_names_only_what_works(httpserver, tmp_path, monke
     assert "404" in line and "use --url" not in line  # train has no --url
     assert f"svmtool download --data-dir {data_dir} --url MIRROR" in line
     assert f"svmtool download --data-dir {data_dir} --from-file ARCHIVE" in line
+
+
+def test_a_certificate_failure_is_one_line_not_five_retries(tmp_path, monkeypatch):
+    calls = []
+
+    def untrusted(*args, **kwargs):
+        calls.append(args)
+        raise download.requests.exceptions.SSLError(
+            "HTTPSConnectionPool(host='x', port=443): Max retries exceeded (Caused by"
+            " SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED]"
+            " certificate verify failed: self-signed certificate in certificate chain')))"
+        )
+
+    monkeypatch.setattr(download.requests, "get", untrusted)
+    result = run("download", "--data-dir", str(tmp_path), "--url", "https://x/a.tgz")
+    assert result.exit_code == 1 and len(calls) == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "certificate could not be verified" in lines[0], result.output
+    assert "REQUESTS_CA_BUNDLE" in lines[0]

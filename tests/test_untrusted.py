@@ -590,3 +590,71 @@ def test_unreadable_exif_is_ignored_as_a_viewer_does(tmp_path):
         warnings.simplefilter("error")  # and no warning escapes read_image
         got = images.read_image(path, (3, 4, 3))
     assert (got == [255, 0, 0]).all()
+
+
+def test_damaged_dtype_descriptions_never_reach_numpy(tmp_path):
+    """numpy's dtype.__setstate__ crashes the interpreter (SIGSEGV) on a state two
+    bytes shorter than it wrote: the unpickler must not hand it one. Run in a child."""
+    tiny = make_tiny()
+    good = batch_files(tiny, "python")["data_batch_1"]
+    at = good.find(b"NNNJ")  # inside the dtype's state: (3, '|', None, None, None, -1, -1, 0)
+    variants = {
+        "short_state": good[:at] + good[at + 2 :],
+        "object_dtype": good.replace(b"X\x02\x00\x00\x00u1", b"X\x02\x00\x00\x00O8", 1),
+        "odd_order": good.replace(b"X\x01\x00\x00\x00|", b"X\x01\x00\x00\x00>", 1),
+    }
+    folders = {}
+    for name, content in variants.items():
+        folder = tmp_path / name / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for file, data in batch_files(tiny, "python").items():
+            (folder / file).write_bytes(data)
+        (folder / "data_batch_1").write_bytes(content)
+        folders[name] = str(folder)
+    code = (
+        "import json, sys, pathlib\n"
+        "from svmtool import cifar\n"
+        "from svmtool.errors import SvmtoolError\n"
+        "for name, folder in json.loads(sys.argv[1]).items():\n"
+        "    try:\n"
+        "        cifar.load(pathlib.Path(folder))\n"
+        "        print(name, 'loaded', flush=True)\n"
+        "    except SvmtoolError as exc:\n"
+        "        print(name, 'refused', exc, flush=True)\n"
+    )
+    done = run_limited("-c", code, json.dumps(folders))
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)  # -11: crashed
+    lines = dict(line.split(" ", 1) for line in done.stdout.strip().splitlines())
+    assert lines["short_state"] == "loaded"  # u1 needs nothing from its state
+    assert lines["object_dtype"].startswith("refused") and "dtype 'O8'" in lines["object_dtype"]
+    assert lines["odd_order"].startswith("refused")
+
+
+def raw_npy(header_text: str, payload: bytes = b"") -> bytes:
+    text = header_text.encode("latin1")
+    text += b" " * (-(len(text) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + payload
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (",  # the tokenizer's TokenError
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), 'x': [[[[",
+        "{'descr': 7, 'fortran_order': False, 'shape': (3,)}",
+    ],
+)
+def test_damaged_npy_headers_are_one_line(tmp_path, header):
+    path = zip_with(tmp_path / "m.npz", "W.npy", raw_npy(header, b"\0" * 24))
+    with pytest.raises(SvmtoolError, match="cannot read model"):
+        read_npz(path, "model")
+
+
+def test_fuzzed_files_only_ever_give_one_line_errors():
+    """Seeded mutations of a pickled batch, a model file, PNG and JPEG images and a
+    tar: every failure is an SvmtoolError, with warnings as errors, in a child
+    process (a crash or a MemoryError fails this test, not the run)."""
+    script = Path(__file__).parent / "fuzz_inputs.py"
+    done = run_limited("-W", "error", str(script), "100")
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert json.loads(done.stdout) == {}

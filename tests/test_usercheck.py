@@ -5,6 +5,7 @@ known mistake), each held to its verdict, exit code and message."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -463,6 +464,10 @@ def test_cli_weights_from_a_notebook(tmp_path, small_npz):
     assert (
         result.exit_code == 1 and "transposed" in result.output and "Traceback" not in result.output
     )
+    fifo = tmp_path / "fifo.npy"
+    os.mkfifo(fifo)  # would hang a plain open(); refused at once instead
+    result = cli("--loss", str(path), "--data", str(small_npz), "--weights", str(fifo))
+    assert result.exit_code == 1 and "not a regular file" in result.output
     lying = tmp_path / "lying.npy"
     lying.write_bytes(good.read_bytes()[:200])  # header says 49 x 10 float64, file is cut
     result = cli("--loss", str(path), "--data", str(small_npz), "--weights", str(lying))
