@@ -520,9 +520,11 @@ def train(
     features: str = typer.Option(
         "pixels",
         "--features",
-        help="pixels (CS231n's rows), hog (HOG + hue histogram, standardized) or kmeans"
-        " (Coates, Lee & Ng 2011: a learned dictionary of 6x6 patches, 4 x centroids"
-        " pooled triangle activations, standardized).",
+        help="pixels (CS231n's rows), hog (CS231n's HOG + hue histogram, standardized; the"
+        " orientation bins are truly unsigned, where CS231n's code drops gradients pointing"
+        " left) or kmeans (Coates, Lee & Ng 2011: a dictionary of 6x6 patches learned by"
+        " k-means, empty clusters reseeded rather than zeroed; 4 x centroids pooled"
+        " triangle activations, standardized).",
         metavar="pixels|hog|kmeans",
     ),
     centroids: int | None = typer.Option(
