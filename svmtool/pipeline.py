@@ -683,7 +683,20 @@ def evaluate(
         raise SvmtoolError(f"the {which} split of {source} is empty")
     # The cache lives beside the data the model was trained from, as in train.
     cache = feature_cache(folder) if use_cache and model.features.kind == "kmeans" else None
-    X = model_rows(model, images, rows, cache, notes, progress)
+    if cache is not None and which != "test" and tuple(images.shape[1:]) == model.image_shape:
+        # train stored the features of train + val as one entry: read that one.
+        from svmtool.features import standardized_rows
+
+        union = np.sort(np.concatenate([parts.train, parts.val]))
+        if notes is None:
+            notes = []
+        raw = cached_raw_features(model.features, images, union, cache, notes, progress)
+        a = model.features.arrays
+        X = standardized_rows(
+            raw, a["mean"], a["scale"], np.searchsorted(union, rows), model.W.dtype.type
+        )
+    else:
+        X = model_rows(model, images, rows, cache, notes, progress)
     y = np.asarray(labels)[rows]
     from svmtool.train import predict
 

@@ -123,6 +123,12 @@ def test_feature_cache_is_reused_and_invalidated_by_a_setting(npz, tmp_path):
     np.testing.assert_array_equal(a.W, b.W)
     np.testing.assert_array_equal(a.features.arrays["centroids"], b.features.arrays["centroids"])
 
+    # evaluate on the validation split reads the entry train stored, and agrees with train
+    evaluated = run("evaluate", "--model", str(tmp_path / "a.npz"), "--split", "val", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "features of 240 images read from the feature cache" in evaluated.output
+    assert json.loads(evaluated.stdout)["accuracy"] == a.metrics["val_accuracy"]
+
     changed = train(npz, tmp_path / "c.npz", "--features", "kmeans", "--centroids", "9",
                     "--patches", "2000", "--kmeans-iters", "5")  # fmt: skip
     assert "read from" not in changed.output
