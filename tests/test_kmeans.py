@@ -116,3 +116,20 @@ def test_sampled_patches_come_from_the_images():
     every = K.image_patches(images)  # all positions, same layout
     for p in patches[:10]:
         assert (np.abs(every - p).sum(axis=1) == 0).any()
+
+
+def test_an_error_in_one_block_cancels_the_blocks_not_started(monkeypatch):
+    """Ctrl-C or an error stops extraction at once (Executor.map cancels what it
+    has not started), rather than after every queued block."""
+    calls = []
+
+    def failing(z, b, ph, pw):
+        calls.append(b)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(K, "triangle_pool", failing)
+    images = np.zeros((200, 6, 6, 1), np.uint8)
+    centroids = np.ones((2, 36), np.float32)
+    with pytest.raises(KeyboardInterrupt):
+        K.extract(images, centroids, np.zeros(36), np.eye(36), rows_per_block=1)
+    assert len(calls) < 50  # 200 one-image blocks were queued; most never ran
