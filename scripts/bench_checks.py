@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 from benchlib import alternate, environment, fmt
 
-from svmtool import cifar
-from svmtool import model as model_io
-from svmtool.data import Dataset
-from svmtool.model import Model
+from svmtool.io import cifar
+from svmtool.io import model as model_io
+from svmtool.io.data import Dataset
+from svmtool.io.model import Model
 
 
 class Python2Pickler(pickle._Pickler):

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from benchlib import alternate, environment, fmt
 
-from svmtool import cifar
-from svmtool.data import Dataset, split
+from svmtool.io import cifar
+from svmtool.io.data import Dataset, split
 from svmtool.pipeline import TrainRequest, prepare_training
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from benchlib import alternate, environment, fmt
 
-from svmtool import kmeans as K
+from svmtool.core import kmeans as K
 
 HERE = Path(__file__).resolve().parent
 CENTROIDS, P, POSITIONS = 1600, 108, 27 * 27

@@ -19,9 +19,9 @@ import argparse
 import numpy as np
 from benchlib import alternate, environment, fmt
 
-from svmtool.data import mean_image, preprocess
-from svmtool.loss import svm_loss, svm_loss_naive
-from svmtool.train import sgd_grid
+from svmtool.core.loss import svm_loss, svm_loss_naive
+from svmtool.core.train import sgd_grid
+from svmtool.io.data import mean_image, preprocess
 
 N_TRAIN, SHAPE, C = 49_000, (32, 32, 3), 10
 

@@ -211,7 +211,7 @@ def data_dir_option(help: str = DATA_DIR_HELP):
 
 
 def resolve_data_dir(data_dir: Path | None) -> Path:
-    from svmtool.data import default_data_dir
+    from svmtool.io.data import default_data_dir
 
     return data_dir if data_dir is not None else default_data_dir()
 
@@ -262,8 +262,8 @@ def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, **options):
     """``cifar.download`` (same options) with a Rich progress bar on stderr, a
     line for each retry, and ``advice`` (which must work from the command
     that called it) after a failed download."""
-    from svmtool import cifar
-    from svmtool.download import DownloadFailed
+    from svmtool.io import cifar
+    from svmtool.io.download import DownloadFailed
 
     bar = None
     task = None
@@ -630,7 +630,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Column
 
-    from svmtool import model as model_io
+    from svmtool.io import model as model_io
     from svmtool.pipeline import (
         TRAIN_DEFAULTS,
         TrainRequest,
@@ -681,7 +681,7 @@ def train(
     pending = model_io.reserve(model_path)
     at_end(pending.discard)
     if download_first and data == "cifar10":
-        from svmtool import cifar
+        from svmtool.io import cifar
 
         where = resolve_data_dir(data_dir)
         try:
@@ -879,7 +879,7 @@ def evaluate(
 
     Example: svmtool evaluate --split test --num-test 1000
     """
-    from svmtool import model as model_io
+    from svmtool.io import model as model_io
     from svmtool.pipeline import evaluate as run_evaluate
 
     model = model_io.load(model_path)
@@ -973,7 +973,7 @@ def predict(
 
     Example: svmtool predict cat.png plane.jpg
     """
-    from svmtool import model as model_io
+    from svmtool.io import model as model_io
     from svmtool.pipeline import predict_files
 
     if top < 1:
@@ -1156,8 +1156,8 @@ def gradcheck(
     """
     import numpy as np
 
-    from svmtool import gradcheck as gc
-    from svmtool import model as model_io
+    from svmtool.core import gradcheck as gc
+    from svmtool.io import model as model_io
     from svmtool.pipeline import gradcheck_batch, parse_floats
     from svmtool.report import check_json, gradcheck_table
 
@@ -1297,7 +1297,7 @@ DEFAULT_USER_REGS = (0.0, 5e1)
 
 def check_plot_destination(plot: Path) -> None:
     """Fail before any work if --plot cannot be written."""
-    from svmtool import images
+    from svmtool.io import images
 
     if not images.plots_available():
         raise SvmtoolError("--plot needs matplotlib: pip install 'svmtool[plots]'")
@@ -1310,9 +1310,9 @@ def check_plot_destination(plot: Path) -> None:
 
 def write_kink_plot(plot: Path, report, W, X, y, *, reg, delta, h, loss_fn=None) -> str | None:
     """Draw the worst kink-straddling coordinate of a GradcheckReport into ``plot``."""
-    from svmtool import gradcheck as gc
-    from svmtool import images
-    from svmtool.model import write_atomic
+    from svmtool.core import gradcheck as gc
+    from svmtool.io import images
+    from svmtool.io.model import write_atomic
 
     worst = gc.worst_kink(report.checks)
     if worst is None:
@@ -1331,7 +1331,7 @@ def load_user_functions(spec_text: str, as_json: bool = False):
     """Import the user's file (this runs it); their errors become exit code 3."""
     from contextlib import redirect_stdout
 
-    from svmtool.usercode import (
+    from svmtool.io.usercode import (
         SpecError,
         UserCodeError,
         UserInterrupted,
@@ -1370,7 +1370,7 @@ def weights_for(path: Path, rows: int, classes: int):
     """W from a .npy (np.save in a notebook), checked against the data: (D+1, C) floats."""
     import numpy as np
 
-    from svmtool.npzfile import read_npy
+    from svmtool.io.npzfile import read_npy
 
     W = read_npy(path, "weights")
     if W.ndim != 2 or W.dtype.kind not in "fiu":
@@ -1400,9 +1400,9 @@ def run_user_check(functions, W, X, y, *, regs, delta, coords, h, tol, seed, sou
     import time
     from contextlib import redirect_stdout
 
+    from svmtool.io.usercode import UserInterrupted
     from svmtool.report import render_comparison, render_function, render_header, user_check_json
     from svmtool.usercheck import UserCheckReport, run_check
-    from svmtool.usercode import UserInterrupted
 
     started = time.perf_counter()
     status = err.status("", spinner="dots") if err.is_terminal and not as_json else None
@@ -1470,7 +1470,7 @@ def _show_user_error(error) -> None:
 
 def _plot_user_kink(plot, report, functions, W, X, y, h):
     """The worst kink among every function's checks, drawn with that function's loss."""
-    from svmtool import gradcheck as gc
+    from svmtool.core import gradcheck as gc
 
     best = None
     for fn, fr in zip(functions, report.functions, strict=True):
@@ -1525,8 +1525,8 @@ def visualize(
 
     Example: svmtool visualize --out-dir templates
     """
-    from svmtool import images
-    from svmtool import model as model_io
+    from svmtool.io import images
+    from svmtool.io import model as model_io
 
     if not 1 <= zoom <= 64:
         raise SvmtoolError(f"zoom must be in 1..64, got {zoom}")

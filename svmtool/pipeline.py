@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from svmtool import __version__
-from svmtool.data import (
+from svmtool.core.features import KINDS, Features
+from svmtool.core.train import StepFn, accuracy, check_settings, divergence_cause, sgd_grid
+from svmtool.errors import DataNotFound, SvmtoolError
+from svmtool.io.data import (
     CIFAR10,
     Dataset,
     Split,
@@ -24,10 +27,7 @@ from svmtool.data import (
     preprocess,
     split,
 )
-from svmtool.errors import DataNotFound, SvmtoolError
-from svmtool.features import KINDS, Features
-from svmtool.model import Model
-from svmtool.train import StepFn, accuracy, check_settings, divergence_cause, sgd_grid
+from svmtool.io.model import Model
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -230,16 +230,16 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
 
 def feature_cache(request_dir: Path | None):
     """The feature cache under the data folder (``--data-dir``, else the default)."""
-    from svmtool.data import default_data_dir
-    from svmtool.featurecache import DIRNAME, FeatureCache
+    from svmtool.io.data import default_data_dir
+    from svmtool.io.featurecache import DIRNAME, FeatureCache
 
     return FeatureCache((request_dir or default_data_dir()) / DIRNAME)
 
 
 def feature_params(request: TrainRequest) -> dict:
     """The settings that define a feature pipeline (and key its cache entries)."""
-    from svmtool import features as F
-    from svmtool import kmeans as K
+    from svmtool.core import features as F
+    from svmtool.core import kmeans as K
 
     if request.features == "hog":
         return {
@@ -271,7 +271,7 @@ class BuiltFeatures:
 
 
 def _check_feature_request(request: TrainRequest, image_shape: tuple[int, ...]) -> None:
-    from svmtool.kmeans import PATCH
+    from svmtool.core.kmeans import PATCH
 
     if request.features == "kmeans":
         if min(image_shape[:2]) < PATCH:
@@ -302,8 +302,8 @@ def build_features(
     images are read from the feature cache when an entry with the same data
     fingerprint and settings exists, and stored there otherwise.
     """
-    from svmtool import features as F
-    from svmtool.featurecache import fingerprint
+    from svmtool.core import features as F
+    from svmtool.io.featurecache import fingerprint
 
     _check_feature_request(request, dataset.image_shape)
     params = feature_params(request)
@@ -325,7 +325,7 @@ def build_features(
             arrays = {k: np.array(v) for k, v in found.items()}
             notes.append(f"k-means dictionary read from the feature cache ({cache.path(key)})")
         else:
-            from svmtool import kmeans as K
+            from svmtool.core import kmeans as K
 
             def on_iteration(done: int, total: int) -> None:
                 if progress:
@@ -374,8 +374,8 @@ def cached_raw_features(
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Raw features (len(rows), F) of images[rows], from the cache when it has them."""
-    from svmtool import features as F
-    from svmtool.featurecache import array_digest, fingerprint
+    from svmtool.core import features as F
+    from svmtool.io.featurecache import array_digest, fingerprint
 
     fitted = {k: v for k, v in features.arrays.items() if k not in ("mean", "scale")}
     key = {
@@ -582,7 +582,7 @@ def model_rows(
     dtype = dtype or model.W.dtype.type
     if model.features.kind == "pixels":
         return preprocess(images, model.mean_image, rows, dtype=dtype)
-    from svmtool.features import standardized_rows
+    from svmtool.core.features import standardized_rows
 
     index = np.arange(images.shape[0]) if rows is None else np.asarray(rows)
     if notes is None:
@@ -685,7 +685,7 @@ def evaluate(
     cache = feature_cache(folder) if use_cache and model.features.kind == "kmeans" else None
     if cache is not None and which != "test" and tuple(images.shape[1:]) == model.image_shape:
         # train stored the features of train + val as one entry: read that one.
-        from svmtool.features import standardized_rows
+        from svmtool.core.features import standardized_rows
 
         union = np.sort(np.concatenate([parts.train, parts.val]))
         if notes is None:
@@ -698,7 +698,7 @@ def evaluate(
     else:
         X = model_rows(model, images, rows, cache, notes, progress)
     y = np.asarray(labels)[rows]
-    from svmtool.train import predict
+    from svmtool.core.train import predict
 
     predicted = predict(model.W, X)
     c = model.num_classes
@@ -748,8 +748,8 @@ def gradcheck_batch(
     else the user cache) when it is there, else synthetic data with a notice.
     Any data the user named must be there: no silent fallback.
     """
-    from svmtool import cifar
-    from svmtool.data import SYNTHETIC
+    from svmtool.io import cifar
+    from svmtool.io.data import SYNTHETIC
 
     check_seed(seed)
     notice = None
@@ -802,7 +802,7 @@ class Prediction:
 
 def predict_files(model: Model, paths: list[Path], top: int = 3) -> list[Prediction]:
     """Predict each image file; an unreadable file gets its own error, the rest go on."""
-    from svmtool.images import read_image
+    from svmtool.io.images import read_image
 
     results = []
     for path in paths:

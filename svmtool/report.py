@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from svmtool.diagnose import CONVENTIONS
+from svmtool.core.diagnose import CONVENTIONS
 from svmtool.terminal import literal, literal_lines, number_column, print_table, text_column
 
 __all__ = ["literal", "literal_lines"]  # the one helper for outside text lives in svmtool.terminal

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from svmtool.diagnose import Diagnosis, diagnose
+from svmtool.core.diagnose import Diagnosis, diagnose
+from svmtool.core.gradcheck import DEFAULT_TOL, GradcheckReport, draw_coordinates, gradcheck
 from svmtool.errors import SvmtoolError
-from svmtool.gradcheck import DEFAULT_TOL, GradcheckReport, draw_coordinates, gradcheck
-from svmtool.usercode import BadReturn, UserCodeError, UserFunction
+from svmtool.io.usercode import BadReturn, UserCodeError, UserFunction
 
 DEFAULT_REGS = (0.0, 5e1)
 """As CS231n's notebook: reg = 0, then 5e1, where a wrong regularization

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svmtool import download
+from svmtool.io import download
 
 TRAIN_PER_BATCH = 12
 TEST_COUNT = 10

@@ -23,10 +23,10 @@ from conftest import cifar_archive, make_tiny, python_batch
 from PIL import Image
 from test_model import small_model
 
-from svmtool import cifar, images
-from svmtool import model as model_io
-from svmtool.download import safe_extract
 from svmtool.errors import SvmtoolError
+from svmtool.io import cifar, images
+from svmtool.io import model as model_io
+from svmtool.io.download import safe_extract
 
 
 def mutate(rng: random.Random, data: bytes, regions: list[tuple[int, int]]) -> bytes:

@@ -12,11 +12,12 @@ from conftest import cifar_archive, md5
 from PIL import Image
 from typer.testing import CliRunner
 
-from svmtool import __version__, cifar
-from svmtool import gradcheck as gc
-from svmtool import model as model_io
+from svmtool import __version__
 from svmtool.cli import app
-from svmtool.loss import hinge
+from svmtool.core import gradcheck as gc
+from svmtool.core.loss import hinge
+from svmtool.io import cifar
+from svmtool.io import model as model_io
 
 runner = CliRunner()
 
@@ -436,7 +437,7 @@ def test_progress_bar_shows_the_leader_and_an_eta(tmp_path, monkeypatch):
 
 
 def test_sgd_reports_the_leader_by_validation_accuracy():
-    from svmtool.train import predict, sgd_grid
+    from svmtool.core.train import predict, sgd_grid
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 3, (3, 6))

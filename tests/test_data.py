@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from svmtool.data import (
+from svmtool.errors import SvmtoolError
+from svmtool.io.data import (
     Dataset,
     load_dataset,
     load_npz,
@@ -16,7 +17,6 @@ from svmtool.data import (
     stratified_sample,
     synthetic,
 )
-from svmtool.errors import SvmtoolError
 
 
 def test_synthetic_is_seeded_and_cifar_shaped():

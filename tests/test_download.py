@@ -11,11 +11,11 @@ from conftest import cifar_archive, extracted, md5, tar_gz
 from typer.testing import CliRunner
 from werkzeug import Request, Response
 
-from svmtool import cifar, download
 from svmtool.cli import app
-from svmtool.data import load_dataset
-from svmtool.download import fetch, safe_extract
 from svmtool.errors import SvmtoolError
+from svmtool.io import cifar, download
+from svmtool.io.data import load_dataset
+from svmtool.io.download import fetch, safe_extract
 
 runner = CliRunner()
 

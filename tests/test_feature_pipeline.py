@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from svmtool import model as model_io
 from svmtool.cli import app
 from svmtool.errors import SvmtoolError
+from svmtool.io import model as model_io
 from svmtool.pipeline import model_rows
 
 runner = CliRunner()

@@ -1,11 +1,11 @@
-"""HOG, the hue histogram, standardization (svmtool.features)."""
+"""HOG, the hue histogram, standardization (svmtool.core.features)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from svmtool import features as F
+from svmtool.core import features as F
 
 
 def test_vertical_edge_puts_its_weight_in_the_vertical_bin():

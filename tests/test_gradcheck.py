@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from svmtool.gradcheck import (
+from svmtool.core.gradcheck import (
     check_coordinate,
     draw_coordinates,
     gradcheck,
@@ -14,7 +14,7 @@ from svmtool.gradcheck import (
     straddling,
     sweep_delta,
 )
-from svmtool.loss import active, hinge, margins, svm_loss
+from svmtool.core.loss import active, hinge, margins, svm_loss
 
 
 def batch(n=60, d=12, c=5, seed=0, scale=1e-2):

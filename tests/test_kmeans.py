@@ -1,11 +1,11 @@
-"""The k-means feature pipeline (svmtool.kmeans) against direct computations."""
+"""The k-means feature pipeline (svmtool.core.kmeans) against direct computations."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from svmtool import kmeans as K
+from svmtool.core import kmeans as K
 
 
 def direct_features(image, centroids, wmean, wmatrix):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svmtool.loss import hinge, margins, svm_loss, svm_loss_naive
+from svmtool.core.loss import hinge, margins, svm_loss, svm_loss_naive
 
 
 def problem(n: int, d: int, c: int, seed: int = 0, scale: float = 1.0):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from svmtool import model as model_io
 from svmtool.errors import SvmtoolError
-from svmtool.model import Model
+from svmtool.io import model as model_io
+from svmtool.io.model import Model
 
 
 def small_model(shape=(4, 3, 3), classes=("a", "b", "c")) -> Model:

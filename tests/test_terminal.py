@@ -15,9 +15,9 @@ from PIL import Image
 from rich.table import Table
 from typer.testing import CliRunner
 
-from svmtool import gradcheck as gc
 from svmtool import pipeline
 from svmtool.cli import app
+from svmtool.core import gradcheck as gc
 from svmtool.terminal import (
     clean,
     literal,
@@ -280,7 +280,7 @@ def test_a_warning_from_anywhere_does_not_reach_the_user(monkeypatch, tmp_path):
 
 
 def test_sgd_with_a_huge_reg_warns_nothing():
-    from svmtool.train import sgd_grid
+    from svmtool.core.train import sgd_grid
 
     X = np.random.default_rng(0).normal(size=(50, 7)).astype(np.float32)
     y = np.arange(50) % 3

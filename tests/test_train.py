@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from svmtool.data import mean_image, preprocess, split, synthetic
-from svmtool.loss import svm_loss
-from svmtool.train import accuracy, minibatches, predict, sgd_grid
+from svmtool.core.loss import svm_loss
+from svmtool.core.train import accuracy, minibatches, predict, sgd_grid
+from svmtool.io.data import mean_image, preprocess, split, synthetic
 
 
 def test_minibatches_cover_each_epoch_without_repeats():

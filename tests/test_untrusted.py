@@ -25,13 +25,13 @@ from PIL import Image
 from test_model import rewrite, small_model
 from typer.testing import CliRunner
 
-from svmtool import cifar, images
-from svmtool import model as model_io
 from svmtool.cli import app
-from svmtool.data import load_npz
-from svmtool.download import safe_extract
 from svmtool.errors import SvmtoolError
-from svmtool.npzfile import read_npz
+from svmtool.io import cifar, images
+from svmtool.io import model as model_io
+from svmtool.io.data import load_npz
+from svmtool.io.download import safe_extract
+from svmtool.io.npzfile import read_npz
 
 runner = CliRunner()
 
@@ -240,7 +240,7 @@ def test_hostile_pickles_are_refused_under_a_memory_limit(tmp_path):
     folders = hostile_folders(tmp_path)
     code = (
         "import json, sys\n"
-        "from svmtool import cifar\n"
+        "from svmtool.io import cifar\n"
         "from svmtool.errors import SvmtoolError\n"
         "out = {}\n"
         "for name, folder in json.loads(sys.argv[1]).items():\n"
@@ -558,7 +558,7 @@ def test_predict_reads_a_missing_file_as_one_line(tmp_path):
 
 def test_npz_expanding_past_the_machines_memory_is_refused(tmp_path, monkeypatch):
     """A deflated member may expand 1000-fold; its declared size is checked first."""
-    from svmtool import npzfile
+    from svmtool.io import npzfile
 
     path = tmp_path / "d.npz"
     np.savez_compressed(path, X_train=np.zeros(100_000, np.uint8))  # 100 kB from ~200 bytes
@@ -613,7 +613,7 @@ def test_damaged_dtype_descriptions_never_reach_numpy(tmp_path):
         folders[name] = str(folder)
     code = (
         "import json, sys, pathlib\n"
-        "from svmtool import cifar\n"
+        "from svmtool.io import cifar\n"
         "from svmtool.errors import SvmtoolError\n"
         "for name, folder in json.loads(sys.argv[1]).items():\n"
         "    try:\n"

@@ -16,9 +16,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from svmtool.cli import app
-from svmtool.diagnose import diagnose, reference
+from svmtool.core.diagnose import diagnose, reference
+from svmtool.io.usercode import UserFunction, load_functions, parse_spec
 from svmtool.usercheck import check_gradient, run_check
-from svmtool.usercode import UserFunction, load_functions, parse_spec
 
 runner = CliRunner()
 
@@ -618,7 +618,7 @@ def test_swapped_generator_float32_and_interrupt():
     def loops_forever(W, X, y, reg):
         raise KeyboardInterrupt  # what Ctrl-C does inside their loop
 
-    from svmtool.usercode import UserInterrupted
+    from svmtool.io.usercode import UserInterrupted
 
     with pytest.raises(UserInterrupted, match=r"interrupted in loops_forever \(.*, line \d+\)"):
         check_gradient(loops_forever, W, X, y)

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from svmtool import model as model_io
 from svmtool.cli import app
-from svmtool.images import MANIFEST, montage, safe_filename, templates, to_pil
-from svmtool.model import Model
+from svmtool.io import model as model_io
+from svmtool.io.images import MANIFEST, montage, safe_filename, templates, to_pil
+from svmtool.io.model import Model
 
 runner = CliRunner()
 

@@ -14,10 +14,11 @@ from conftest import cifar_archive, make_tiny, md5
 from test_model import small_model
 from typer.testing import CliRunner
 
-from svmtool import cifar, cli, download, files, pipeline
-from svmtool import model as model_io
+from svmtool import cli, pipeline
 from svmtool.cli import app
 from svmtool.errors import SvmtoolError
+from svmtool.io import cifar, download, files
+from svmtool.io import model as model_io
 
 runner = CliRunner()
 
@@ -307,7 +308,7 @@ def test_a_failed_download_removes_the_folders_it_created(httpserver, tmp_path):
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 @pytest.mark.usefixtures("deadline")
 def test_feature_cache_entries_are_never_waited_on_or_followed(tmp_path):
-    from svmtool.featurecache import FeatureCache
+    from svmtool.io.featurecache import FeatureCache
 
     cache = FeatureCache(tmp_path / "feature-cache")
     key = {"what": "test"}
@@ -324,7 +325,7 @@ def test_feature_cache_entries_are_never_waited_on_or_followed(tmp_path):
 
 @pytest.mark.usefixtures("umask_027")
 def test_feature_cache_entries_follow_the_umask(tmp_path):
-    from svmtool.featurecache import FeatureCache
+    from svmtool.io.featurecache import FeatureCache
 
     entry = FeatureCache(tmp_path / "fc").store({"k": 1}, {"a": np.zeros(3)})
     assert mode_of(entry) == 0o750

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from svmtool.loss import hinge
+from svmtool.core.loss import hinge
 
 StepFn = Callable[[int, np.ndarray, int], None]
 """Called as ``on_step(iteration, losses, leader)`` every ``report_every`` steps;

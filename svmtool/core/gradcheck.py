@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from svmtool.loss import active, margins, svm_loss, svm_loss_naive
+from svmtool.core.loss import active, margins, svm_loss, svm_loss_naive
 
 LossFn = Callable[[np.ndarray, np.ndarray, np.ndarray, float, float], tuple[float, np.ndarray]]
 

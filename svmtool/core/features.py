@@ -4,7 +4,7 @@ A feature pipeline turns uint8 images (N, H, W, C) into rows (N, F+1) that W
 scores: raw features, standardized with the training split's statistics, and a
 bias column of ones last. Everything a pipeline needs is a ``Features`` value:
 its kind, JSON-able parameters, and named arrays (the model file stores both).
-The k-means pipeline's own math lives in ``svmtool.kmeans``.
+The k-means pipeline's own math lives in ``svmtool.core.kmeans``.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def raw_features(
     if features.kind == "hog":
         return hog_features(images, progress)
     if features.kind == "kmeans":
-        from svmtool import kmeans
+        from svmtool.core import kmeans
 
         a = features.arrays
         return kmeans.extract(
@@ -268,7 +268,7 @@ def check(features: Features, image_shape: tuple[int, ...]) -> None:
         if not np.issubdtype(a[name].dtype, np.floating) or not np.isfinite(a[name]).all():
             raise ValueError(f"feature array {name} is not finite floating point")
     if features.kind == "kmeans":
-        from svmtool.kmeans import PATCH
+        from svmtool.core.kmeans import PATCH
 
         h, w, c = image_shape
         p = PATCH * PATCH * c

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from svmtool.errors import SvmtoolError
-from svmtool.files import new_file_mode, open_regular
+from svmtool.io.files import new_file_mode, open_regular
 from svmtool.terminal import clean
 
 
@@ -423,7 +423,7 @@ def centroid_patches(
     The whitening is x = (p - mean) @ whiten with ``whiten`` symmetric and
     invertible (its eigenvalues are 1 / sqrt(d + eps)), so p = x @ whiten^-1 + mean.
     """
-    from svmtool.kmeans import PATCH
+    from svmtool.core.kmeans import PATCH
 
     patches = np.linalg.solve(whiten.T, centroids.astype(np.float64).T).T + whiten_mean
     patches -= patches.mean(axis=1, keepdims=True)
@@ -452,7 +452,7 @@ def hog_cell_maps(W: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
     W: (F+1, C) of a hog model (HOG cells first, then the hue bins, bias last).
     Returns (C, cell rows, cell columns) float64.
     """
-    from svmtool.features import ORIENTATIONS, hog_cells
+    from svmtool.core.features import ORIENTATIONS, hog_cells
 
     rows, cols, _, _ = hog_cells(image_shape[:2])
     cells = np.asarray(W[: rows * cols * ORIENTATIONS], dtype=np.float64)

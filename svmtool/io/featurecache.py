@@ -22,8 +22,8 @@ import numpy as np
 
 from svmtool import __version__
 from svmtool.errors import SvmtoolError
-from svmtool.files import disk_error, new_folder_mode
-from svmtool.npzfile import map_npy
+from svmtool.io.files import disk_error, new_folder_mode
+from svmtool.io.npzfile import map_npy
 
 CACHE_FORMAT = 1
 DIRNAME = "feature-cache"

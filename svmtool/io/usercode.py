@@ -26,7 +26,7 @@ import numpy as np
 from svmtool.errors import SvmtoolError
 
 CS231N_NAMES = ("svm_loss_naive", "svm_loss_vectorized")
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # svmtool/, every layer
 _LIBRARY_DIRS = tuple(
     str(Path(p).resolve())
     for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}

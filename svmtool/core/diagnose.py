@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from svmtool.loss import active, margins
+from svmtool.core.loss import active, margins
 
 MATCH_RTOLS = (1e-9, 1e-6)
 """How close a user's number must be to a candidate's to be called the same,

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from svmtool import __version__
+from svmtool.core.features import Features, feature_dim
 from svmtool.errors import SvmtoolError
-from svmtool.features import Features, feature_dim
-from svmtool.files import PendingFile, write_atomic
-from svmtool.npzfile import read_npz
+from svmtool.io.files import PendingFile, write_atomic
+from svmtool.io.npzfile import read_npz
 
 # 2: the feature pipeline (``features`` JSON and ``feature_*`` arrays). Format 1
 # files have neither and load as pixel models.
@@ -259,7 +259,7 @@ def load(path: Path) -> Model:
 
 def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple, damaged) -> Features:
     """The model's feature pipeline, checked; a file without one is a pixel model."""
-    from svmtool.features import check
+    from svmtool.core.features import check
 
     arrays = {k[len(FEATURE_PREFIX) :]: v for k, v in raw.items() if k.startswith(FEATURE_PREFIX)}
     if "features" not in raw:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from svmtool.errors import SvmtoolError
-from svmtool.files import open_regular
+from svmtool.io.files import open_regular
 
 ZIP_MAGIC = b"PK\x03\x04"
 # What numpy writes (stored, deflate) and what Python's zipfile also reads.

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from svmtool.data import Dataset
-from svmtool.download import ProgressFn, RetryFn, fetch, safe_extract, verify_md5
 from svmtool.errors import DataNotFound, SvmtoolError
-from svmtool.files import (
+from svmtool.io.data import Dataset
+from svmtool.io.download import ProgressFn, RetryFn, fetch, safe_extract, verify_md5
+from svmtool.io.files import (
     disk_error,
     is_regular_file,
     link_refusal,
@@ -29,7 +29,7 @@ from svmtool.files import (
     open_own,
     open_regular,
 )
-from svmtool.npzfile import map_npy
+from svmtool.io.npzfile import map_npy
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import requests
 import urllib3
 
 from svmtool.errors import SvmtoolError
-from svmtool.files import disk_error, link_refusal, open_own, open_regular
+from svmtool.io.files import disk_error, link_refusal, open_own, open_regular
 
 CHUNK_SIZE = 1 << 16
 CONNECT_TIMEOUT = 10.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from svmtool.errors import SvmtoolError
-from svmtool.npzfile import read_npz
+from svmtool.io.npzfile import read_npz
 
 DATA_DIR_ENV = "SVMTOOL_DATA_DIR"
 SYNTHETIC = "synthetic"
@@ -279,7 +279,7 @@ def load_dataset(source: str, data_dir: Path | None = None) -> Dataset:
     if source == SYNTHETIC:
         return synthetic()
     if source == CIFAR10:
-        from svmtool import cifar
+        from svmtool.io import cifar
 
         return cifar.load(data_dir or default_data_dir())
     if source.endswith(".npz") or Path(source).exists():
