@@ -1149,7 +1149,8 @@ def gradcheck(
     inputs in place.
 
     Exit status: 0 right; 1 wrong (a FAIL, or with --loss any finding);
-    3 your code could not be imported or raised.
+    2 the command line (--loss included) cannot be understood; 3 your code
+    could not be imported, or raised; 130 interrupted.
 
     Examples: svmtool gradcheck --delta 1.0 --sweep-delta 0,1e-3,0.1,1,10;
     svmtool gradcheck --loss cs231n/classifiers/linear_svm.py

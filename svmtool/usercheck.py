@@ -284,7 +284,9 @@ def _collect_findings(report: FunctionReport) -> None:
     for check in report.regs:
         if check.diagnosis is not None:
             for mistake in check.diagnosis.mistakes:
-                seen.setdefault(mistake, []).append(check.reg)
+                regs = seen.setdefault(mistake, [])
+                if check.reg not in regs:  # the loss and the gradient may say the same
+                    regs.append(check.reg)
             if check.reg != 0:
                 report.convention = check.diagnosis.convention
         if check.gradcheck is not None:

@@ -667,3 +667,13 @@ def test_cli_file_with_relative_imports_is_imported_as_a_package_member(tmp_path
     )
     result = cli("--loss", str(pkg / "linear_svm.py"), "--data", str(small_npz))
     assert result.exit_code == 0, result.output
+
+
+def test_a_hard_coded_delta_is_named_once_for_loss_and_gradient(tmp_path):
+    path = tmp_path / "delta10.py"
+    path.write_text(loop_with(MARGIN="scores[j] - correct_class_score + 10"))
+    report = check_file(path)
+    fn = report.functions[0]
+    assert all("gradient:delta-10" in r.diagnosis.keys for r in fn.regs)
+    named = [f for f in fn.findings if "delta = 10" in f]
+    assert len(named) == 1 and named[0].endswith("(reg = 0, 50)")

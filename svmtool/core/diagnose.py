@@ -192,7 +192,8 @@ GRAD_DATA: list[tuple[Term, DataFn]] = [
     (
         Term(
             "all-margins-active",
-            "every wrong class counts as a positive margin (max(0, .) + delta is always > 0)",
+            "every wrong class counts as a positive margin (the test is always true:"
+            " margins >= 0 after np.maximum, or max(0, .) + delta > 0)",
             "all",
         ),
         _grad_all_active,
@@ -348,8 +349,10 @@ def _relative(a, b) -> float:
     return float(np.abs(a - b).max(initial=0.0)) / scale
 
 
-def _candidates(part, data_terms, reg_terms, W, X, y, reg, delta):
-    """Every combination of terms with at most MAX_MISTAKES mistakes, fewest first."""
+def _candidates(part, data_terms, reg_terms, W, X, y, reg, delta, prefer=()):
+    """Every combination of terms with at most MAX_MISTAKES mistakes, fewest first;
+    among equals, those sharing more of the ``prefer`` keys (the other part's
+    reading: a hard-coded delta seen in the loss explains the gradient too)."""
     W_nobias = W.copy()
     W_nobias[-1] = 0.0
     data_values = [(t, fn(W, X, y, delta)) for t, fn in data_terms]
@@ -360,7 +363,8 @@ def _candidates(part, data_terms, reg_terms, W, X, y, reg, delta):
         if count > MAX_MISTAKES or (reg == 0 and (rt.is_mistake or bt.is_mistake)):
             continue
         combos.append((count, dt, dv, st, rt, bt))
-    combos.sort(key=lambda c: c[0])  # stable: the tables' order breaks ties
+    # Stable: then the tables' order breaks ties.
+    combos.sort(key=lambda c: (c[0], -sum(t.key in prefer for t in (c[1], c[3], c[5]))))
     for _, dt, dv, st, rt, bt in combos:
         Wr = W if bt.value else W_nobias
         size = _size(st, X, W)
@@ -381,13 +385,14 @@ def read_part(
     reg: float,
     delta: float,
     single: bool = False,
+    prefer: tuple[str, ...] = (),
 ) -> Reading | None:
     """The simplest combination of terms that reproduces ``user_value``, or None.
     ``single``: the user computed in float32, so float32 rounding is forgiven."""
     data_terms, reg_terms = (LOSS_DATA, LOSS_REG) if part == "loss" else (GRAD_DATA, GRAD_REG)
     # Built lazily: right code (and most mistakes) match within the first few
     # candidates; the looser passes reuse what the first one built.
-    fresh = _candidates(part, data_terms, reg_terms, W, X, y, reg, delta)
+    fresh = _candidates(part, data_terms, reg_terms, W, X, y, reg, delta, prefer)
     seen: list = []
     for i, rtol in enumerate(MATCH_RTOLS + ((FLOAT32_RTOL,) if single else ())):
         for dt, st, rt, bt, value in seen if i else _remember(fresh, seen):
@@ -551,8 +556,9 @@ def diagnose(
     elif loss_zero:
         stub = "the loss is 0: not implemented yet? (the starter code's loss = 0.0)"
     loss_reading = None if loss_zero else read_part("loss", user_loss, W, X, y, reg, delta, single)
+    prefer = () if loss_reading is None else tuple(loss_reading.keys)
     grad_reading = (
-        None if grad_zero else read_part("gradient", user_dW, W, X, y, reg, delta, single)
+        None if grad_zero else read_part("gradient", user_dW, W, X, y, reg, delta, single, prefer)
     )
     reg_mistake, convention = reg_verdict(loss_reading, grad_reading, reg)
     half = convention.startswith("0.5")
