@@ -120,6 +120,8 @@ def end_to_end(args) -> None:
     sys.path.insert(0, str(HERE))
     from shapes import write
 
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
         data = write(tmp / "shapes60k.npz", 50_000, 10_000)
