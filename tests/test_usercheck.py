@@ -677,3 +677,25 @@ def test_a_hard_coded_delta_is_named_once_for_loss_and_gradient(tmp_path):
     assert all("gradient:delta-10" in r.diagnosis.keys for r in fn.regs)
     named = [f for f in fn.findings if "delta = 10" in f]
     assert len(named) == 1 and named[0].endswith("(reg = 0, 50)")
+
+
+def test_report_details_from_the_review():
+    W, X, y = small_batch()
+    # A refused return value leaves no stray per-reg line in the report.
+    text = str(check_gradient(lambda W, X, y, reg: (1.0, np.zeros((2, 2))), W, X, y))
+    assert "None" not in text and "shape (2, 2)" in text
+
+    def numpy_raises(W, X, y, reg):
+        return float(np.sum(X @ W, axis=2)), W  # the error is raised inside numpy
+
+    error = check_gradient(numpy_raises, W, X, y).functions[0].error
+    assert "AxisError" in error.summary and "fromnumeric" not in error.details
+    assert "np.sum(X @ W, axis=2)" in error.details  # their own line is what is shown
+
+    # Each function's report is handed over as soon as it is checked.
+    done = []
+    fns = [UserFunction.wrap(lambda W, X, y, reg: reference(W, X, y, reg, 1.0), name)
+           for name in ("first", "second")]  # fmt: skip
+    run_check(fns, W, X, y, regs=[0.0], checks=2, probes=False,
+              on_function=lambda r: done.append((r.name, fns[1].calls)))  # fmt: skip
+    assert done[0] == ("first", 0) and done[1][0] == "second"
