@@ -1195,7 +1195,9 @@ def gradcheck(
     else:
         coords = gc.draw_coordinates(W.shape, checks, np.random.default_rng(seed + 1))
     if functions is not None:
-        regs = list(DEFAULT_USER_REGS) if reg is None else [reg]
+        from svmtool.usercheck import DEFAULT_REGS
+
+        regs = list(DEFAULT_REGS) if reg is None else [reg]
         run_user_check(
             functions, W, X, y, regs=regs, delta=delta, coords=coords, h=h, tol=tol,
             seed=seed, source=batch.source, point=point, plot=plot, as_json=as_json,
@@ -1214,7 +1216,12 @@ def gradcheck(
     sweep_rows = gc.sweep_delta(W, X, y, coords, deltas, h) if deltas else []
     naive = gc.compare_naive(W, X, y, reg, delta)
     failed = any(c.status == "FAIL" for c in report.checks)
-    plotted = write_kink_plot(plot, report, W, X, y, reg=reg, delta=delta, h=h) if plot else None
+    plotted = None
+    if plot:
+        plotted = write_kink_plot(
+            plot, gc.worst_kink(report.checks), W, X, y, reg=reg, delta=delta, h=h,
+            advice=" (try more --checks, or --model for a trained W)",
+        )  # fmt: skip
 
     if as_json:
         print_json(
@@ -1293,9 +1300,6 @@ def gradcheck(
         raise typer.Exit(1)
 
 
-DEFAULT_USER_REGS = (0.0, 5e1)
-
-
 def check_plot_destination(plot: Path) -> None:
     """Fail before any work if --plot cannot be written."""
     from svmtool.io import images
@@ -1309,18 +1313,17 @@ def check_plot_destination(plot: Path) -> None:
         raise SvmtoolError(f"--plot {plot}: folder {parent} does not exist")
 
 
-def write_kink_plot(plot: Path, report, W, X, y, *, reg, delta, h, loss_fn=None) -> str | None:
-    """Draw the worst kink-straddling coordinate of a GradcheckReport into ``plot``."""
+def write_kink_plot(
+    plot: Path, worst, W, X, y, *, reg, delta, h, loss_fn=None, advice=""
+) -> str | None:
+    """Draw the loss around the kink-straddling coordinate ``worst`` (a CoordCheck,
+    or None when nothing straddled) into ``plot``."""
     from svmtool.core import gradcheck as gc
     from svmtool.io import images
     from svmtool.io.model import write_atomic
 
-    worst = gc.worst_kink(report.checks)
     if worst is None:
-        say(
-            f"no checked coordinate straddled a kink, so {plot} was not written"
-            " (try more --checks, or --model for a trained W)"
-        )
+        say(f"no checked coordinate straddled a kink, so {plot} was not written{advice}")
         return None
     curve = gc.kink_curve(W, X, y, worst, reg=reg, delta=delta, h=h, loss_fn=loss_fn)
     write_atomic(plot, lambda f: images.kink_plot(curve, f))
@@ -1473,20 +1476,16 @@ def _plot_user_kink(plot, report, functions, W, X, y, h):
     """The worst kink among every function's checks, drawn with that function's loss."""
     from svmtool.core import gradcheck as gc
 
-    best = None
-    for fn, fr in zip(functions, report.functions, strict=True):
-        for rc in fr.regs:
-            if rc.gradcheck is None:
-                continue
-            worst = gc.worst_kink(rc.gradcheck.checks)
-            if worst is not None and (best is None or worst.rel_error > best[0].rel_error):
-                best = (worst, fn, rc.gradcheck, fr.delta)
-    if best is None:
-        say(f"no checked coordinate straddled a kink, so {plot} was not written")
-        return None
-    worst, fn, gcr, used_delta = best
-    single = type(gcr)(**{**vars(gcr), "checks": [worst]})
-    return write_kink_plot(plot, single, W, X, y, reg=gcr.reg, delta=used_delta, h=h, loss_fn=fn)
+    candidates = [
+        (worst, fn, rc.reg, fr.delta)
+        for fn, fr in zip(functions, report.functions, strict=True)
+        for rc in fr.regs
+        if rc.gradcheck is not None and (worst := gc.worst_kink(rc.gradcheck.checks)) is not None
+    ]
+    if not candidates:
+        return write_kink_plot(plot, None, W, X, y, reg=0.0, delta=1.0, h=h)
+    worst, fn, reg, used_delta = max(candidates, key=lambda c: c[0].rel_error)
+    return write_kink_plot(plot, worst, W, X, y, reg=reg, delta=used_delta, h=h, loss_fn=fn)
 
 
 # --- visualize -----------------------------------------------------------------------

@@ -7,7 +7,6 @@ is shown literally: never parsed as Rich markup, control characters replaced.
 from __future__ import annotations
 
 import io
-import math
 import textwrap
 
 from rich.console import Console
@@ -16,15 +15,6 @@ from rich.text import Text
 
 from svmtool.core.diagnose import CONVENTIONS
 from svmtool.terminal import literal, literal_lines, number_column, print_table, text_column
-
-__all__ = ["literal", "literal_lines"]  # the one helper for outside text lives in svmtool.terminal
-
-
-def _num(value: float | None, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return format(value, spec)
-
 
 STATUS_STYLE = {"ok": "green", "kink": "yellow", "FAIL": "bold red"}
 
@@ -64,11 +54,6 @@ def self_consistency_line(report) -> str:
     return line
 
 
-def diag_rows(diag) -> int:
-    """How many rows W has, as the gradient reading saw it."""
-    return int(diag.rows) if getattr(diag, "rows", None) else -1
-
-
 def _agreement_lines(diag) -> list[str]:
     """The user's loss and gradient against the hinge loss, with the evidence."""
     lines = []
@@ -99,7 +84,7 @@ def _agreement_lines(diag) -> list[str]:
             f"  dW differs from the hinge loss's by {diff.relative:.2e} (relative, Frobenius)"
             + (
                 " in every row of W"
-                if diff.rows_differing == diag_rows(diag)
+                if diff.rows_differing == diag.rows
                 else f" in {diff.rows_differing} rows of W"
                 + (", the bias row among them" if diff.bias_row_differs else "")
             )

@@ -179,3 +179,18 @@ def deadline():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
+
+
+def grayscale_classes(rng: np.random.Generator, n_train: int, n_test: int):
+    """A learnable 8 x 6 grayscale dataset of 3 classes (one pattern each, plus noise):
+    (X_train, y_train, X_test, y_test), uint8 images and int labels."""
+    patterns = rng.normal(0, 40, (3, 8, 6, 1))
+
+    def draw(n):
+        labels = rng.integers(0, 3, n)
+        images = np.clip(128 + patterns[labels] + rng.normal(0, 20, (n, 8, 6, 1)), 0, 255)
+        return images.astype(np.uint8), labels
+
+    X_train, y_train = draw(n_train)
+    X_test, y_test = draw(n_test)
+    return X_train, y_train, X_test, y_test

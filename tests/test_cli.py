@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import cifar_archive, md5
+from conftest import cifar_archive, grayscale_classes, md5
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -298,15 +298,7 @@ def test_download_bad_options(tmp_path):
 def test_users_own_grayscale_npz_end_to_end(tmp_path, monkeypatch):
     """Any H x W x C works through every command: here 8 x 6 grayscale, 3 classes."""
     rng = np.random.default_rng(0)
-    patterns = rng.normal(0, 40, (3, 8, 6, 1))
-
-    def draw(n):
-        labels = rng.integers(0, 3, n)
-        images = np.clip(128 + patterns[labels] + rng.normal(0, 20, (n, 8, 6, 1)), 0, 255)
-        return images.astype(np.uint8), labels
-
-    X_train, y_train = draw(300)
-    X_test, y_test = draw(50)
+    X_train, y_train, X_test, y_test = grayscale_classes(rng, 300, 50)
     data = tmp_path / "mine.npz"
     monkeypatch.chdir(tmp_path)
     np.savez("mine.npz", X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,

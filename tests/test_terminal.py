@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import cifar_archive, make_tiny, md5
+from conftest import cifar_archive, grayscale_classes, make_tiny, md5
 from PIL import Image
 from rich.table import Table
 from typer.testing import CliRunner
@@ -130,18 +130,9 @@ def test_a_table_that_fits_keeps_its_frame_and_a_narrow_one_folds_names():
 @pytest.fixture
 def hostile_npz(tmp_path):
     """A user's .npz with hostile class names, in a folder with a hostile name."""
-    rng = np.random.default_rng(0)
     folder = tmp_path / HOSTILE  # "[bold]cat[" / "x]:smile:...": the path holds "[/x]"
     folder.mkdir(parents=True)
-    patterns = rng.normal(0, 40, (3, 8, 6, 1))
-
-    def draw(n):
-        labels = rng.integers(0, 3, n)
-        images = np.clip(128 + patterns[labels] + rng.normal(0, 20, (n, 8, 6, 1)), 0, 255)
-        return images.astype(np.uint8), labels
-
-    X_train, y_train = draw(300)
-    X_test, y_test = draw(60)
+    X_train, y_train, X_test, y_test = grayscale_classes(np.random.default_rng(0), 300, 60)
     path = folder / "data.npz"
     names = np.array([HOSTILE, "[/x]", "fine"])
     np.savez(path, X_train=X_train, y_train=y_train, X_test=X_test, y_test=y_test,

@@ -56,11 +56,6 @@ class Term:
 # --- the data terms: (N,) margins -> summed data loss / data gradient, not yet averaged ---
 
 
-def _scores(W: np.ndarray, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    scores = X @ W
-    return scores, scores[np.arange(len(y)), y]
-
-
 def _loss_hinge(W, X, y, delta):
     return float(np.maximum(margins(X @ W, y, delta), 0).sum())
 
