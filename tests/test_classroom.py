@@ -203,3 +203,15 @@ def test_usage_errors_of_the_new_options(tmp_path, small_npz):
     empty.mkdir()
     result = check("--loss", str(empty), *data)
     assert result.exit_code == 2 and "holds no .py file" in result.stderr
+
+
+def test_sweep_delta_applies_with_loss_and_show_kinks_says_it_does_not(tmp_path, small_npz):
+    path = write(tmp_path, "a.py", vectorized_with())
+    args = ["--loss", str(path), "--data", str(small_npz)]
+    result = check(*args, "--sweep-delta", "0,1,10", "--show-kinks")
+    assert result.exit_code == 0, result.output
+    assert "straddling at the check point" in result.stdout
+    assert "At the check point, over all 490 coordinates" in result.stdout
+    assert "--show-kinks does not apply with --loss" in result.stderr
+    document = json.loads(check(*args, "--sweep-delta", "0,1", "--json").stdout)
+    assert [r["at_check_point"]["coordinates"] for r in document["sweep_delta"]] == [490, 490]
