@@ -100,8 +100,9 @@ out = make_console()
 err = make_console(stderr=True)
 
 DATA_HELP = (
-    "cifar10, synthetic (offline, seeded), or a path to an .npz with"
-    " X_train, y_train, X_test, y_test."
+    "cifar10, synthetic (offline, seeded), a path to an .npz with"
+    " X_train, y_train, X_test, y_test, or an image folder (CLASS/*.png|jpg, or"
+    " train/CLASS and test/CLASS)."
 )
 DATA_DIR_HELP = (
     "Where CIFAR-10 lives: its cache, or an extracted cifar-10-batches-bin/-py folder"
@@ -489,6 +490,13 @@ def train(
     download_first: bool = typer.Option(
         False, "--download", help="Fetch CIFAR-10 first if it is missing."
     ),
+    image_size: str | None = typer.Option(
+        None,
+        "--image-size",
+        help="Image folders: read every image at N x N or WIDTHxHEIGHT (default: the most"
+        " common size when every image is at most 64 x 64, else 32 x 32).",
+        metavar="N|WxH",
+    ),
     lr: str | None = typer.Option(
         None,
         "--lr",
@@ -631,6 +639,7 @@ def train(
     from rich.table import Column
 
     from svmtool.io import model as model_io
+    from svmtool.io.imagefolder import parse_image_size
     from svmtool.pipeline import (
         TRAIN_DEFAULTS,
         TrainRequest,
@@ -659,6 +668,7 @@ def train(
         features=features,
         use_cache=use_cache,
         lr_decay=defaults["lr_decay"] if lr_decay is None else lr_decay,
+        image_size=parse_image_size(image_size) if image_size is not None else None,
         **{
             name: value
             for name, value in (
@@ -758,6 +768,7 @@ def train(
                 # The best configuration's minibatch loss before each step (null once diverged).
                 "loss_history": outcome.model.loss_history.tolist(),
                 "warnings": outcome.warnings,
+                "data": prepared.data_report,
             }
         )
         pending.commit()
@@ -1225,7 +1236,10 @@ def gradcheck(
         check_loss_options(specs, loss, timeout, jobs, plot, csv_path)
         limits = sandbox_limits(timeout, memory, jobs, len(specs))
     model = model_io.load(model_path) if model_path else None
-    batch = gradcheck_batch(data, data_dir, model, seed)
+    with feature_progress() as progress:
+        batch = gradcheck_batch(data, data_dir, model, seed, progress)
+    for note in batch.notes:
+        say(note)
     if batch.notice:
         say(batch.notice)
     W, X, y = batch.W, batch.X, batch.y
