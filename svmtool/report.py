@@ -397,7 +397,8 @@ def user_check_json(report) -> dict:
 
 def sweep_table(points) -> Table:
     """``points``: [(label, [SweepRow])]; one row per delta, the points side by side."""
-    table = Table(title="how delta changes the frequency of kinks (every coordinate)")
+    total = points[0][1][0].coordinates if points[0][1] else 0
+    table = Table(title=f"how delta changes the frequency of kinks (all {total} coordinates)")
     number_column(table, "delta")
     for label, _ in points:
         number_column(table, f"straddling at {label}")
@@ -405,11 +406,7 @@ def sweep_table(points) -> Table:
     for i, row in enumerate(points[0][1]):
         cells = [f"{row.delta:g}"]
         for _, rows in points:
-            r = rows[i]
-            cells += [
-                f"{r.straddled_fraction:.1%} ({r.straddled} of {r.coordinates})",
-                f"{r.near_kink_fraction:.2%}",
-            ]
+            cells += [f"{rows[i].straddled_fraction:.1%}", f"{rows[i].near_kink_fraction:.2%}"]
         table.add_row(*cells)
     return table
 
