@@ -320,8 +320,8 @@ def build_features(
             "data": fingerprint(images, train_sorted),
             "params": params,
         }
-        found = cache.load(key) if cache else None
-        if found is not None:
+        found = cache.load(key, dictionary_layout(request, dataset.image_shape)) if cache else None
+        if found is not None and dictionary_problem(found) is None:
             arrays = {k: np.array(v) for k, v in found.items()}
             notes.append(f"k-means dictionary read from the feature cache ({cache.path(key)})")
         else:
@@ -340,8 +340,9 @@ def build_features(
                 on_iteration,
             )
             if cache:
-                where = cache.store(key, arrays)
-                notes.append(f"k-means dictionary stored in the feature cache ({where})")
+                where = store_in_cache(cache, key, arrays, notes)
+                if where is not None:
+                    notes.append(f"k-means dictionary stored in the feature cache ({where})")
 
     features = Features(request.features, params, arrays)
     rows = np.sort(np.concatenate([parts.train, parts.val]))
@@ -386,7 +387,8 @@ def cached_raw_features(
         "data": fingerprint(images, rows),
     }
     if cache is not None:
-        found = cache.load(key)
+        width = F.feature_dim(features, tuple(images.shape[1:]))
+        found = cache.load(key, {"raw": ((int(rows.size), width), np.float32)})
         if found is not None:
             where = cache.path(key)
             notes.append(f"features of {rows.size} images read from the feature cache ({where})")
@@ -398,9 +400,43 @@ def cached_raw_features(
 
     raw = F.raw_features(Features(features.kind, features.params, fitted), images[rows], on_images)
     if cache is not None:
-        where = cache.store(key, {"raw": raw})
-        notes.append(f"features of {rows.size} images stored in the feature cache ({where})")
+        where = store_in_cache(cache, key, {"raw": raw}, notes)
+        if where is not None:
+            notes.append(f"features of {rows.size} images stored in the feature cache ({where})")
     return raw
+
+
+def store_in_cache(cache, key: dict, arrays: dict[str, np.ndarray], notes: list[str]):
+    """``cache.store``; a cache that cannot be written is said once in ``notes``
+    and the run goes on without it (None)."""
+    from svmtool.io.featurecache import CacheNotWritten
+
+    try:
+        return cache.store(key, arrays)
+    except CacheNotWritten as exc:
+        message = f"Warning: {exc}"
+        if message not in notes:
+            notes.append(message)
+        return None
+
+
+def dictionary_layout(request: TrainRequest, image_shape: tuple[int, ...]) -> dict:
+    """What a cached k-means dictionary must hold for this request: name -> (shape, dtype)."""
+    from svmtool.core.kmeans import patch_dim
+
+    p = patch_dim(image_shape[2])
+    return {
+        "centroids": ((request.centroids, p), np.float32),
+        "whiten_mean": ((p,), np.float64),
+        "whiten": ((p, p), np.float64),
+    }
+
+
+def dictionary_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """Why a k-means dictionary cannot be used (its values' own rules), or None."""
+    from svmtool.core.kmeans import whitening_problem
+
+    return whitening_problem(np.asarray(arrays["whiten"]))
 
 
 def run_training(
