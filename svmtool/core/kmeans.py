@@ -117,9 +117,9 @@ def whitening_problem(matrix: np.ndarray) -> str | None:
     except np.linalg.LinAlgError:
         return "cannot be decomposed"
     low, high = float(eigen[0]), float(eigen[-1])
-    if low <= 0 and high > 0 and low < -1e-9 * high:
+    if low < -1e-9 * max(abs(high), abs(low)):
         return f"is not positive definite (an eigenvalue of {low:.3g})"
-    if high <= 0 or low <= high / MAX_WHITEN_CONDITION:
+    if low <= high / MAX_WHITEN_CONDITION:
         return f"is singular (eigenvalues from {low:.3g} to {high:.3g})"
     return None
 

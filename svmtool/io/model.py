@@ -21,6 +21,8 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 FEATURE_PREFIX = "feature_"
 DEFAULT_MODEL = Path("svm_model.npz")
+KEEP_HOG = ("mean", "scale")
+KEEP_KMEANS = ("centroids", "whiten_mean", "whiten", "mean", "scale")
 
 
 @dataclass
@@ -259,7 +261,7 @@ def load(path: Path) -> Model:
 
 def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple, damaged) -> Features:
     """The model's feature pipeline, checked; a file without one is a pixel model."""
-    from svmtool.core.features import check
+    from svmtool.core.features import FeatureProblem, check
 
     arrays = {k[len(FEATURE_PREFIX) :]: v for k, v in raw.items() if k.startswith(FEATURE_PREFIX)}
     if "features" not in raw:
@@ -267,10 +269,16 @@ def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple, d
     else:
         spec = _json(raw, "features", dict, damaged, "feature description")
     if not isinstance(spec, dict) or not isinstance(spec.get("params", {}), dict):
-        raise SvmtoolError(f"{path} has a damaged feature description")
-    features = Features(str(spec.get("kind")), dict(spec.get("params", {})), arrays)
+        raise damaged("damaged feature description: features must hold a params object")
+    kind = spec.get("kind")
+    # Only the arrays the pipeline uses are kept (each is checked by ``check``).
+    used = {"hog": KEEP_HOG, "kmeans": KEEP_KMEANS}.get(kind if isinstance(kind, str) else "", ())
+    features = Features(
+        kind, dict(spec.get("params", {})), {k: arrays[k] for k in used if k in arrays}
+    )
     try:
         check(features, image_shape)
-    except ValueError as exc:
-        raise SvmtoolError(f"{path}: {exc}") from None
+    except FeatureProblem as exc:
+        where = f"{FEATURE_PREFIX}{exc.field}" if exc.field else "features:"
+        raise damaged(f"{where} {exc.problem}") from None
     return features
