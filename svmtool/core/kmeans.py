@@ -193,6 +193,32 @@ def kmeans(
     return centroids
 
 
+def fit_bytes(centroids: int, patches: int, channels: int, threads: int | None = None) -> dict:
+    """Peak memory of ``fit`` (bytes), by what drives it: {'patches', 'centroids'}.
+
+    The patches: sampled float32, the float64 copy the whitening is fitted on,
+    then the whitened copy and k-means' augmented copy. The centroids: each
+    worker's chunk of scores (chunk x K) and per-cluster sums (K x P, float64).
+    """
+    p = patch_dim(channels)
+    threads = threads or _threads()
+    return {
+        "patches": patches * p * (4 + 8) + patches * (p + 1) * 4,
+        "centroids": threads * (8192 * centroids * 4 + 2 * centroids * p * 8)
+        + centroids * (p + 1) * 8,
+    }
+
+
+def extract_bytes(centroids: int, image_shape: tuple[int, ...], threads: int | None = None) -> int:
+    """Working memory of ``extract`` besides its output (bytes): each worker's
+    block of patches and its distances to every centroid."""
+    h, w, c = image_shape
+    p = patch_dim(c)
+    rows = max(ROWS_PER_BLOCK, (h - PATCH + 1) * (w - PATCH + 1))
+    threads = threads or _threads()
+    return threads * rows * (2 * (p + 2) + centroids) * 4 + (p + 2) * centroids * 4
+
+
 # --- extraction ------------------------------------------------------------------------------
 
 
