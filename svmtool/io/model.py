@@ -12,6 +12,7 @@ import numpy as np
 from svmtool import __version__
 from svmtool.core.features import Features, feature_dim
 from svmtool.errors import SvmtoolError
+from svmtool.io.data import class_names_problem
 from svmtool.io.files import PendingFile, write_atomic
 from svmtool.io.npzfile import read_npz
 
@@ -226,6 +227,9 @@ def load(path: Path) -> Model:
         raise damaged(f"loss_history is {history.dtype} {history.shape}, not a list of numbers")
     image_shape = tuple(int(v) for v in shape)
     class_names = [str(n) for n in names]
+    problem = class_names_problem(class_names)
+    if problem:
+        raise damaged(f"class_names {problem}")
     features = _load_features(path, raw, image_shape, damaged)
     if (
         mean_image.shape != image_shape
