@@ -128,7 +128,11 @@ def _walk(folder: Path, rel: str, depth: int, ignored: dict[str, int], found: li
             if not name.lower().endswith(IMAGE_SUFFIXES):
                 _count(ignored, "not PNG/JPEG")
                 continue
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:  # gone (or unreadable) since the listing
+                _count(ignored, "vanished")
+                continue
             found.append((f"{rel}{name}", st.st_size, st.st_mtime_ns))
             if len(found) > MAX_FILES:
                 raise SvmtoolError(f"{folder}: more than {MAX_FILES:,} image files")
@@ -139,16 +143,19 @@ def _walk(folder: Path, rel: str, depth: int, ignored: dict[str, int], found: li
 def _class_folders(folder: Path, ignored: dict[str, int]) -> list[str]:
     """Sorted names of the real (not hidden, not linked) subfolders; other entries counted."""
     names = []
-    with os.scandir(folder) as it:
-        for entry in sorted(it, key=lambda e: e.name):
-            if entry.name.startswith("."):
-                _count(ignored, "hidden")
-            elif entry.is_symlink():
-                _count(ignored, "links")
-            elif entry.is_dir(follow_symlinks=False):
-                names.append(entry.name)
-            else:
-                _count(ignored, "outside class folders")
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise SvmtoolError(f"cannot list {folder}: {exc.strerror or exc}") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            _count(ignored, "hidden")
+        elif entry.is_symlink():
+            _count(ignored, "links")
+        elif entry.is_dir(follow_symlinks=False):
+            names.append(entry.name)
+        else:
+            _count(ignored, "outside class folders")
     return names
 
 
