@@ -47,6 +47,23 @@ class Dataset:
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
 
 
+def class_names_problem(names: list[str]) -> str | None:
+    """Why ``names`` cannot name classes, or None: each must be non-empty (not
+    only spaces) and used once, or results keyed by name (evaluate's per-class
+    accuracies, visualize's files) would merge two classes or show none."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name.strip():
+            return f"name {i} is empty ({name!r}); every class needs a name"
+        if name in first:
+            return (
+                f"hold {name!r:.60} twice (classes {first[name]} and {i}); each class needs its"
+                " own name"
+            )
+        first[name] = i
+    return None
+
+
 def default_data_dir() -> Path:
     """``$SVMTOOL_DATA_DIR``, else the platform's user cache directory."""
     env = os.environ.get(DATA_DIR_ENV)
@@ -258,6 +275,9 @@ def load_npz(path: Path) -> Dataset:
                 f"{path}: class_names must be a list of strings, got {names.dtype} {names.shape}"
             )
         class_names = [str(n) for n in names]
+        problem = class_names_problem(class_names)
+        if problem:
+            raise SvmtoolError(f"{path}: class_names {problem}")
         if top >= len(class_names):
             hint = (
                 f": labels run {low}..{top}; if they count from 1, save y_train=y_train - 1"
