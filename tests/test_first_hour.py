@@ -98,7 +98,7 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
         model_io.Model(W=np.full((13, 2), np.nan, np.float32), mean_image=good.mean_image,
                        class_names=["a", "b"]),
         model_io.Model(W=good.W, mean_image=good.mean_image, class_names=["a", "b"],
-                       grid=[{"lr": 1.0, "reg": 0.0, "val_accuracy": float("nan")}]),
+                       grid=[{"lr": float("inf"), "reg": 0.0}]),
         model_io.Model(W=good.W, mean_image=good.mean_image, class_names=["a", "b", "c"]),
     ]  # fmt: skip
     for k, model in enumerate(bad):
@@ -106,11 +106,15 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
         with pytest.raises(SvmtoolError, match="would not load"):
             model_io.save(model, path)
         assert not path.exists()
-    # Non-finite metrics are written as null (strict JSON), never as NaN.
+    # An undefined accuracy is written as null (strict JSON), never as NaN, which
+    # load refuses in a grid: what train wrote with --num-val 0 before.
+    nan = float("nan")
     odd = model_io.Model(W=good.W, mean_image=good.mean_image, class_names=["a", "b"],
-                         metrics={"val_accuracy": float("nan")})  # fmt: skip
+                         metrics={"val_accuracy": nan},
+                         grid=[{"lr": 1.0, "reg": 0.0, "val_accuracy": nan}] * 2)  # fmt: skip
     model_io.save(odd, tmp_path / "odd.npz")
-    assert model_io.load(tmp_path / "odd.npz").metrics == {"val_accuracy": None}
+    loaded = model_io.load(tmp_path / "odd.npz")
+    assert loaded.metrics == {"val_accuracy": None} and loaded.grid[0]["val_accuracy"] is None
 
 
 # --- 2. what a model can be used for is said at train time ----------------------------
