@@ -558,7 +558,10 @@ def test_keras_layout_sorted_by_label_trains_on_everything_with_a_stratified_val
     _, model, payload = fashion_model
     # 600 images: 60 validate (6 per class, although the file is sorted by label),
     # the other 540 all train.
-    assert payload["sizes"] == {"train": 540, "val": 60, "test": 100, "split": "stratified"}
+    assert payload["sizes"] == {
+        "train": 540, "val": 60, "test": 100, "split": "stratified",
+        "split_description": "stratified val, seed 0",
+    }  # fmt: skip
     assert payload["warnings"] == []
     assert payload["metrics"]["val_accuracy"] > 0.5  # chance is 0.1; by position it was 0
     loaded = model_io.load(model)

@@ -684,9 +684,10 @@ def _exclusive(data_dir: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def refuse_non_archive(path: Path) -> None:
+def refuse_non_archive(path: Path, trusted: bool = False) -> None:
     """Say what ``path`` is when it is not a CIFAR-10 .tar.gz at all (an .npz, a
-    zip, a text file), before its checksum is taken. Reads the first tar header only."""
+    zip, a text file), before its checksum is taken. Reads the first tar header only.
+    ``trusted`` (the user gave its --md5): any .tar.gz goes on to extraction's checks."""
     import tarfile
     import zlib
 
@@ -701,7 +702,7 @@ def refuse_non_archive(path: Path) -> None:
             ):
                 member = tar.next()
                 first = member.name if member is not None else None
-    if first is not None and "cifar-10-batches" in first:
+    if first is not None and ("cifar-10-batches" in first or trusted):
         return
     if magic == b"PK\x03\x04" and path.suffix.lower() == ".npz":
         raise SvmtoolError(f"{path} is not a CIFAR-10 archive; train with --data {path}")
@@ -742,7 +743,7 @@ def _download_locked(
         accepted = {spec.md5: fmt} | {a.md5: a.format for a in ARCHIVES.values()}
     archive = data_dir / spec.filename
     if from_file is not None:
-        refuse_non_archive(from_file)
+        refuse_non_archive(from_file, trusted=md5 is not None)
         got = md5_of(from_file)
         if got not in accepted:
             raise SvmtoolError(
