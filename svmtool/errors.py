@@ -25,7 +25,7 @@ def did_you_mean(value: str, choices) -> str:
     """' (did you mean X?)' for the closest of ``choices`` (case-insensitive), else ''."""
     import difflib
 
-    choices = list(choices)
+    choices = [c for c in choices if c != value]  # the value itself is no suggestion
     lowered = {c.lower(): c for c in choices}
     if value.lower() in lowered:
         return f" (did you mean {lowered[value.lower()]}?)"

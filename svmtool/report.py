@@ -274,6 +274,7 @@ def user_check_json(report) -> dict:
                 },
                 "bad_return": fn.bad_return,
                 "mutated": fn.mutated,
+                "numpy_replaced": fn.patched,
                 "regs": [
                     {
                         "reg": r.reg,

@@ -211,7 +211,7 @@ def test_missing_or_corrupt_npz(tmp_path):
 
 
 def test_unknown_source():
-    with pytest.raises(SvmtoolError, match="'imagenet' is not one of cifar10, synthetic"):
+    with pytest.raises(SvmtoolError, match=r"'imagenet' is not a dataset name \(cifar10, "):
         load_dataset("imagenet")
 
 
