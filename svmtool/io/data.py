@@ -428,9 +428,11 @@ def load_dataset(
 def unknown_data(source: str) -> BadValue:
     """--data that is neither a name nor a file: the closest name, or the .npz file
     beside it that the user probably meant (``fashion`` for ``fashion.npz``)."""
-    hint = did_you_mean(source, NAMED_DATASETS)
-    if not hint and Path(source + ".npz").is_file():
+    # A file the user has beats a name that looks alike (fashion.npz, not fashion-mnist).
+    if Path(source + ".npz").is_file():
         hint = f" (did you mean {source}.npz?)"
+    else:
+        hint = did_you_mean(source, NAMED_DATASETS)
     names = ", ".join(NAMED_DATASETS)
     problem = f"{source!r} is not a dataset name ({names}), an .npz file or an image folder"
     return BadValue("--data", problem + hint)
