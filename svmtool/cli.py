@@ -1212,7 +1212,7 @@ def gradcheck(
     from svmtool.core import gradcheck as gc
     from svmtool.io import model as model_io
     from svmtool.pipeline import gradcheck_batch, parse_floats
-    from svmtool.report import check_json, gradcheck_table
+    from svmtool.report import check_json, gradcheck_table, sweep_interpretation, sweep_json
 
     if not (0 < h <= 0.1):
         # A step beyond 0.1 straddles nearly every kink: the check would say nothing.
@@ -1252,18 +1252,34 @@ def gradcheck(
         coords = [_parse_coord(t) for t in coord]
     else:
         coords = gc.draw_coordinates(W.shape, checks, np.random.default_rng(seed + 1))
+    sweep_points = []
+    if deltas:
+        given = model is not None or weights is not None
+        at_check = gc.check_point(W.shape, np.random.default_rng(seed)) if given else W
+        sweep_points = [("the check point", gc.sweep_delta(at_check, X, y, deltas, h))]
+        if given:
+            label = "the model's W" if model is not None else "the given W"
+            sweep_points.append((label, gc.sweep_delta(W, X, y, deltas, h)))
+        if plot is not None:
+            write_sweep_plot(plot, sweep_points)
     if specs is not None:
         from svmtool.usercheck import DEFAULT_REGS
 
+        if show_kinks and not as_json:
+            say(
+                "--show-kinks does not apply with --loss: the samples behind each kink are in"
+                " --json (regs[].checks[].kinks)"
+            )
+        kink_plot = str(plot) if plot and not deltas else None
         settings = {
             "regs": list(DEFAULT_REGS) if reg is None else [reg], "delta": delta,
             "coords": [list(c) for c in coords], "h": h, "tol": tol, "seed": seed,
-            "source": batch.source, "point": point, "plot": str(plot) if plot else None,
+            "source": batch.source, "point": point, "plot": kink_plot,
             "width": out.width, "color": out.is_terminal and out.color_system is not None,
         }  # fmt: skip
         if len(specs) == 1 and not _has_folder(loss):
-            run_one_file(specs[0], settings, W, X, y, limits, as_json)
-        run_many_files(specs, settings, W, X, y, limits, as_json, csv_path, verbose)
+            run_one_file(specs[0], settings, W, X, y, limits, as_json, sweep_points)
+        run_many_files(specs, settings, W, X, y, limits, as_json, csv_path, verbose, sweep_points)
         return
     reg = 0.0 if reg is None else reg
     try:
@@ -1275,11 +1291,10 @@ def gradcheck(
             f"the loss is {report.loss} at this point, so no difference of it means anything:"
             f" --delta {delta:g} or --reg {reg:g} is too large"
         )
-    sweep_rows = gc.sweep_delta(W, X, y, coords, deltas, h) if deltas else []
     naive = gc.compare_naive(W, X, y, reg, delta)
     failed = any(c.status == "FAIL" for c in report.checks)
-    plotted = None
-    if plot:
+    plotted = str(plot) if plot and deltas else None
+    if plot and not deltas:
         plotted = write_kink_plot(
             plot, gc.worst_kink(report.checks), W, X, y, reg=reg, delta=delta, h=h,
             advice=" (try more --checks, or --model for a trained W)",
@@ -1304,7 +1319,8 @@ def gradcheck(
                     "near_kink_distance": report.near_kink_distance,
                     "interpretation": _interpretation(report),
                 },
-                "sweep_delta": [vars(r) for r in sweep_rows],
+                "sweep_delta": sweep_json(sweep_points) if sweep_points else [],
+                "sweep_interpretation": sweep_interpretation(sweep_points) if deltas else [],
                 "naive_vs_vectorized": vars(naive),
                 "plot": plotted,
                 "passed": not failed,
@@ -1351,15 +1367,27 @@ def gradcheck(
         f" ({naive.naive_seconds / max(naive.vectorized_seconds, 1e-9):.0f}x)",
         markup=False,
     )
-    if sweep_rows:
-        st = Table(title="how delta changes the frequency of kinks")
-        for name in ("delta", "margins near a kink", "coordinates straddling"):
-            number_column(st, name)
-        for r in sweep_rows:
-            st.add_row(f"{r.delta:g}", f"{r.near_kink_fraction:.4%}", f"{r.straddled_fraction:.0%}")
-        print_table(out, st)
+    render_sweep(sweep_points)
     if failed:
         raise typer.Exit(1)
+
+
+def render_sweep(points) -> None:
+    """The delta sweep's table and what its numbers show (nothing without --sweep-delta)."""
+    from svmtool.report import _print_lines, sweep_interpretation, sweep_table
+
+    if not points:
+        return
+    print_table(out, sweep_table(points))
+    _print_lines(out, sweep_interpretation(points))
+
+
+def write_sweep_plot(plot: Path, points) -> None:
+    from svmtool.io import images
+    from svmtool.io.files import write_atomic
+
+    write_atomic(plot, lambda f: images.sweep_plot(points, f))
+    say(f"the fraction of coordinates straddling a kink against delta: {plot}")
 
 
 def check_plot_destination(plot: Path) -> None:
@@ -1500,7 +1528,7 @@ def _their_output(data: bytes) -> str:
     return _OUTPUT_UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def run_one_file(spec, settings, W, X, y, limits, as_json) -> None:
+def run_one_file(spec, settings, W, X, y, limits, as_json, sweep_points=()) -> None:
     """gradcheck --loss FILE: the report of each function as soon as it is done (a
     loop-based loss takes a while); the file runs in a child process within the limits."""
     import time
@@ -1561,6 +1589,10 @@ def run_one_file(spec, settings, W, X, y, limits, as_json) -> None:
         document = dict(result.report or {"functions": [], "exit_code": result.exit_code})
         document.update(status=result.status, message=result.message or None,
                         exit_code=result.exit_code, passed=result.exit_code == 0)  # fmt: skip
+        if sweep_points:
+            from svmtool.report import sweep_json
+
+            document["sweep_delta"] = sweep_json(sweep_points)
         print_json(document)
         for section in result.sections:
             if section["stderr"]:
@@ -1571,6 +1603,8 @@ def run_one_file(spec, settings, W, X, y, limits, as_json) -> None:
         say(f"Error: {spec}: {result.message}")
     if not as_json and result.tail:
         sys.stdout.write(result.tail)
+    if not as_json:
+        render_sweep(sweep_points)
     raise typer.Exit(result.exit_code)
 
 
@@ -1589,13 +1623,15 @@ def _short_reason(verdict: str, text: str, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
-def run_many_files(specs, settings, W, X, y, limits, as_json, csv_path, verbose) -> None:
+def run_many_files(
+    specs, settings, W, X, y, limits, as_json, csv_path, verbose, sweep_points=()
+) -> None:
     """gradcheck with many --loss files: each in its own child, side by side on the
     cores; a progress bar, then one summary row per file and function."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from svmtool import sandbox
-    from svmtool.report import render_header
+    from svmtool.report import render_header, sweep_json
     from svmtool.usercheck import UserCheckReport
 
     progress = None
@@ -1653,6 +1689,7 @@ def run_many_files(specs, settings, W, X, y, limits, as_json, csv_path, verbose)
                 "rows": [vars(row) for row in rows],
                 "counts": counts,
                 "limits": vars(limits),
+                "sweep_delta": sweep_json(sweep_points) if sweep_points else [],
                 "exit_code": int(failed),
                 "passed": not failed,
             }
@@ -1706,6 +1743,7 @@ def run_many_files(specs, settings, W, X, y, limits, as_json, csv_path, verbose)
         literal(f"{len(results)} files, {len(rows)} functions: {said or 'none checked'}"),
         soft_wrap=True,
     )
+    render_sweep(sweep_points)
     if csv_path is not None:
         say(f"wrote {len(rows)} rows to {csv_path}")
     raise typer.Exit(int(failed))

@@ -895,8 +895,9 @@ def gradcheck_batch(
     else:
         mean = mean_image(dataset.train_images, parts.train)
         X = preprocess(dataset.train_images, mean, parts.dev, np.float64)
-        rng = np.random.default_rng(seed)
-        W = 1e-4 * rng.standard_normal((X.shape[1], len(dataset.class_names)))
+        from svmtool.core.gradcheck import check_point
+
+        W = check_point((X.shape[1], len(dataset.class_names)), np.random.default_rng(seed))
     y = np.asarray(dataset.train_labels)[parts.dev]
     return GradcheckBatch(W, X, y, source, notice, list(dataset.notes))
 

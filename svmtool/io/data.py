@@ -630,16 +630,53 @@ def split(dataset: Dataset, seed: int = 0, **sizes: int | None) -> Split:
 # --- preprocess ----------------------------------------------------------------
 
 
+def _row_blocks(flat: np.ndarray, index: np.ndarray | None, size: int):
+    """(start, rows) for consecutive blocks of ``size`` rows of ``flat`` (M, D):
+    all of them in order when index is None, else flat[index] block by block.
+    A block of consecutive indices is a view; others are gathered into one
+    reused buffer (valid until the next block). index must be in range."""
+    n = flat.shape[0] if index is None else index.size
+    buffer = None
+    for start in range(0, n, size):
+        if index is None:
+            yield start, flat[start : start + size]
+            continue
+        part = index[start : start + size]
+        first = int(part[0])
+        if part.size == 1 or (np.diff(part) == 1).all():
+            yield start, flat[first : first + part.size]
+            continue
+        if buffer is None:
+            buffer = np.empty((min(size, n), flat.shape[1]), dtype=flat.dtype)
+        # mode="clip" lets take write straight into the buffer (the default
+        # "raise" goes through a temporary); the caller checked the range.
+        yield start, np.take(flat, part, axis=0, out=buffer[: part.size], mode="clip")
+
+
+def _check_rows(rows: np.ndarray | None, count: int) -> np.ndarray | None:
+    if rows is None:
+        return None
+    index = np.asarray(rows)
+    if index.size and (index.min() < 0 or index.max() >= count):
+        raise ValueError(f"rows must be in [0, {count}), got {index.min()}..{index.max()}")
+    return index
+
+
 def mean_image(images: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """Mean of uint8 images (N, H, W, C) over ``rows`` (all if None), as float64 (H, W, C)."""
+    """Mean of uint8 images (N, H, W, C) over ``rows`` (all if None), as float64 (H, W, C).
+
+    The sums are integers, exact: blocks of 257 rows are summed in uint16 (257 * 255
+    < 2^16, twice as fast as wider sums), the blocks in int64.
+    """
     flat = images.reshape(images.shape[0], -1)
-    total = np.zeros(flat.shape[1])
-    chunk = 4096
-    index = np.arange(flat.shape[0]) if rows is None else np.sort(rows)
-    for start in range(0, index.size, chunk):
-        # Summing in blocks bounds the float64 temporary at chunk x D.
-        total += flat[index[start : start + chunk]].sum(axis=0, dtype=np.float64)
-    return (total / max(index.size, 1)).reshape(images.shape[1:])
+    index = _check_rows(rows, flat.shape[0])
+    if index is not None:
+        index = np.sort(index)
+    total = np.zeros(flat.shape[1], dtype=np.int64)
+    for _, block in _row_blocks(flat, index, 257):
+        total += np.add.reduce(block, axis=0, dtype=np.uint16)
+    count = flat.shape[0] if index is None else index.size
+    return (total / max(count, 1)).reshape(images.shape[1:])
 
 
 def preprocess(
@@ -651,17 +688,24 @@ def preprocess(
     """Rows ``(N, D+1)``: flattened images minus ``mean``, a bias column of ones last.
 
     images: (M, H, W, C) uint8; mean: (H, W, C); rows: which images, in which
-    order (all if None). Built block by block into one preallocated array, so
-    no full-size float64 temporary is made.
+    order (all if None). One pass into the preallocated output: each block of
+    rows is converted, has the mean subtracted and gets its bias while it is in
+    cache, with no temporary beyond a block (a uint8-to-float subtraction in one
+    ufunc call casts through a buffer: measured 2-3x slower than the two calls).
     """
     flat = images.reshape(images.shape[0], -1)
-    index = np.arange(flat.shape[0]) if rows is None else np.asarray(rows)
+    index = _check_rows(rows, flat.shape[0])
     d = flat.shape[1]
-    out = np.empty((index.size, d + 1), dtype=dtype)
+    out = np.empty((flat.shape[0] if index is None else index.size, d + 1), dtype=dtype)
     mean_row = np.asarray(mean, dtype=dtype).reshape(d)
-    chunk = 2048
-    for start in range(0, index.size, chunk):
-        block = flat[index[start : start + chunk]]
-        np.subtract(block, mean_row, out=out[start : start + block.shape[0], :d], dtype=dtype)
-    out[:, d] = 1
+    # Rows are gathered 512 at a time and converted 32 at a time (~400 KB of
+    # float32 at CIFAR's size), which stay in L2 between the two passes.
+    for start, block in _row_blocks(flat, index, 512):
+        for sub in range(0, block.shape[0], 32):
+            rows_in = block[sub : sub + 32]
+            target = out[start + sub : start + sub + rows_in.shape[0]]
+            body = target[:, :d]
+            np.copyto(body, rows_in)
+            np.subtract(body, mean_row, out=body)
+            target[:, d] = 1
     return out

@@ -452,6 +452,34 @@ def kink_plot(curve, path) -> None:
     plt.close(fig)
 
 
+def sweep_plot(points, path) -> None:
+    """Fraction of coordinates straddling a kink, and of margins near one, against
+    delta, for each point (``points``: [(label, [SweepRow])])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for (label, rows), color in zip(points, ("tab:blue", "tab:red"), strict=False):
+        deltas = [r.delta for r in rows]
+        ax.plot(deltas, [100 * r.straddled_fraction for r in rows], "o-", color=color,
+                label=f"coordinates straddling, at {label}")  # fmt: skip
+        ax.plot(deltas, [100 * r.near_kink_fraction for r in rows], "s--", color=color,
+                alpha=0.6, label=f"margins near a kink, at {label}")  # fmt: skip
+    positive = [r.delta for _, rows in points for r in rows if r.delta > 0]
+    if positive:
+        ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set_xlabel("delta")
+    ax.set_ylabel("%")
+    ax.set_title("how delta changes the frequency of kinks (every coordinate of W)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
 def centroid_patches(
     centroids: np.ndarray, whiten_mean: np.ndarray, whiten: np.ndarray, channels: int
 ) -> np.ndarray:
