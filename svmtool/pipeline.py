@@ -234,6 +234,8 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             f" there are no validation images (--num-val 0): give --num-val N, or one --lr and"
             " one --reg"
         )
+    _check_feature_request(request, dataset.image_shape)
+    check_memory(request, dataset.image_shape, parts, len(dataset.class_names))
     mean = mean_image(dataset.train_images, parts.train)
     labels = np.asarray(dataset.train_labels)
     uses = model_uses(dataset.image_shape)
@@ -286,6 +288,82 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             f" every step uses all {n} (full-batch gradient descent)"
         )
     return prepared
+
+
+# --- memory -------------------------------------------------------------------------------
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def check_memory(
+    request: TrainRequest, image_shape: tuple[int, ...], parts: Split, num_classes: int
+) -> None:
+    """Refuse, before anything is allocated, sizes that cannot fit in the memory this
+    process may use, naming the options that ask for it (estimates of the big
+    arrays; small ones and Python's own are left out)."""
+    from svmtool.core import features as F
+    from svmtool.core import kmeans as K
+    from svmtool.io.npzfile import usable_memory
+
+    limit = usable_memory()
+    if limit is None:
+        return
+    itemsize = np.dtype(DTYPES[request.dtype]).itemsize
+    n_train, n = int(parts.train.size), int(parts.train.size + parts.val.size)
+
+    def refuse(what: str, parts_: list[tuple[str, int]], advice: str) -> None:
+        total = sum(b for _, b in parts_)
+        if total <= limit:
+            return
+        big = [(label, b) for label, b in sorted(parts_, key=lambda p: -p[1]) if b >= total / 100]
+        shown = ", ".join(f"{label}: {_gb(b)}" for label, b in big)
+        raise SvmtoolError(
+            f"{what} needs about {_gb(total)} of memory ({shown}), more than the"
+            f" {_gb(limit)} this process may use; {advice}"
+        )
+
+    if request.features == "kmeans":
+        fit = K.fit_bytes(request.centroids, request.patches, image_shape[2])
+        refuse(
+            f"k-means with --centroids {request.centroids} and --patches {request.patches}",
+            [(f"{request.patches} patches", fit["patches"]),
+             (f"{request.centroids} centroids", fit["centroids"])],
+            "use a smaller --centroids or --patches",
+        )  # fmt: skip
+        width = 4 * request.centroids
+    elif request.features == "hog":
+        width = F.hog_dim(image_shape)
+    else:
+        width = int(np.prod(image_shape))
+    if request.features != "pixels":
+        extraction = n * width * 4
+        if request.features == "kmeans":
+            extraction += K.extract_bytes(request.centroids, image_shape)
+        option = f"--centroids {request.centroids}" if request.features == "kmeans" else "hog"
+        refuse(
+            f"{width} features per image ({option}) for {n} images",
+            [("the raw features", extraction),
+             ("their standardized rows", n * (width + 1) * itemsize)],
+            "use a smaller --centroids or --num-train" if request.features == "kmeans"
+            else "use a smaller --num-train",
+        )  # fmt: skip
+    configs = len(request.lrs) * len(request.regs)
+    d = width + 1
+    grid = f"{configs} configurations of --lr x --reg" if configs > 1 else "the model"
+    refuse(
+        f"training {grid} for --iters {request.iters}",
+        [
+            (f"the rows ({n} images x {d} values, --num-train)", n * d * itemsize),
+            (f"a loss per step and configuration (--iters {request.iters})",
+             request.iters * configs * 8),
+            (f"W for {grid}", 3 * configs * d * num_classes * itemsize),
+            ("the batch scores (--batch-size)",
+             3 * min(request.batch_size, n_train) * configs * num_classes * itemsize),
+        ],
+        "use a smaller --iters, fewer --lr/--reg values or a smaller --num-train",
+    )  # fmt: skip
 
 
 # --- features -----------------------------------------------------------------------------
@@ -390,8 +468,8 @@ def build_features(
             "data": fingerprint(images, train_sorted),
             "params": params,
         }
-        found = cache.load(key) if cache else None
-        if found is not None:
+        found = cache.load(key, dictionary_layout(request, dataset.image_shape)) if cache else None
+        if found is not None and dictionary_problem(found) is None:
             arrays = {k: np.array(v) for k, v in found.items()}
             notes.append(f"k-means dictionary read from the feature cache ({cache.path(key)})")
         else:
@@ -414,8 +492,9 @@ def build_features(
                     f"k-means dictionary (K = {request.centroids}) of {train_sorted.size}"
                     f" training images of {source}"
                 )
-                where = cache.store(key, arrays, about)
-                notes.append(f"k-means dictionary stored in the feature cache ({where})")
+                where = store_in_cache(cache, key, arrays, notes, about)
+                if where is not None:
+                    notes.append(f"k-means dictionary stored in the feature cache ({where})")
 
     features = Features(request.features, params, arrays)
     rows = np.sort(np.concatenate([parts.train, parts.val]))
@@ -462,7 +541,8 @@ def cached_raw_features(
         "data": fingerprint(images, rows),
     }
     if cache is not None:
-        found = cache.load(key)
+        width = F.feature_dim(features, tuple(images.shape[1:]))
+        found = cache.load(key, {"raw": ((int(rows.size), width), np.float32)})
         if found is not None:
             where = cache.path(key)
             notes.append(f"features of {rows.size} images read from the feature cache ({where})")
@@ -477,9 +557,45 @@ def cached_raw_features(
         about = f"{features.kind} features of {rows.size} images" + (
             f" of {source}" if source else ""
         )
-        where = cache.store(key, {"raw": raw}, about)
-        notes.append(f"features of {rows.size} images stored in the feature cache ({where})")
+        where = store_in_cache(cache, key, {"raw": raw}, notes, about)
+        if where is not None:
+            notes.append(f"features of {rows.size} images stored in the feature cache ({where})")
     return raw
+
+
+def store_in_cache(
+    cache, key: dict, arrays: dict[str, np.ndarray], notes: list[str], about: str = ""
+):
+    """``cache.store``; a cache that cannot be written is said once in ``notes``
+    and the run goes on without it (None). ``about``: what the entry is."""
+    from svmtool.io.featurecache import CacheNotWritten
+
+    try:
+        return cache.store(key, arrays, about)
+    except CacheNotWritten as exc:
+        message = f"Warning: {exc}"
+        if message not in notes:
+            notes.append(message)
+        return None
+
+
+def dictionary_layout(request: TrainRequest, image_shape: tuple[int, ...]) -> dict:
+    """What a cached k-means dictionary must hold for this request: name -> (shape, dtype)."""
+    from svmtool.core.kmeans import patch_dim
+
+    p = patch_dim(image_shape[2])
+    return {
+        "centroids": ((request.centroids, p), np.float32),
+        "whiten_mean": ((p,), np.float64),
+        "whiten": ((p, p), np.float64),
+    }
+
+
+def dictionary_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """Why a k-means dictionary cannot be used (its values' own rules), or None."""
+    from svmtool.core.kmeans import whitening_problem
+
+    return whitening_problem(np.asarray(arrays["whiten"]))
 
 
 def run_training(

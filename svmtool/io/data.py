@@ -46,6 +46,23 @@ class Dataset:
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
 
 
+def class_names_problem(names: list[str]) -> str | None:
+    """Why ``names`` cannot name classes, or None: each must be non-empty (not
+    only spaces) and used once, or results keyed by name (evaluate's per-class
+    accuracies, visualize's files) would merge two classes or show none."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name.strip():
+            return f"name {i} is empty ({name!r}); every class needs a name"
+        if name in first:
+            return (
+                f"hold {name!r:.60} twice (classes {first[name]} and {i}); each class needs its"
+                " own name"
+            )
+        first[name] = i
+    return None
+
+
 def default_data_dir() -> Path:
     """``$SVMTOOL_DATA_DIR``, else the platform's user cache directory."""
     env = os.environ.get(DATA_DIR_ENV)
@@ -308,7 +325,11 @@ def _class_names(path: Path, names: np.ndarray | None) -> list[str] | None:
         raise SvmtoolError(
             f"{path}: class_names must be a list of strings, got {names.dtype} {names.shape}"
         )
-    return [str(n) for n in names]
+    class_names = [str(n) for n in names]
+    problem = class_names_problem(class_names)
+    if problem:
+        raise SvmtoolError(f"{path}: class_names {problem}")
+    return class_names
 
 
 def load_npz(path: Path) -> Dataset:
@@ -347,6 +368,9 @@ def load_npz(path: Path) -> Dataset:
                     f"{path}: y_{part} has shape {raw[part].shape}, expected ({len(images[part])},)"
                 )
         labels, class_names = _string_labels(path, raw, names)
+        problem = class_names_problem(class_names)
+        if problem:
+            raise SvmtoolError(f"{path}: the labels (class names) {problem}")
     else:
         labels = {
             part: _check_labels(path, f"y_{part}", raw[part], len(images[part]))

@@ -35,6 +35,22 @@ def physical_memory() -> int | None:
         return None
 
 
+def usable_memory() -> int | None:
+    """What this process may allocate: the machine's memory, or less under an
+    address-space limit (ulimit -v); None where neither is known."""
+    limits = [physical_memory()]
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limits.append(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    known = [m for m in limits if m]
+    return min(known) if known else None
+
+
 def npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, fortran order, dtype) from the .npy header at ``f``'s position.
 
