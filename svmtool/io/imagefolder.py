@@ -46,7 +46,7 @@ from svmtool.io.npzfile import map_npy, physical_memory, write_npy_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_DIRNAME = "image-folder-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the (name, size, mtime_ns) digest in meta.json, files.json beside it
 CACHE_FILES = ("train_images", "train_labels", "test_images", "test_labels")
 DEFAULT_SIZE = (32, 32)
 SMALL_SIDE = 64  # all images at most this wide and high: keep their most common size
