@@ -352,7 +352,8 @@ def choose_shape(
 
 def cache_key(root: Path) -> str:
     """One entry per folder (another size replaces it)."""
-    return hashlib.sha256(json.dumps([str(root), CACHE_VERSION]).encode()).hexdigest()[:24]
+    # 1, not CACHE_VERSION: an entry of an older format is replaced in place, not orphaned.
+    return hashlib.sha256(json.dumps([str(root), 1]).encode()).hexdigest()[:24]
 
 
 def _serves(meta: dict, request: list) -> bool:
