@@ -386,8 +386,8 @@ def _read_json(path: Path, limit: int):
 
 def _read_meta(folder: Path, limit: int) -> dict:
     meta = _read_json(folder / "meta.json", limit)
-    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
-        raise ValueError("its format version is not this svmtool's")
+    if not isinstance(meta, dict):
+        raise ValueError("meta.json is not an object")
     return meta
 
 
@@ -399,6 +399,8 @@ def _open_entry(folder: Path, scan_: Scan, request: list) -> tuple[Dataset, dict
         if not _is_real_dir(folder):
             return "it is not a folder"
         meta = _read_meta(folder, 1 << 22)
+        if meta.get("version") != CACHE_VERSION:
+            return f"it is of format {meta.get('version')!r:.20}, this svmtool writes {CACHE_VERSION}"
         if meta.get("root") != str(scan_.root) or not _serves(meta, request):
             return "stale"
         current_digest = stat_digest(scan_)
