@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -56,14 +58,36 @@ def main() -> None:
         print(f"cores available: {imagefolder.default_workers()}; load: {os.getloadavg()}")
         print(f"{n} PNGs of 32 x 32 in {root}")
 
+        cpu: dict[int, list[float]] = {1: [], 2: []}
+
         def decode(workers: int):
-            return lambda: imagefolder._run(
-                imagefolder.decode_files, paths, (shape,), workers, "decoding", None
-            )
+            def run() -> None:
+                # CPU seconds of this process and of the workers it reaped (the pool's).
+                before = (
+                    resource.getrusage(resource.RUSAGE_SELF),
+                    resource.getrusage(resource.RUSAGE_CHILDREN),
+                )
+                imagefolder._run(
+                    imagefolder.decode_files, paths, (shape,), workers, "decoding", None
+                )
+                after = (
+                    resource.getrusage(resource.RUSAGE_SELF),
+                    resource.getrusage(resource.RUSAGE_CHILDREN),
+                )
+                cpu[workers].append(
+                    sum(a.ru_utime + a.ru_stime - b.ru_utime - b.ru_stime
+                        for a, b in zip(after, before, strict=True))
+                )  # fmt: skip
+
+            return run
 
         medians = alternate({"1 worker": decode(1), "2 workers": decode(2)}, args.repeats)
-        for name, seconds in medians.items():
-            print(f"decoding, {name:9s}: {fmt(seconds)}  {n / seconds:8,.0f} images/s")
+        for (name, seconds), workers in zip(medians.items(), (1, 2), strict=True):
+            used = statistics.median(cpu[workers])
+            print(
+                f"decoding, {name:9s}: {fmt(seconds)}  {n / seconds:8,.0f} images/s,"
+                f" {used:6.2f} CPU-s ({used / seconds:.2f} cores busy on average)"
+            )
         speedup = medians["1 worker"] / medians["2 workers"]
         print(f"2 workers / 1 worker: {speedup:.2f}x")
 

@@ -400,7 +400,8 @@ def _open_entry(folder: Path, scan_: Scan, request: list) -> tuple[Dataset, dict
             return "it is not a folder"
         meta = _read_meta(folder, 1 << 22)
         if meta.get("version") != CACHE_VERSION:
-            return f"it is of format {meta.get('version')!r:.20}, this svmtool writes {CACHE_VERSION}"
+            found = f"{meta.get('version')!r:.20}"
+            return f"it is of format {found}, this svmtool writes {CACHE_VERSION}"
         if meta.get("root") != str(scan_.root) or not _serves(meta, request):
             return "stale"
         current_digest = stat_digest(scan_)
