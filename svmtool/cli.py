@@ -1136,8 +1136,11 @@ def gradcheck(
     tol: float = typer.Option(
         1e-6,  # gradcheck.DEFAULT_TOL, written out so that --help needs no numpy
         "--tol",
-        help="Relative error allowed on kink-free coordinates (away from kinks the check is"
-        " exact up to rounding, ~1e-10; a wrong gradient term gives 1e-3 or more).",
+        help="Relative error |numeric - analytic| / (|numeric| + |analytic|) allowed on"
+        " kink-free coordinates (away from kinks the check is exact up to rounding, ~1e-10;"
+        " a wrong gradient term gives 1e-3 or more). A difference within the rounding of the"
+        " two losses, 8 * eps * (|L+| + |L-| + 1) / 2h, passes too: at a tiny --h that"
+        " allowance exceeds tol.",
         metavar="FLOAT",
     ),
     show_kinks: bool = typer.Option(
@@ -1207,7 +1210,8 @@ def gradcheck(
     verbose: bool = typer.Option(
         False,
         "--verbose",
-        help="With several --loss files: show each file's full report and what it printed.",
+        help="With --loss: every detail, the tables also for a function that is right; with"
+        " several files, each file's full report and what it printed.",
     ),
     plot: Path | None = typer.Option(
         None,
@@ -1314,6 +1318,7 @@ def gradcheck(
             "regs": list(DEFAULT_REGS) if reg is None else [reg], "delta": delta,
             "coords": [list(c) for c in coords], "h": h, "tol": tol, "seed": seed,
             "source": batch.source, "point": point, "plot": kink_plot,
+            "detail": True if verbose else None,
             "width": out.width, "color": out.is_terminal and out.color_system is not None,
         }  # fmt: skip
         if len(specs) == 1 and not _has_folder(loss):
@@ -1644,6 +1649,16 @@ def run_one_file(spec, settings, W, X, y, limits, as_json, sweep_points=()) -> N
         sys.stdout.write(result.tail)
     if not as_json:
         render_sweep(sweep_points)
+        from svmtool.report import render_verdicts
+
+        # Right and wrong say why; any other verdict is explained by the Error: line.
+        render_verdicts(
+            out,
+            [
+                (r.function, r.verdict, r.mistake if r.verdict in ("right", "wrong") else "")
+                for r in result.rows
+            ],
+        )
     raise typer.Exit(result.exit_code)
 
 
