@@ -1559,10 +1559,7 @@ def check_loss_options(specs, loss, timeout, jobs, plot, csv_path) -> None:
 def sandbox_limits(timeout: float, memory: str, jobs: int | None, files: int):
     from svmtool import sandbox
 
-    try:
-        size = sandbox.parse_memory(memory)
-    except SvmtoolError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+    size = sandbox.parse_memory(memory)  # a BadValue: a usage error, exit 2
     cores = sandbox.available_cores()
     return sandbox.Limits(timeout, size, min(files, jobs or cores))
 
