@@ -130,28 +130,44 @@ class FeatureCache:
     def load(self, key: dict, expected: Expected) -> dict[str, np.ndarray] | None:
         """The entry's arrays (memory-mapped, read-only), or None if it is missing
         or does not check out against ``key`` and ``expected`` (a damaged entry is
-        a miss; the next store replaces it)."""
+        a miss, and ``self.damage`` then says why; the next store replaces it)."""
         self.clear_scratch()
         folder = self.path(key)
-        try:
-            if not stat.S_ISDIR(os.lstat(folder).st_mode):
-                return None  # a file, a link, a FIFO where the entry goes
-            with open_regular(folder / "meta.json", "feature cache file", follow=False) as f:
-                if os.fstat(f.fileno()).st_size > MAX_META_BYTES:
-                    return None
-                meta = json.loads(f.read(MAX_META_BYTES + 1))
-            if not _meta_matches(meta, key, expected):
-                return None
-            arrays = {}
-            for name, (shape, dtype) in expected.items():
-                # Never through a link, never a FIFO, the header checked against the size.
-                a = map_npy(folder / f"{name}.npy", "feature cache file")
-                if a.shape != tuple(shape) or a.dtype != np.dtype(dtype) or not all_finite(a):
-                    return None
-                arrays[name] = a
-            return arrays
-        except (OSError, ValueError, TypeError, RecursionError, SvmtoolError):
+        self.damage: str | None = None
+        if not os.path.lexists(folder):
             return None
+        try:
+            found = self._read_entry(folder, key, expected)
+        except (OSError, ValueError, TypeError, RecursionError, SvmtoolError) as exc:
+            found = (
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, SvmtoolError) else str(exc)
+            )
+        if isinstance(found, str):
+            self.damage = f"the feature cache entry {folder} is damaged ({found})"
+            return None
+        return found
+
+    def _read_entry(self, folder: Path, key: dict, expected: Expected) -> dict | str:
+        """The arrays, or what is wrong with the entry."""
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return "not a folder"  # a file, a link, a FIFO where the entry goes
+        with open_regular(folder / "meta.json", "feature cache file", follow=False) as f:
+            if os.fstat(f.fileno()).st_size > MAX_META_BYTES:
+                return f"meta.json is larger than {MAX_META_BYTES} bytes"
+            meta = json.loads(f.read(MAX_META_BYTES + 1))
+        if not _meta_matches(meta, key, expected):
+            return "meta.json does not describe this entry's arrays"
+        arrays = {}
+        for name, (shape, dtype) in expected.items():
+            # Never through a link, never a FIFO, the header checked against the size.
+            a = map_npy(folder / f"{name}.npy", "feature cache file")
+            want = (tuple(shape), np.dtype(dtype))
+            if (a.shape, a.dtype) != want:
+                return f"{name}.npy is {a.dtype} {a.shape}, expected {want[1]} {want[0]}"
+            if not all_finite(a):
+                return f"{name}.npy holds NaN or infinite values"
+            arrays[name] = a
+        return arrays
 
     @contextlib.contextmanager
     def _lock(self, exclusive: bool, wait: float) -> Iterator[bool]:
