@@ -96,26 +96,28 @@ def all_finite(array: np.ndarray, chunk_bytes: int = 1 << 24) -> bool:
     return all(np.isfinite(array[s : s + step]).all() for s in range(0, array.shape[0], step))
 
 
-def _meta_matches(meta, key: dict, expected: Expected) -> bool:
-    """meta.json parsed: the right format, this key, exactly the expected arrays."""
+def _meta_problem(meta, key: dict, expected: Expected) -> str | None:
+    """What is wrong with a parsed meta.json (None: the right format, this key,
+    exactly the expected arrays)."""
     if not isinstance(meta, dict):
-        return False
+        return "meta.json is not a JSON object"
     version = meta.get("cache_format")
     if type(version) is not int or version != CACHE_FORMAT:
-        return False
+        return f"meta.json has cache format {version!r:.20}, not {CACHE_FORMAT}"
     # Compared as canonical text: in Python True == 1 and 1 == 1.0.
     try:
         if json.dumps(meta.get("key"), sort_keys=True) != json.dumps(key, sort_keys=True):
-            return False
+            return "meta.json names another key"
     except (TypeError, ValueError):
-        return False
+        return "meta.json names another key"
     arrays = meta.get("arrays")
     if not isinstance(arrays, dict) or set(arrays) != set(expected):
-        return False
+        return f"meta.json does not list exactly the arrays {', '.join(sorted(expected))}"
     for name, (shape, dtype) in expected.items():
-        if arrays[name] != [list(shape), str(np.dtype(dtype))]:
-            return False
-    return True
+        want = [list(shape), str(np.dtype(dtype))]
+        if arrays[name] != want:
+            return f"meta.json says {name} is {arrays[name]!r:.60}, expected {want}"
+    return None
 
 
 class FeatureCache:
@@ -155,8 +157,9 @@ class FeatureCache:
             if os.fstat(f.fileno()).st_size > MAX_META_BYTES:
                 return f"meta.json is larger than {MAX_META_BYTES} bytes"
             meta = json.loads(f.read(MAX_META_BYTES + 1))
-        if not _meta_matches(meta, key, expected):
-            return "meta.json does not describe this entry's arrays"
+        problem = _meta_problem(meta, key, expected)
+        if problem:
+            return problem
         arrays = {}
         for name, (shape, dtype) in expected.items():
             # Never through a link, never a FIFO, the header checked against the size.
