@@ -19,6 +19,9 @@ from svmtool.core.train import StepFn, accuracy, check_settings, divergence_caus
 from svmtool.errors import DataNotFound, SvmtoolError
 from svmtool.io.data import (
     CIFAR10,
+    CIFAR100,
+    DOWNLOADABLE,
+    NAMED_DATASETS,
     Dataset,
     Split,
     default_data_dir,
@@ -73,6 +76,7 @@ class TrainRequest:
     use_cache: bool = True
     lr_decay: float = 1.0
     image_size: tuple[int, int] | None = None  # (height, width) an image folder is read at
+    labels: str = "fine"  # cifar100: fine (100 classes) or coarse (20 superclasses)
 
 
 @dataclass
@@ -113,7 +117,7 @@ def check_seed(seed: int) -> None:
 def data_source_name(source: str) -> str:
     """How the model file records its data: a user's .npz by absolute path, so
     evaluate and gradcheck find it from any folder."""
-    if source in ("cifar10", "synthetic"):
+    if source in NAMED_DATASETS:
         return source
     return str(Path(source).expanduser().resolve())
 
@@ -129,9 +133,12 @@ def load_split(
     seed: int,
     image_size: tuple[int, int] | None = None,
     progress: ProgressFn | None = None,
+    labels: str = "fine",
     **sizes: int | None,
 ) -> tuple[Dataset, Split]:
-    dataset = load_dataset(source, data_dir, image_size=image_size, progress=progress)
+    dataset = load_dataset(
+        source, data_dir, image_size=image_size, progress=progress, labels=labels
+    )
     return dataset, split(dataset, seed=seed, **sizes)
 
 
@@ -175,13 +182,15 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
         raise SvmtoolError(f"init_scale must be >= 0, got {request.init_scale}")
     dtype = DTYPES[request.dtype]
     t0 = time.perf_counter()
-    folder = cifar_folder(request.data_dir) if request.data == CIFAR10 else request.data_dir
+    downloaded = request.data in DOWNLOADABLE
+    folder = cifar_folder(request.data_dir) if downloaded else request.data_dir
     dataset, parts = load_split(
         request.data,
         folder,
         request.seed,
         image_size=request.image_size,
         progress=progress,
+        labels=request.labels,
         num_train=request.num_train,
         num_val=request.num_val,
     )
@@ -202,7 +211,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             load_seconds=t1 - t0,
             split_rule=parts.rule,
             test_count=int(dataset.test_images.shape[0]),
-            data_dir=folder if request.data == CIFAR10 else None,
+            data_dir=folder if downloaded else None,
             warnings=list(parts.warnings),
             features=built.features,
             notes=built.notes,
@@ -222,7 +231,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             load_seconds=0.0,
             split_rule=parts.rule,
             test_count=int(dataset.test_images.shape[0]),
-            data_dir=folder if request.data == CIFAR10 else None,
+            data_dir=folder if downloaded else None,
             warnings=list(parts.warnings),
         )
         prepared.load_seconds = time.perf_counter() - t0
@@ -642,6 +651,7 @@ def run_training(
             "dtype": request.dtype,
             "data": data_source_name(request.data),
             "data_dir": str(prepared.data_dir) if prepared.data_dir else None,
+            **({"labels": request.labels} if request.data == CIFAR100 else {}),
             "split": prepared.split_rule,
             "num_train": sizes["train"],
             "num_val": sizes["val"],
@@ -751,7 +761,12 @@ def model_data(model: Model, data: str | None, data_dir: Path | None) -> tuple[s
     recorded = model.settings.get("data", CIFAR10)
     source = data if data is not None else recorded
     folder = data_dir
-    if folder is None and source == CIFAR10 == recorded and model.settings.get("data_dir"):
+    if (
+        folder is None
+        and source == recorded
+        and source in DOWNLOADABLE
+        and model.settings.get("data_dir")
+    ):
         folder = Path(model.settings["data_dir"])
     return source, folder
 
@@ -766,13 +781,18 @@ def load_model_data(
     try:
         return load_dataset(
             source, folder, image_size=(h, w), channels=c if c in (1, 3) else None,
-            progress=progress,
+            progress=progress, labels=str(model.settings.get("labels", "fine")),
         )  # fmt: skip
     except DataNotFound:
-        if data_dir is None and folder is not None:
+        if data_dir is None and folder is not None and source == CIFAR10:
             raise DataNotFound(
                 f"the model was trained on CIFAR-10 from {folder}, which no longer holds it;"
                 f" run: svmtool download --data-dir {folder}"
+            ) from None
+        if data_dir is None and folder is not None:
+            raise DataNotFound(
+                f"the model was trained on {source} from {folder}, which no longer holds it;"
+                f" run: svmtool download --dataset {source} --data-dir {folder}"
             ) from None
         raise
 
