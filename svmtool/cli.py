@@ -1303,7 +1303,9 @@ def gradcheck(
     if deltas:
         given = model is not None or weights is not None
         at_check = gc.check_point(W.shape, np.random.default_rng(seed)) if given else W
-        sweep_points = [("the check point", gc.sweep_delta(at_check, X, y, deltas, h))]
+        # at_check is a check_point draw: its expectation over the draw goes beside it.
+        at_sweep = gc.sweep_delta(at_check, X, y, deltas, h, expected=True)
+        sweep_points = [("the check point", at_sweep)]
         if given:
             label = "the model's W" if model is not None else "the given W"
             sweep_points.append((label, gc.sweep_delta(W, X, y, deltas, h)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import re
 import textwrap
 
@@ -400,15 +401,24 @@ def sweep_table(points) -> Table:
     total = points[0][1][0].coordinates if points[0][1] else 0
     table = Table(title=f"how delta changes the frequency of kinks (all {total} coordinates)")
     number_column(table, "delta")
-    for label, _ in points:
+    for label, rows in points:
         number_column(table, f"straddling at {label}")
+        if _has_expected(rows):
+            number_column(table, "expected at a random check point")
         number_column(table, "margins near a kink")
     for i, row in enumerate(points[0][1]):
         cells = [f"{row.delta:g}"]
         for _, rows in points:
-            cells += [f"{rows[i].straddled_fraction:.1%}", f"{rows[i].near_kink_fraction:.2%}"]
+            cells.append(f"{rows[i].straddled_fraction:.1%}")
+            if _has_expected(rows):
+                cells.append(f"{rows[i].expected_straddled_fraction:.1%}")
+            cells.append(f"{rows[i].near_kink_fraction:.2%}")
         table.add_row(*cells)
     return table
+
+
+def _has_expected(rows) -> bool:
+    return bool(rows) and all(r.expected_straddled_fraction is not None for r in rows)
 
 
 def _trend(values: list[float], deltas: list[float], what: str) -> str:
@@ -442,8 +452,27 @@ def sweep_interpretation(points) -> list[str]:
             [r.straddled_fraction for r in rows], deltas, "coordinates straddling a kink"
         )
         near = _trend([r.near_kink_fraction for r in rows], deltas, "margins near a kink")
+        if not _has_expected(rows):
+            lines.append(
+                f"At {label}, over all {rows[0].coordinates} coordinates: {straddling}; {near}."
+            )
+            continue
+        # One draw of W has few margins near a kink: its counts are noise around
+        # the expectation, so the trend is read from the expected column.
+        expected = _trend(
+            [r.expected_straddled_fraction for r in rows], deltas, "coordinates straddling a kink"
+        )
         lines.append(
-            f"At {label}, over all {rows[0].coordinates} coordinates: {straddling}; {near}."
+            f"At {label}, over all {rows[0].coordinates} coordinates, expected over random"
+            f" draws W = 1e-4*N(0, 1): {expected}."
+        )
+        first = min(rows, key=lambda r: r.delta)
+        k = first.near_kink
+        spread = f"about {1 / math.sqrt(k):.0%} of their value" if k else "without bound"
+        lines.append(
+            f"The one measured draw has {k} of {first.margins} margins near a kink at delta ="
+            f" {first.delta:g}, so its fractions vary by {spread} (1/sqrt({k})) from draw to"
+            f" draw; measured there: {straddling}."
         )
     if len(points) == 2:
         (a, ra), (b, rb) = points
@@ -465,7 +494,9 @@ def sweep_json(points) -> list[dict]:
     for i, row in enumerate(points[0][1]):
         entry: dict = {"delta": row.delta}
         for key, (label, rows) in zip(("at_check_point", "at_given_W"), points, strict=False):
-            entry[key] = {"point": label, **vars(rows[i])}
+            # The expected fractions exist only at the random check point.
+            fields = {k: v for k, v in vars(rows[i]).items() if v is not None}
+            entry[key] = {"point": label, **fields}
         # Kept for readers of the earlier format: the first point's fractions.
         entry["near_kink_fraction"] = row.near_kink_fraction
         entry["straddled_fraction"] = row.straddled_fraction

@@ -248,6 +248,10 @@ def test_gradcheck_json_sweep_and_kinks(trained):
             assert row[point]["coordinates"] == 3073 * 10
             assert 0 <= row[point]["straddled"] <= row[point]["coordinates"]
     assert payload["sweep_interpretation"][0].startswith("At the check point, over all 30730")
+    for row in payload["sweep_delta"]:  # the expectation exists only over the random draw
+        assert 0 <= row["at_check_point"]["expected_straddled_fraction"] <= 1
+        assert "expected_straddled_fraction" not in row["at_given_W"]
+    assert "from draw to draw" in payload["sweep_interpretation"][1]
     assert payload["naive_vs_vectorized"]["loss_difference"] < 1e-9
     statuses = {c["status"] for c in payload["checks"]}
     assert statuses <= {"ok", "kink"}

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 
+from svmtool.core.gradcheck import _interval_probability as interval_probability
 from svmtool.core.gradcheck import (
     check_coordinate,
+    check_point,
     draw_coordinates,
+    expected_straddle,
     gradcheck,
     near_kink_fraction,
     relative_error,
@@ -191,3 +197,63 @@ def test_svm_loss_is_the_default():
     W, X, y = batch()
     report = gradcheck(W, X, y, [(0, 0)], reg=0.0)
     assert report.loss == pytest.approx(svm_loss(W, X, y, 0.0)[0])
+
+
+def cifar_shaped(n=60, d=48, c=10, seed=0):
+    """Mean-subtracted pixel values with a bias column, like CIFAR-10 rows (small D)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (n, d)).astype(np.float64)
+    X = np.hstack([pixels - pixels.mean(axis=0), np.ones((n, 1))])
+    return X, rng.integers(0, c, n)
+
+
+def test_expected_straddle_never_rises_with_delta():
+    X, y = cifar_shaped()
+    deltas = [0.0, 1e-3, 0.01, 0.1, 0.3, 1.0, 10.0]
+    rows = sweep_delta(check_point((X.shape[1], 10), np.random.default_rng(1)), X, y, deltas,
+                       expected=True)  # fmt: skip
+    straddled = [r.expected_straddled_fraction for r in rows]
+    near = [r.expected_near_kink_fraction for r in rows]
+    for values in (straddled, near):
+        assert all(b <= a for a, b in itertools.pairwise(values)), values
+    assert straddled[0] > 0.01 and straddled[4] < straddled[0]  # it does fall, not stay flat
+    assert straddled[-1] == 0.0 and near[-1] == 0.0  # every margin is far from its kink
+
+
+def test_expected_straddle_matches_monte_carlo_over_check_points():
+    # sigma_n ~ 1e-4*sqrt(2)*||x_n|| is comparable to the deltas here, so both
+    # fractions are far from 0 and 1; 300 draws give a standard error ~0.015.
+    rng = np.random.default_rng(3)
+    n, d, c, h = 40, 12, 4, 1e-5
+    X = rng.standard_normal((n, d))
+    y = rng.integers(0, c, n)
+    for delta in (0.0, 5e-4):
+        straddled, near = expected_straddle(X, y, delta, h, c)
+        draws = [check_point((d, c), rng) for _ in range(300)]
+        measured = np.mean([straddle_map(W, X, y, delta, h).mean() for W in draws])
+        distance = h * np.abs(X).max()
+        close = np.mean([near_kink_fraction(margins(X @ W, y, delta), distance) for W in draws])
+        # 0.05: ~3 standard errors plus the bias of treating margins as independent.
+        assert abs(straddled - measured) < 0.05, (delta, straddled, measured)
+        assert abs(near - close) < 0.006, (delta, near, close)
+        assert 0.1 < straddled < 0.9
+
+
+def test_expected_straddle_is_zero_when_every_margin_is_far():
+    X, y = cifar_shaped(n=20, d=8)
+    assert expected_straddle(X, y, 1e6, 1e-5, 10) == (0.0, 0.0)
+    assert expected_straddle(X, y, 0.0, 1e-5, 10)[0] > 0.0
+
+
+def test_interval_probability_matches_erf_on_both_paths():
+    sigma = np.array([0.5, 0.5, 0.5, 0.5, 0.0, 0.0])
+    r = np.array([1e-3, 0.04, 0.2, 3.0, 0.5, 0.1])  # narrow, narrow, wide, wide, fixed
+    got = interval_probability(0.3, sigma, r)
+    want = [
+        0.5 * (math.erf((x - 0.3) / 0.5 / math.sqrt(2)) - math.erf((-x - 0.3) / 0.5 / math.sqrt(2)))
+        for x in r[:4]
+    ]
+    np.testing.assert_allclose(got[:4], want, rtol=1e-9)
+    assert (
+        got[4] == 1.0 and got[5] == 0.0
+    )  # a fixed margin 0.3: inside (-0.5, 0.5], not (-0.1, 0.1]

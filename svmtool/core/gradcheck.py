@@ -10,6 +10,7 @@ the mismatch disappears it was the kink (``kink``), otherwise ``FAIL``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -252,6 +253,9 @@ class SweepRow:
     straddled: int
     margins: int  # N*(C-1)
     near_kink: int
+    # Over the random check point W = 1e-4*N(0, 1) (expected_straddle); None at a fixed W.
+    expected_straddled_fraction: float | None = None
+    expected_near_kink_fraction: float | None = None
 
 
 def straddle_map(W: np.ndarray, X: np.ndarray, y: np.ndarray, delta: float, h: float) -> np.ndarray:
@@ -290,10 +294,12 @@ def sweep_delta(
     y: np.ndarray,
     deltas: Sequence[float],
     h: float = 1e-5,
+    expected: bool = False,
 ) -> list[SweepRow]:
     """For each delta: of every one of the D*C coordinates, how many a ±h step
     straddles (exactly, see straddle_map), and how many margins lie within
-    h*max|x| of their kink. W (D, C), X (N, D), y (N,)."""
+    h*max|x| of their kink. With ``expected`` (W is a check_point draw), also
+    both fractions' expectation over the draw. W (D, C), X (N, D), y (N,)."""
     distance = h * float(np.abs(X).max(initial=0.0))
     rows = []
     for delta in deltas:
@@ -303,10 +309,97 @@ def sweep_delta(
         hit = int(straddle_map(W, X, y, delta, h).sum())
         total = W.shape[0] * W.shape[1]
         count = int(real.sum())
-        rows.append(
-            SweepRow(delta, near / max(count, 1), hit / max(total, 1), total, hit, count, near)
-        )
+        row = SweepRow(delta, near / max(count, 1), hit / max(total, 1), total, hit, count, near)
+        if expected:
+            pair = expected_straddle(X, y, delta, h, W.shape[1])
+            row.expected_straddled_fraction, row.expected_near_kink_fraction = pair
+        rows.append(row)
     return rows
+
+
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(4)
+
+
+def _interval_probability(delta: float, sigma: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """P(-r < M <= r) for M ~ N(delta, sigma^2), elementwise (sigma, r broadcast).
+
+    = Phi((r - delta)/sigma) - Phi((-r - delta)/sigma). numpy has no erf and
+    math.erf over an (N, D) array costs seconds, so the integral of the normal
+    density over the interval is taken by 4-point Gauss-Legendre, accurate to
+    ~1e-12 relative when the half-width r/sigma <= 0.1 (every check-point step:
+    h|x| is tiny next to sigma); wider intervals use math.erf. sigma == 0 means a
+    fixed margin: 1 if -r < delta <= r.
+    """
+    sigma = np.asarray(sigma, dtype=np.float64)
+    r = np.asarray(r, dtype=np.float64)
+    fixed = sigma <= 0
+    s = np.where(fixed, 1.0, sigma)  # per-sample shape kept: no (N, D) copies of sigma
+    half = r / s
+    centre = -delta / s
+    total = np.zeros(half.shape)
+    t = np.empty(half.shape)
+    for node, weight in zip(_NODES, _WEIGHTS, strict=True):
+        np.multiply(half, node, out=t)
+        t += centre
+        np.square(t, out=t)
+        t *= -0.5
+        np.exp(t, out=t)
+        t *= weight
+        total += t
+    out = half * total
+    out *= 1.0 / math.sqrt(2 * math.pi)
+    fixed, r_full = np.broadcast_arrays(fixed, r)
+    if fixed.any():
+        out[fixed] = ((-r_full[fixed] < delta) & (delta <= r_full[fixed])).astype(np.float64)
+    wide = ~fixed & (np.broadcast_to(half, out.shape) > 0.1)
+    if wide.any():
+        erf = np.frompyfunc(math.erf, 1, 1)
+        h_wide = np.broadcast_to(half, out.shape)[wide]
+        c_wide = np.broadcast_to(centre, out.shape)[wide]
+        b = erf((c_wide + h_wide) / math.sqrt(2)).astype(np.float64)
+        a = erf((c_wide - h_wide) / math.sqrt(2)).astype(np.float64)
+        out[wide] = 0.5 * (b - a)
+    return np.clip(out, 0.0, 1.0)
+
+
+def expected_straddle(
+    X: np.ndarray, y: np.ndarray, delta: float, h: float, classes: int
+) -> tuple[float, float]:
+    """Expected (straddled fraction, near-kink fraction) over W = s*N(0, 1), s = CHECK_POINT_SCALE.
+
+    What sweep_delta measures at one check point, averaged over the random
+    draw, computed exactly from the data except for one approximation: the
+    margins are treated as independent (the C-1 margins of one sample share
+    w_{y_n}, so they are correlated). M[n, j] = delta + x_n.(w_j - w_{y_n}) ~
+    N(delta, sigma_n^2), sigma_n = s*sqrt(2)*||x_n||. The step on W[d, c] moves
+    by ±h|X[n, d]| the margin M[n, c] of each sample with y_n != c and all C-1
+    margins of each sample with y_n == c, so with L = log(1 - p) (N, D):
+    log P(W[d, c] not straddled) = S_d + (C-2)*T[c, d], S = L.sum(0),
+    T = onehot(y).T @ L. Near a kink: |M| <= h*max|x|, as measured.
+    Non-increasing in delta >= 0: the margin's density is symmetric and
+    unimodal around delta. X (N, D), y (N,) in [0, classes).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n, dims = X.shape
+    if n == 0 or dims == 0 or classes < 2:
+        return 0.0, 0.0
+    sigma = CHECK_POINT_SCALE * math.sqrt(2.0) * np.sqrt(np.einsum("nd,nd->n", X, X))
+    onehot = np.zeros((n, classes))
+    onehot[np.arange(n), y] = 1.0
+    not_hit = 0.0
+    block = max(1, 2_000_000 // n)  # bound the (N, block) temporaries
+    with np.errstate(divide="ignore"):
+        for start in range(0, dims, block):
+            part = np.abs(X[:, start : start + block])
+            logs = np.log1p(-_interval_probability(delta, sigma[:, None], h * part))
+            S = logs.sum(axis=0)  # (block,)
+            T = onehot.T @ logs  # (C, block)
+            not_hit += float(np.exp(S[None, :] + (classes - 2) * T).sum())
+    straddled = 1.0 - not_hit / (dims * classes)
+    distance = h * float(np.abs(X).max(initial=0.0))
+    near = float(_interval_probability(delta, sigma, np.full(n, distance)).mean())
+    # "<=" at the far end vs "<" makes no difference for a continuous margin.
+    return straddled, near
 
 
 @dataclass

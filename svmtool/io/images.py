@@ -476,6 +476,10 @@ def sweep_plot(points, path) -> None:
                 label=f"coordinates straddling, at {label}")  # fmt: skip
         ax.plot(deltas, [100 * r.near_kink_fraction for r in rows], "s--", color=color,
                 alpha=0.6, label=f"margins near a kink, at {label}")  # fmt: skip
+        if all(r.expected_straddled_fraction is not None for r in rows):
+            ax.plot(deltas, [100 * r.expected_straddled_fraction for r in rows], "^:",
+                    color="tab:green", label="coordinates straddling, expected at a random"
+                    " check point")  # fmt: skip
     positive = [r.delta for _, rows in points for r in rows if r.delta > 0]
     if positive:
         ax.set_xscale("symlog", linthresh=min(positive))
