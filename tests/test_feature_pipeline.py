@@ -60,8 +60,12 @@ def test_hog_end_to_end(npz, tmp_path):
     model = model_io.load(model_path)
     assert model.features.kind == "hog"
     assert model.W.shape == (2 * 2 * 9 + 10 + 1, 3)  # 4 cells x 9 bins, 10 hue bins, bias
-    # the hog defaults, not the pixel ones (--iters 300 given)
-    assert model.settings["lr"] == 1e-2 and model.settings["lr_decay"] == 0.95
+    # the hog defaults, not the pixel ones: the L2-SVM, reg chosen on validation
+    settings = model.settings
+    assert settings["solver"] == "lbfgs" and settings["loss"] == "squared-hinge"
+    assert settings["selection"]["method"] == "regularization path"
+    assert settings["reg"] == settings["selection"]["chosen_reg"] and "lr" not in settings
+    assert settings["features"] == "hog" and model.features.params["cell"] == 8
     assert model.metrics["val_accuracy"] > 0.8  # chance is 1/3
     evaluated = json.loads(run("evaluate", "--model", str(model_path), "--json").stdout)
     assert evaluated["count"] == 30 and evaluated["accuracy"] > 0.8

@@ -51,6 +51,11 @@ class Model:
     def num_classes(self) -> int:
         return self.W.shape[1]
 
+    @property
+    def loss(self) -> str:
+        """The loss W was trained on; files from before the option are hinge models."""
+        return self.settings.get("loss", "hinge")
+
 
 def reserve(path: Path) -> PendingFile:
     """A temporary file beside ``path``, created now: a folder that cannot take
@@ -116,6 +121,8 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "reg": _NUMBER,
     "delta": _NUMBER,
     "init_scale": _NUMBER,
+    "loss": (str,),
+    "solver": (str,),
 }
 
 
@@ -169,13 +176,19 @@ def _check_settings(settings: dict, damaged) -> None:
             raise damaged(f"setting {key} is {value!r}, not a finite number")
         if isinstance(value, int) and key not in ("lr", "reg", "delta") and value < 0:
             raise damaged(f"setting {key} is {value}, which is negative")
+    from svmtool.core.loss import LOSSES
+
+    if settings.get("loss", "hinge") not in LOSSES:
+        raise damaged(f"setting loss is {settings['loss']!r:.40}, not {' or '.join(LOSSES)}")
 
 
 def _check_grid(grid: list, damaged) -> None:
     for i, entry in enumerate(grid):
         if not isinstance(entry, dict):
             raise damaged(f"grid entry {i} is not an object")
-        if not (_finite_number(entry.get("lr")) and _finite_number(entry.get("reg"))):
+        # lr is null for the full-batch solver, which has none.
+        lr = entry.get("lr")
+        if not ((lr is None or _finite_number(lr)) and _finite_number(entry.get("reg"))):
             raise damaged(f"grid entry {i} lacks a finite lr and reg")
         accuracy = entry.get("val_accuracy")
         if accuracy is not None and not _finite_number(accuracy):
