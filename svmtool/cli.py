@@ -101,8 +101,9 @@ out = make_console()
 err = make_console(stderr=True)
 
 DATA_HELP = (
-    "cifar10, synthetic (offline, seeded), or a path to an .npz with"
-    " X_train, y_train, X_test, y_test."
+    "cifar10, synthetic (offline, seeded), a path to an .npz with"
+    " X_train, y_train, X_test, y_test, or an image folder (CLASS/*.png|jpg, or"
+    " train/CLASS and test/CLASS)."
 )
 DATA_DIR_HELP = (
     "Where CIFAR-10 lives: its cache, or an extracted cifar-10-batches-bin/-py folder"
@@ -500,6 +501,13 @@ def train(
     download_first: bool = typer.Option(
         False, "--download", help="Fetch CIFAR-10 first if it is missing."
     ),
+    image_size: str | None = typer.Option(
+        None,
+        "--image-size",
+        help="Image folders: read every image at N x N or WIDTHxHEIGHT (default: the most"
+        " common size when every image is at most 64 x 64, else 32 x 32).",
+        metavar="N|WxH",
+    ),
     lr: str | None = typer.Option(
         None,
         "--lr",
@@ -662,6 +670,7 @@ def train(
     """
 
     from svmtool.io import model as model_io
+    from svmtool.io.imagefolder import parse_image_size
     from svmtool.pipeline import (
         TRAIN_DEFAULTS,
         TrainRequest,
@@ -694,6 +703,7 @@ def train(
         features=features,
         use_cache=use_cache,
         lr_decay=defaults["lr_decay"] if lr_decay is None else lr_decay,
+        image_size=parse_image_size(image_size) if image_size is not None else None,
         **{
             name: value
             for name, value in (
@@ -763,6 +773,7 @@ def train(
                 "loss_history": outcome.model.loss_history.tolist(),
                 "selection": outcome.selection,
                 "warnings": outcome.warnings,
+                "data": prepared.data_report,
             }
         )
         pending.commit()
@@ -1253,13 +1264,47 @@ def gradcheck(
         help="Check at this W: a .npy file saved with np.save (D+1 x C).",
         metavar="FILE.npy",
     ),
-    loss: str | None = typer.Option(
+    loss: list[str] | None = typer.Option(
         None,
         "--loss",
         help="Check YOUR loss function: PATH.py:FUNC, package.module:FUNC, or PATH.py for its"
         " svm_loss_naive and svm_loss_vectorized. Called as FUNC(W, X, y, reg) -> (loss, dW)"
-        " (delta too if it takes one). Loading the file runs it, as pytest does.",
+        " (delta too if it takes one). Loading the file runs it, as pytest does, in a process"
+        " of its own. Repeat it, or give a folder (every .py file under it), to check many"
+        " files: then a summary table.",
         metavar="PATH.py[:FUNC]",
+    ),
+    timeout: float = typer.Option(
+        60.0,
+        "--timeout",
+        help="With --loss: seconds each file may run (importing and all checks) before it is"
+        " stopped and reported as timed out.",
+        metavar="SECONDS",
+    ),
+    memory: str = typer.Option(
+        "2G",
+        "--memory",
+        help="With --loss: the memory (address space) each file's process may use, e.g. 2G"
+        " or 512M; 0 for no limit.",
+        metavar="SIZE",
+    ),
+    jobs: int | None = typer.Option(
+        None,
+        "--jobs",
+        help="With several --loss files: how many to check at a time (default: the cores"
+        " this process may use).",
+        metavar="N",
+    ),
+    csv_path: Path | None = typer.Option(
+        None,
+        "--csv",
+        help="With --loss: write the summary, one row per file and function, to this CSV file.",
+        metavar="FILE.csv",
+    ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        help="With several --loss files: show each file's full report and what it printed.",
     ),
     plot: Path | None = typer.Option(
         None,
@@ -1285,9 +1330,15 @@ def gradcheck(
     at other shapes (7 classes, N < D and N > D), and checked for changing its
     inputs in place.
 
-    Exit status: 0 right; 1 wrong (a FAIL, or with --loss any finding);
-    2 the command line (--loss included) cannot be understood; 3 your code
-    could not be imported, or raised; 130 interrupted.
+    Each --loss file runs in a process of its own, within --timeout and
+    --memory; one that hangs, crashes, runs out of memory or floods its output
+    gets that verdict. Many files (--loss repeated, or a folder) are checked
+    side by side on the cores and summed up in one table (--csv, --json).
+
+    Exit status: 0 right; 1 wrong (a FAIL, or with --loss any finding; with
+    many files: anything not right); 2 the command line (--loss included)
+    cannot be understood; 3 your code could not be imported, raised, timed
+    out, crashed or ran out of memory; 130 interrupted.
 
     Examples: svmtool gradcheck --delta 1.0 --sweep-delta 0,1e-3,0.1,1,10;
     svmtool gradcheck --loss cs231n/classifiers/linear_svm.py
@@ -1297,7 +1348,7 @@ def gradcheck(
     from svmtool.core import gradcheck as gc
     from svmtool.io import model as model_io
     from svmtool.pipeline import gradcheck_batch, parse_floats
-    from svmtool.report import check_json, gradcheck_table
+    from svmtool.report import check_json, gradcheck_table, sweep_interpretation, sweep_json
 
     if not (0 < h <= 0.1):
         # A step beyond 0.1 straddles nearly every kink: the check would say nothing.
@@ -1317,9 +1368,15 @@ def gradcheck(
         raise SvmtoolError("give --model or --weights, not both")
     if plot is not None:
         check_plot_destination(plot)
-    functions = load_user_functions(loss, as_json) if loss else None
+    specs = loss_specs(loss) if loss else None
+    if specs is not None:
+        check_loss_options(specs, loss, timeout, jobs, plot, csv_path)
+        limits = sandbox_limits(timeout, memory, jobs, len(specs))
     model = model_io.load(model_path) if model_path else None
-    batch = gradcheck_batch(data, data_dir, model, seed)
+    with feature_progress() as progress:
+        batch = gradcheck_batch(data, data_dir, model, seed, progress)
+    for note in batch.notes:
+        say(note)
     if batch.notice:
         say(batch.notice)
     W, X, y = batch.W, batch.X, batch.y
@@ -1331,14 +1388,34 @@ def gradcheck(
         coords = [_parse_coord(t) for t in coord]
     else:
         coords = gc.draw_coordinates(W.shape, checks, np.random.default_rng(seed + 1))
-    if functions is not None:
+    sweep_points = []
+    if deltas:
+        given = model is not None or weights is not None
+        at_check = gc.check_point(W.shape, np.random.default_rng(seed)) if given else W
+        sweep_points = [("the check point", gc.sweep_delta(at_check, X, y, deltas, h))]
+        if given:
+            label = "the model's W" if model is not None else "the given W"
+            sweep_points.append((label, gc.sweep_delta(W, X, y, deltas, h)))
+        if plot is not None:
+            write_sweep_plot(plot, sweep_points)
+    if specs is not None:
         from svmtool.usercheck import DEFAULT_REGS
 
-        regs = list(DEFAULT_REGS) if reg is None else [reg]
-        run_user_check(
-            functions, W, X, y, regs=regs, delta=delta, coords=coords, h=h, tol=tol,
-            seed=seed, source=batch.source, point=point, plot=plot, as_json=as_json,
-        )  # fmt: skip
+        if show_kinks and not as_json:
+            say(
+                "--show-kinks does not apply with --loss: the samples behind each kink are in"
+                " --json (regs[].checks[].kinks)"
+            )
+        kink_plot = str(plot) if plot and not deltas else None
+        settings = {
+            "regs": list(DEFAULT_REGS) if reg is None else [reg], "delta": delta,
+            "coords": [list(c) for c in coords], "h": h, "tol": tol, "seed": seed,
+            "source": batch.source, "point": point, "plot": kink_plot,
+            "width": out.width, "color": out.is_terminal and out.color_system is not None,
+        }  # fmt: skip
+        if len(specs) == 1 and not _has_folder(loss):
+            run_one_file(specs[0], settings, W, X, y, limits, as_json, sweep_points)
+        run_many_files(specs, settings, W, X, y, limits, as_json, csv_path, verbose, sweep_points)
         return
     reg = 0.0 if reg is None else reg
     try:
@@ -1350,11 +1427,10 @@ def gradcheck(
             f"the loss is {report.loss} at this point, so no difference of it means anything:"
             f" --delta {delta:g} or --reg {reg:g} is too large"
         )
-    sweep_rows = gc.sweep_delta(W, X, y, coords, deltas, h) if deltas else []
     naive = gc.compare_naive(W, X, y, reg, delta)
     failed = any(c.status == "FAIL" for c in report.checks)
-    plotted = None
-    if plot:
+    plotted = str(plot) if plot and deltas else None
+    if plot and not deltas:
         plotted = write_kink_plot(
             plot, gc.worst_kink(report.checks), W, X, y, reg=reg, delta=delta, h=h,
             advice=" (try more --checks, or --model for a trained W)",
@@ -1379,7 +1455,8 @@ def gradcheck(
                     "near_kink_distance": report.near_kink_distance,
                     "interpretation": _interpretation(report),
                 },
-                "sweep_delta": [vars(r) for r in sweep_rows],
+                "sweep_delta": sweep_json(sweep_points) if sweep_points else [],
+                "sweep_interpretation": sweep_interpretation(sweep_points) if deltas else [],
                 "naive_vs_vectorized": vars(naive),
                 "plot": plotted,
                 "passed": not failed,
@@ -1426,15 +1503,27 @@ def gradcheck(
         f" ({naive.naive_seconds / max(naive.vectorized_seconds, 1e-9):.0f}x)",
         markup=False,
     )
-    if sweep_rows:
-        st = Table(title="how delta changes the frequency of kinks")
-        for name in ("delta", "margins near a kink", "coordinates straddling"):
-            number_column(st, name)
-        for r in sweep_rows:
-            st.add_row(f"{r.delta:g}", f"{r.near_kink_fraction:.4%}", f"{r.straddled_fraction:.0%}")
-        print_table(out, st)
+    render_sweep(sweep_points)
     if failed:
         raise typer.Exit(1)
+
+
+def render_sweep(points) -> None:
+    """The delta sweep's table and what its numbers show (nothing without --sweep-delta)."""
+    from svmtool.report import _print_lines, sweep_interpretation, sweep_table
+
+    if not points:
+        return
+    print_table(out, sweep_table(points))
+    _print_lines(out, sweep_interpretation(points))
+
+
+def write_sweep_plot(plot: Path, points) -> None:
+    from svmtool.io import images
+    from svmtool.io.files import write_atomic
+
+    write_atomic(plot, lambda f: images.sweep_plot(points, f))
+    say(f"the fraction of coordinates straddling a kink against delta: {plot}")
 
 
 def check_plot_destination(plot: Path) -> None:
@@ -1468,45 +1557,6 @@ def write_kink_plot(
     return str(plot)
 
 
-def load_user_functions(spec_text: str, as_json: bool = False):
-    """Import the user's file (this runs it); their errors become exit code 3."""
-    from contextlib import redirect_stdout
-
-    from svmtool.io.usercode import (
-        SpecError,
-        UserCodeError,
-        UserInterrupted,
-        load_functions,
-        parse_spec,
-    )
-
-    try:
-        spec = parse_spec(spec_text)
-    except SpecError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
-    try:
-        # Their prints go to stderr: stdout carries the report (and --json).
-        with redirect_stdout(sys.stderr):
-            return load_functions(spec)
-    except UserInterrupted as exc:
-        raise fail(str(exc), EXIT_INTERRUPTED) from None
-    except UserCodeError as exc:
-        if as_json:
-            print_json(
-                {
-                    "functions": [],
-                    "error": {"summary": exc.summary, "traceback": exc.details, "hint": exc.hint},
-                    "exit_code": EXIT_USER_CODE,
-                    "passed": False,
-                }
-            )
-        if exc.details:
-            err.print(literal_lines(exc.details), soft_wrap=True)
-        if exc.hint:
-            say(f"hint: {exc.hint}")
-        raise fail(exc.summary, EXIT_USER_CODE) from None
-
-
 def weights_for(path: Path, rows: int, classes: int):
     """W from a .npy (np.save in a notebook), checked against the data: (D+1, C) floats."""
     import numpy as np
@@ -1534,95 +1584,337 @@ def weights_for(path: Path, rows: int, classes: int):
     return W
 
 
-def run_user_check(functions, W, X, y, *, regs, delta, coords, h, tol, seed, source, point,
-                   plot, as_json) -> None:  # fmt: skip
-    """gradcheck --loss: check the user's function(s), render each as soon as it is
-    done (a loop-based loss takes a while), exit with the verdict."""
+def _folder_spec(text: str) -> tuple[Path, str | None] | None:
+    """(folder, FUNC or None) when ``--loss`` names a folder (FOLDER or FOLDER:FUNC)."""
+    head, sep, tail = text.rpartition(":")
+    for target, func in ((text, None), (head, tail if sep and tail.isidentifier() else None)):
+        if target and (func or target == text):
+            folder = Path(target).expanduser()
+            if folder.is_dir() and not folder.is_symlink():
+                return folder, func
+    return None
+
+
+def _has_folder(loss: list[str]) -> bool:
+    return any(_folder_spec(text) is not None for text in loss)
+
+
+def loss_specs(loss: list[str]) -> list[str]:
+    """Every --loss as PATH.py[:FUNC] or module:FUNC: a folder becomes each .py file
+    under it, in sorted order (links and hidden folders left out); usage errors exit 2."""
+    from svmtool.io.usercode import SpecError, parse_spec
+
+    specs: list[str] = []
+    for text in loss:
+        folder_spec = _folder_spec(text)
+        if folder_spec is None:
+            try:
+                parse_spec(text)
+            except SpecError as exc:
+                raise fail(str(exc), EXIT_USAGE) from None
+            specs.append(text)
+            continue
+        folder, func = folder_spec
+        found = []
+        for root, dirs, files in os.walk(folder, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+            for name in files:
+                path = Path(root) / name
+                if name.endswith(".py") and not path.is_symlink() and path.is_file():
+                    found.append(path)
+        if not found:
+            raise fail(f"--loss {text}: the folder holds no .py file", EXIT_USAGE)
+        for path in sorted(found):
+            specs.append(f"{path}:{func}" if func else str(path))
+    return specs
+
+
+def check_loss_options(specs, loss, timeout, jobs, plot, csv_path) -> None:
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise fail(f"--timeout must be > 0 seconds, got {timeout:g}", EXIT_USAGE)
+    if jobs is not None and jobs < 1:
+        raise fail(f"--jobs must be >= 1, got {jobs}", EXIT_USAGE)
+    if plot is not None and (len(specs) > 1 or _has_folder(loss)):
+        raise fail("--plot draws one file's kink: give one --loss file with it", EXIT_USAGE)
+    if csv_path is not None:
+        if csv_path.is_dir():
+            raise SvmtoolError(f"--csv {csv_path} is a folder; give a file name such as marks.csv")
+        parent = csv_path.parent if str(csv_path.parent) else Path(".")
+        if not parent.is_dir():
+            raise SvmtoolError(f"--csv {csv_path}: folder {parent} does not exist")
+
+
+def sandbox_limits(timeout: float, memory: str, jobs: int | None, files: int):
+    from svmtool import sandbox
+
+    try:
+        size = sandbox.parse_memory(memory)
+    except SvmtoolError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    cores = sandbox.available_cores()
+    return sandbox.Limits(timeout, size, min(files, jobs or cores))
+
+
+_OUTPUT_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _their_output(data: bytes) -> str:
+    """What a user's file printed, decoded, control characters (but newlines, tabs) escaped."""
+    text = data.decode("utf-8", errors="replace")
+    return _OUTPUT_UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def run_one_file(spec, settings, W, X, y, limits, as_json, sweep_points=()) -> None:
+    """gradcheck --loss FILE: the report of each function as soon as it is done (a
+    loop-based loss takes a while); the file runs in a child process within the limits."""
     import time
-    from contextlib import redirect_stdout
 
-    from svmtool.io.usercode import UserInterrupted
-    from svmtool.report import render_comparison, render_function, render_header, user_check_json
-    from svmtool.usercheck import UserCheckReport, run_check
+    from svmtool import sandbox
+    from svmtool.report import render_header
+    from svmtool.usercheck import UserCheckReport
 
-    started = time.perf_counter()
+    started = time.monotonic()
     status = err.status("", spinner="dots") if err.is_terminal and not as_json else None
 
-    def on_call(fn) -> None:
-        if status is not None:
+    def on_event(index: int, event: dict) -> None:
+        kind = event["event"]
+        if kind == "output":
+            # Their prints go to stderr, as they come: stdout carries the report.
+            sys.stderr.write(_their_output(event["bytes"]))
+            sys.stderr.flush()
+        elif kind == "calls" and status is not None:
             status.update(
-                f"checking {clean(fn.name)}: call {fn.calls}, {time.perf_counter() - started:.0f} s"
+                f"checking {clean(event.get('function'))}: call {event.get('calls')},"
+                f" {time.monotonic() - started:.0f} s"
             )
+        elif kind == "notice":
+            say(str(event.get("text", "")))
+        elif kind == "function" and not as_json:
+            if status is not None:
+                status.stop()
+            sys.stdout.write(str(event.get("text", "")))
+            sys.stdout.flush()
+            if event.get("stderr"):
+                err.print(literal_lines(event["stderr"]), soft_wrap=True)
+            if status is not None:
+                status.start()
 
-    real_stdout = sys.stdout  # the user's prints go to stderr; the report does not
-
-    def on_function(fn_report) -> None:
-        if status is not None:
-            status.stop()
-        if not as_json:
-            with redirect_stdout(real_stdout):
-                render_function(fn_report, out, tracebacks=False)
-            _show_user_error(fn_report.error)
-        if status is not None:
-            status.start()
-
-    for fn in functions:
-        fn.on_call = on_call
     if not as_json:
-        header = UserCheckReport([], None, X.shape[0], W.shape, source, point, h, tol)
+        shape = W.shape
+        header = UserCheckReport([], None, X.shape[0], shape, settings["source"],
+                                 settings["point"], settings["h"], settings["tol"])  # fmt: skip
         render_header(header, out)
     if status is not None:
         status.start()
     try:
-        with redirect_stdout(sys.stderr):
-            report = run_check(
-                functions, W, X, y, regs=regs, delta=delta, coords=coords, h=h, tol=tol,
-                seed=seed, source=source, point=point, on_function=on_function,
-            )  # fmt: skip
-            plotted = None
-            if plot is not None:
-                plotted = _plot_user_kink(plot, report, functions, W, X, y, h)
-    except UserInterrupted as exc:
-        raise fail(str(exc), EXIT_INTERRUPTED) from None
+        (result,) = sandbox.run_files([spec], settings, W, X, y, limits, on_event)
+    except KeyboardInterrupt:
+        raise fail("interrupted", EXIT_INTERRUPTED) from None
     finally:
         if status is not None:
             status.stop()
+    if result.output and not result.output.endswith(b"\n"):
+        sys.stderr.write("\n")
+    if result.output_total > len(result.output):
+        say(f"(it printed {result.output_total} bytes; the first {len(result.output)} are shown)")
+    if result.exit_code == EXIT_INTERRUPTED:
+        raise fail(result.message or "interrupted", EXIT_INTERRUPTED)
+    if result.status == "usage error":
+        raise fail(result.message, EXIT_USAGE)
     if as_json:
-        document = user_check_json(report)
-        document["plot"] = plotted
+        document = dict(result.report or {"functions": [], "exit_code": result.exit_code})
+        document.update(status=result.status, message=result.message or None,
+                        exit_code=result.exit_code, passed=result.exit_code == 0)  # fmt: skip
+        if sweep_points:
+            from svmtool.report import sweep_json
+
+            document["sweep_delta"] = sweep_json(sweep_points)
         print_json(document)
-        for fn in report.functions:
-            _show_user_error(fn.error)
-    else:
-        render_comparison(report, out)
-    raise typer.Exit(report.exit_code)
+        for section in result.sections:
+            if section["stderr"]:
+                err.print(literal_lines(section["stderr"]), soft_wrap=True)
+    if result.stderr:
+        err.print(literal_lines(result.stderr), soft_wrap=True)
+    elif result.message:
+        say(f"Error: {spec}: {result.message}")
+    if not as_json and result.tail:
+        sys.stdout.write(result.tail)
+    if not as_json:
+        render_sweep(sweep_points)
+    raise typer.Exit(result.exit_code)
 
 
-def _show_user_error(error) -> None:
-    """On stderr: their traceback (their frames only), a hint, one Error: line."""
-    if error is None:
-        return
-    if error.details:
-        err.print(literal_lines(error.details), soft_wrap=True)
-    if error.hint:
-        say(f"hint: {error.hint}")
-    say(f"Error: {error.summary}")
+def _convention_short(text: str) -> str:
+    if text.startswith("0.5 * reg"):
+        return "0.5*reg*sum(W*W)"
+    if text.startswith("reg * sum"):
+        return "reg*sum(W*W)"
+    return "" if not text or text == "unknown" else text
 
 
-def _plot_user_kink(plot, report, functions, W, X, y, h):
-    """The worst kink among every function's checks, drawn with that function's loss."""
-    from svmtool.core import gradcheck as gc
+def _short_reason(verdict: str, text: str, width: int = 70) -> str:
+    """The table's reason: without the verdict it repeats, cut to ``width``."""
+    for prefix in (f"{verdict}: ", f"{verdict} "):
+        text = text.removeprefix(prefix)
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
-    candidates = [
-        (worst, fn, rc.reg, fr.delta)
-        for fn, fr in zip(functions, report.functions, strict=True)
-        for rc in fr.regs
-        if rc.gradcheck is not None and (worst := gc.worst_kink(rc.gradcheck.checks)) is not None
-    ]
-    if not candidates:
-        return write_kink_plot(plot, None, W, X, y, reg=0.0, delta=1.0, h=h)
-    worst, fn, reg, used_delta = max(candidates, key=lambda c: c[0].rel_error)
-    return write_kink_plot(plot, worst, W, X, y, reg=reg, delta=used_delta, h=h, loss_fn=fn)
+
+def run_many_files(
+    specs, settings, W, X, y, limits, as_json, csv_path, verbose, sweep_points=()
+) -> None:
+    """gradcheck with many --loss files: each in its own child, side by side on the
+    cores; a progress bar, then one summary row per file and function."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from svmtool import sandbox
+    from svmtool.report import render_header, sweep_json
+    from svmtool.usercheck import UserCheckReport
+
+    progress = None
+    if err.is_terminal and not as_json:
+        progress = Progress(
+            TextColumn("checking"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"), console=err, transient=True,
+        )  # fmt: skip
+    task = progress.add_task("", total=len(specs)) if progress else None
+    current: dict[int, str] = {}
+
+    def on_event(index: int, event: dict) -> None:
+        if progress is None:
+            return
+        if event["event"] == "start":
+            current[index] = specs[index]
+        elif event["event"] == "finished":
+            current.pop(index, None)
+            progress.advance(task)
+        else:
+            return
+        progress.update(task, description=clean(", ".join(current.values())))
+
+    if not as_json:
+        header = UserCheckReport([], None, X.shape[0], W.shape, settings["source"],
+                                 settings["point"], settings["h"], settings["tol"])  # fmt: skip
+        render_header(header, out)
+        say(
+            f"checking {len(specs)} files, {limits.jobs} at a time, each within"
+            f" --timeout {limits.timeout:g} s and --memory {sandbox.size_text(limits.memory)}"
+            if limits.memory
+            else f"checking {len(specs)} files, {limits.jobs} at a time"
+        )
+    try:
+        if progress is not None:
+            progress.start()
+        results = sandbox.run_files(specs, settings, W, X, y, limits, on_event)
+    except KeyboardInterrupt:
+        raise fail("interrupted", EXIT_INTERRUPTED) from None
+    finally:
+        if progress is not None:
+            progress.stop()
+    rows = [row for r in results for row in r.rows]
+    counts = {v: sum(1 for r in rows if r.verdict == v) for v in sandbox.VERDICTS}
+    usage = [r for r in results if r.status == "usage error"]
+    failed = bool(usage) or any(r.verdict != "right" for r in rows) or not rows
+    if csv_path is not None:
+        write_summary_csv(csv_path, rows)
+    if as_json:
+        print_json(
+            {
+                "files": [
+                    {**sandbox.result_json(r), "report": r.report, "rows": None} for r in results
+                ],
+                "rows": [vars(row) for row in rows],
+                "counts": counts,
+                "limits": vars(limits),
+                "sweep_delta": sweep_json(sweep_points) if sweep_points else [],
+                "exit_code": int(failed),
+                "passed": not failed,
+            }
+        )
+        raise typer.Exit(int(failed))
+    if verbose:
+        for r in results:
+            out.print()
+            out.rule(literal(r.spec))
+            for section in r.sections:
+                sys.stdout.write(section["text"])
+                if section["stderr"]:
+                    out.print(literal_lines(section["stderr"]), soft_wrap=True)
+            if r.stderr:
+                out.print(literal_lines(r.stderr), soft_wrap=True)
+            elif r.message:
+                out.print(literal(r.message, "bold red"), soft_wrap=True)
+            if r.tail:
+                sys.stdout.write(r.tail)
+            if r.output:
+                cut = r.output_total > len(r.output)
+                out.print(
+                    f"it printed {r.output_total} bytes"
+                    + (f", the first {len(r.output)} of them:" if cut else ":"),
+                    markup=False,
+                )
+                out.print(literal_lines(_their_output(r.output)), soft_wrap=True)
+        out.print()
+    table = Table(title="summary")
+    text_column(table, "file")
+    text_column(table, "function")
+    text_column(table, "verdict")
+    text_column(table, "mistake or reason")
+    text_column(table, "regularization")
+    number_column(table, "worst rel error")
+    styles = {"right": "green", "wrong": "bold red"}
+    for row in rows:
+        table.add_row(
+            literal(row.file),
+            literal(row.function),
+            literal(row.verdict, styles.get(row.verdict, "bold yellow")),
+            literal(_short_reason(row.verdict, row.mistake)),
+            literal(_convention_short(row.convention)),
+            "" if row.worst_rel_error is None else f"{row.worst_rel_error:.1e}",
+        )
+    print_table(out, table)
+    for r in usage:
+        say(f"Error: {r.message}")
+    said = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    out.print(
+        literal(f"{len(results)} files, {len(rows)} functions: {said or 'none checked'}"),
+        soft_wrap=True,
+    )
+    render_sweep(sweep_points)
+    if csv_path is not None:
+        say(f"wrote {len(rows)} rows to {csv_path}")
+    raise typer.Exit(int(failed))
+
+
+CSV_FIELDS = ("file", "function", "verdict", "mistake", "convention", "worst_rel_error",
+              "mistake_keys", "findings")  # fmt: skip
+
+
+def write_summary_csv(path: Path, rows) -> None:
+    """One row per file and function, for a spreadsheet; written to a temporary name
+    and moved into place."""
+    import csv
+    import io
+
+    from svmtool.io.files import write_atomic
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_FIELDS)
+    for row in rows:
+        writer.writerow(
+            [
+                row.file,
+                row.function,
+                row.verdict,
+                row.mistake,
+                row.convention,
+                "" if row.worst_rel_error is None else f"{row.worst_rel_error:.3e}",
+                ";".join(row.mistake_keys),
+                " | ".join(row.findings),
+            ]
+        )
+    data = buffer.getvalue().encode("utf-8")
+    write_atomic(path, lambda f: f.write(data))
 
 
 # --- visualize -----------------------------------------------------------------------

@@ -90,6 +90,7 @@ class TrainRequest:
     loss: str = "hinge"
     solver: str = "sgd"  # sgd (minibatches, lr) or lbfgs (full batch, to convergence)
     tune: bool = False  # choose reg (lbfgs) or lr and reg (sgd) on the validation split
+    image_size: tuple[int, int] | None = None  # (height, width) an image folder is read at
 
 
 @dataclass
@@ -211,9 +212,14 @@ def cifar_folder(data_dir: Path | None) -> Path:
 
 
 def load_split(
-    source: str, data_dir: Path | None, seed: int, **sizes: int | None
+    source: str,
+    data_dir: Path | None,
+    seed: int,
+    image_size: tuple[int, int] | None = None,
+    progress: ProgressFn | None = None,
+    **sizes: int | None,
 ) -> tuple[Dataset, Split]:
-    dataset = load_dataset(source, data_dir)
+    dataset = load_dataset(source, data_dir, image_size=image_size, progress=progress)
     return dataset, split(dataset, seed=seed, **sizes)
 
 
@@ -232,6 +238,7 @@ class PreparedData:
     test_count: int = 0  # test images the data holds (evaluate uses them, train does not)
     data_dir: Path | None = None  # where CIFAR-10 was read from; None for other data
     warnings: list[str] = field(default_factory=list)
+    data_report: dict | None = None  # what loading an image folder found (for --json)
     features: Features = field(default_factory=Features)
     notes: list[str] = field(default_factory=list)  # for the user, before training
     feature_seconds: float = 0.0
@@ -267,6 +274,8 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
         request.data,
         folder,
         request.seed,
+        image_size=request.image_size,
+        progress=progress,
         num_train=request.num_train,
         num_val=request.num_val,
     )
@@ -309,6 +318,8 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             warnings=list(parts.warnings),
         )
         prepared.load_seconds = time.perf_counter() - t0
+    prepared.notes[:0] = dataset.notes
+    prepared.data_report = dataset.report
     n = prepared.X_train.shape[0]
     prepared.batch_size = min(request.batch_size, n)
     if request.batch_size > n and request.solver == "sgd":
@@ -887,11 +898,18 @@ def model_data(model: Model, data: str | None, data_dir: Path | None) -> tuple[s
     return source, folder
 
 
-def load_model_data(model: Model, data: str | None, data_dir: Path | None) -> Dataset:
-    """``model_data``, loaded; a recorded folder that lost its data is said as such."""
+def load_model_data(
+    model: Model, data: str | None, data_dir: Path | None, progress: ProgressFn | None = None
+) -> Dataset:
+    """``model_data``, loaded; a recorded folder that lost its data is said as such.
+    An image folder is read at the model's image size and channels."""
     source, folder = model_data(model, data, data_dir)
+    h, w, c = model.image_shape
     try:
-        return load_dataset(source, folder)
+        return load_dataset(
+            source, folder, image_size=(h, w), channels=c if c in (1, 3) else None,
+            progress=progress,
+        )  # fmt: skip
     except DataNotFound:
         if data_dir is None and folder is not None:
             raise DataNotFound(
@@ -926,7 +944,9 @@ def evaluate(
     if num_test is not None and which != "test":
         raise SvmtoolError(f"--num-test applies to --split test, not --split {which}")
     source, folder = model_data(model, data, data_dir)
-    dataset = load_model_data(model, data, data_dir)
+    dataset = load_model_data(model, data, data_dir, progress)
+    if notes is not None:
+        notes.extend(dataset.notes)
     check_classes(dataset, model, ignore_class_names)
     settings = model.settings
     if which == "test":
@@ -1002,10 +1022,15 @@ class GradcheckBatch:
     y: np.ndarray  # (N,)
     source: str
     notice: str | None = None
+    notes: list[str] = field(default_factory=list)  # what loading the data found
 
 
 def gradcheck_batch(
-    data: str | None, data_dir: Path | None, model: Model | None, seed: int
+    data: str | None,
+    data_dir: Path | None,
+    model: Model | None,
+    seed: int,
+    progress: ProgressFn | None = None,
 ) -> GradcheckBatch:
     """The dev sample (500 images) of the chosen data, preprocessed in float64.
 
@@ -1023,7 +1048,7 @@ def gradcheck_batch(
     dataset = None
     if model is not None:
         source, _ = model_data(model, data, data_dir)
-        dataset = load_model_data(model, data, data_dir)
+        dataset = load_model_data(model, data, data_dir, progress)
     elif data is not None:
         source = data
     elif data_dir is not None:
@@ -1040,7 +1065,7 @@ def gradcheck_batch(
                 " CIFAR-shaped batch (svmtool download fetches the real one)"
             )
     if dataset is None:
-        dataset = load_dataset(source, data_dir)
+        dataset = load_dataset(source, data_dir, progress=progress)
     parts = split(dataset, seed=seed)
     if model is not None:
         check_classes(dataset, model, ignore_names=True)  # names do not enter the loss
@@ -1053,10 +1078,11 @@ def gradcheck_batch(
     else:
         mean = mean_image(dataset.train_images, parts.train)
         X = preprocess(dataset.train_images, mean, parts.dev, np.float64)
-        rng = np.random.default_rng(seed)
-        W = 1e-4 * rng.standard_normal((X.shape[1], len(dataset.class_names)))
+        from svmtool.core.gradcheck import check_point
+
+        W = check_point((X.shape[1], len(dataset.class_names)), np.random.default_rng(seed))
     y = np.asarray(dataset.train_labels)[parts.dev]
-    return GradcheckBatch(W, X, y, source, notice)
+    return GradcheckBatch(W, X, y, source, notice, list(dataset.notes))
 
 
 @dataclass

@@ -7,6 +7,7 @@ is shown literally: never parsed as Rich markup, control characters replaced.
 from __future__ import annotations
 
 import io
+import itertools
 import textwrap
 
 from rich.console import Console
@@ -274,6 +275,7 @@ def user_check_json(report) -> dict:
                 },
                 "bad_return": fn.bad_return,
                 "mutated": fn.mutated,
+                "numpy_replaced": fn.patched,
                 "regs": [
                     {
                         "reg": r.reg,
@@ -312,3 +314,87 @@ def user_check_json(report) -> dict:
         "exit_code": report.exit_code,
         "passed": report.passed,
     }
+
+
+# --- the delta sweep over every coordinate -------------------------------------------
+
+
+def sweep_table(points) -> Table:
+    """``points``: [(label, [SweepRow])]; one row per delta, the points side by side."""
+    table = Table(title="how delta changes the frequency of kinks (every coordinate)")
+    number_column(table, "delta")
+    for label, _ in points:
+        number_column(table, f"straddling at {label}")
+        number_column(table, "margins near a kink")
+    for i, row in enumerate(points[0][1]):
+        cells = [f"{row.delta:g}"]
+        for _, rows in points:
+            r = rows[i]
+            cells += [
+                f"{r.straddled_fraction:.1%} ({r.straddled} of {r.coordinates})",
+                f"{r.near_kink_fraction:.2%}",
+            ]
+        table.add_row(*cells)
+    return table
+
+
+def _trend(values: list[float], deltas: list[float], what: str) -> str:
+    pairs = sorted(zip(deltas, values, strict=True))
+    deltas = [d for d, _ in pairs]
+    values = [v for _, v in pairs]
+    ends = f"from {values[0]:.1%} at delta = {deltas[0]:g} to {values[-1]:.1%} at {deltas[-1]:g}"
+    if max(values) == 0:
+        return f"no {what} at any of these deltas"
+    if len(values) == 1:
+        return f"{values[0]:.1%} {what}"
+    steps = [b - a for a, b in itertools.pairwise(values)]
+    if all(s <= 0 for s in steps):
+        return f"{what}: falls {ends}, never rising as delta grows"
+    if all(s >= 0 for s in steps):
+        return f"{what}: rises {ends}, never falling as delta grows"
+    top = max(range(len(values)), key=values.__getitem__)
+    low = min(range(len(values)), key=values.__getitem__)
+    return (
+        f"{what}: not monotone in delta; most at delta = {deltas[top]:g} ({values[top]:.1%}),"
+        f" least at {deltas[low]:g} ({values[low]:.1%})"
+    )
+
+
+def sweep_interpretation(points) -> list[str]:
+    """What the sweep's numbers show, one line per point (text made from the numbers)."""
+    lines = []
+    for label, rows in points:
+        deltas = [r.delta for r in rows]
+        straddling = _trend(
+            [r.straddled_fraction for r in rows], deltas, "coordinates straddling a kink"
+        )
+        near = _trend([r.near_kink_fraction for r in rows], deltas, "margins near a kink")
+        lines.append(
+            f"At {label}, over all {rows[0].coordinates} coordinates: {straddling}; {near}."
+        )
+    if len(points) == 2:
+        (a, ra), (b, rb) = points
+        worse = [r.delta for r, s in zip(ra, rb, strict=True) if s.straddled > r.straddled]
+        if worse:
+            lines.append(
+                f"{b} straddles more kinks than {a} at delta = "
+                + ", ".join(f"{d:g}" for d in worse)
+                + ": training moves margins towards the kink of the delta it used."
+            )
+        else:
+            lines.append(f"{b} straddles no more kinks than {a} at any of these deltas.")
+    return lines
+
+
+def sweep_json(points) -> list[dict]:
+    """Per delta, each point's counts: coordinates examined (D*C) and straddled."""
+    out = []
+    for i, row in enumerate(points[0][1]):
+        entry: dict = {"delta": row.delta}
+        for key, (label, rows) in zip(("at_check_point", "at_given_W"), points, strict=False):
+            entry[key] = {"point": label, **vars(rows[i])}
+        # Kept for readers of the earlier format: the first point's fractions.
+        entry["near_kink_fraction"] = row.near_kink_fraction
+        entry["straddled_fraction"] = row.straddled_fraction
+        out.append(entry)
+    return out

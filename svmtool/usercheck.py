@@ -82,6 +82,7 @@ class FunctionReport:
     findings: list[str] = field(default_factory=list)
     convention: str = "cannot be told at reg = 0"
     float32: bool = False  # it computes in float32
+    patched: list[str] = field(default_factory=list)  # numpy names it replaced (put back)
 
     @property
     def verdict(self) -> str:
@@ -259,6 +260,7 @@ def check_function(
         check.gradcheck, check.problem = _self_consistency(fn, W, X, y, reg, used, coords, h, tol)
     report.mutated = sorted(fn.mutated, key="WXy".index)
     report.float32 = fn.float32
+    report.patched = list(fn.patched)
     _collect_findings(report)
     if probes and report.regs[-1].diagnosis is not None:
         last = report.regs[-1]
@@ -326,6 +328,13 @@ def _collect_findings(report: FunctionReport) -> None:
             "it computes in float32 (its results are float32): a gradient check needs float64,"
             " because float32 rounding of the loss, divided by 2h, swamps the comparison"
             " (remove the astype(np.float32))",
+        )
+    if report.patched:
+        names = ", ".join(report.patched[:5]) + (" ..." if len(report.patched) > 5 else "")
+        report.findings.append(
+            f"its file or the function replaces {names} (as in np.maximum = np.minimum):"
+            " that changes numpy for all code run after it; svmtool put the original back"
+            " after each call, so nothing else was judged with the replacement"
         )
     if report.mutated:
         names = " and ".join(report.mutated)

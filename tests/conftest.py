@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -57,14 +56,108 @@ def binary_batch(images: np.ndarray, labels: np.ndarray) -> bytes:
     return records.tobytes()
 
 
+class Py2Pickler:
+    """Writes what Python 2's cPickle wrote at protocol 2 for the official CIFAR-10
+    python batches: str as SHORT_BINSTRING/BINSTRING, memo puts after containers and
+    strings, lists in APPENDS runs of 1000, and numpy 1.x's array reduce with the
+    dtype pickled as numpy.dtype('u1', 0, 1) (integer flags) and state
+    (3, '|', None, None, None, -1, -1, 0). Today's pickle cannot write these."""
+
+    def __init__(self) -> None:
+        self.out = bytearray(b"\x80\x02")
+        self.memo = 0
+
+    def put(self) -> None:
+        self.memo += 1
+        if self.memo < 256:
+            self.out += b"q" + bytes([self.memo])
+        else:
+            self.out += b"r" + self.memo.to_bytes(4, "little")
+
+    def int(self, value: int) -> None:
+        if 0 <= value < 256:
+            self.out += b"K" + bytes([value])
+        elif 0 <= value < 65536:
+            self.out += b"M" + value.to_bytes(2, "little")
+        else:
+            self.out += b"J" + value.to_bytes(4, "little", signed=True)
+
+    def str(self, value: bytes, memo: bool = True) -> None:
+        if len(value) < 256:
+            self.out += b"U" + bytes([len(value)]) + value
+        else:
+            self.out += b"T" + len(value).to_bytes(4, "little") + value
+        if memo:
+            self.put()
+
+    def global_(self, module: bytes, name: bytes) -> None:
+        self.out += b"c" + module + b"\n" + name + b"\n"
+        self.put()
+
+    def array(self, array: np.ndarray) -> None:
+        assert array.dtype == np.uint8 and array.flags.c_contiguous
+        self.global_(b"numpy.core.multiarray", b"_reconstruct")
+        self.global_(b"numpy", b"ndarray")
+        self.out += b"K\x00\x85U\x01b\x87R"  # (ndarray, (0,), 'b'), REDUCE
+        self.put()
+        self.out += b"(K\x01"  # MARK, version 1
+        for n in array.shape:
+            self.int(n)
+        self.out += {1: b"\x85", 2: b"\x86", 3: b"\x87"}[array.ndim]
+        self.global_(b"numpy", b"dtype")
+        self.out += b"U\x02u1K\x00K\x01\x87R"  # dtype('u1', 0, 1): Python 2's integer flags
+        self.put()
+        self.out += b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+        self.out += b"\x89"  # NEWFALSE: not Fortran order
+        self.str(array.tobytes(), memo=False)
+        self.out += b"t"
+        self.put()
+        self.out += b"b"
+
+    def value(self, value) -> None:
+        if isinstance(value, np.ndarray):
+            self.array(value)
+        elif isinstance(value, bytes):
+            self.str(value)
+        elif isinstance(value, int):
+            self.int(value)
+        elif isinstance(value, list):
+            self.out += b"]"
+            self.put()
+            for start in range(0, len(value), 1000):
+                self.out += b"("
+                for item in value[start : start + 1000]:
+                    self.value(item)
+                self.out += b"e"
+        elif isinstance(value, dict):
+            self.out += b"}"
+            self.put()
+            self.out += b"("
+            for key, item in value.items():
+                self.str(key)
+                self.value(item)
+            self.out += b"u"
+        else:
+            raise TypeError(type(value))
+
+    def dumps(self, obj) -> bytes:
+        self.value(obj)
+        return bytes(self.out + b".")
+
+
+def py2_pickle(obj) -> bytes:
+    return Py2Pickler().dumps(obj)
+
+
 def python_batch(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """A batch as the official cifar-10-python.tar.gz holds it (keys in its order)."""
     batch = {
-        b"batch_label": b"testing batch",
-        b"labels": [int(v) for v in labels],
         b"data": chw_rows(images),
+        b"labels": [int(v) for v in labels],
+        b"batch_label": b"testing batch 1 of 1",
         b"filenames": [f"img_{i}.png".encode() for i in range(len(labels))],
     }
-    return pickle.dumps(batch, protocol=2)
+    return py2_pickle(batch)
 
 
 def batch_files(tiny: TinyCifar, fmt: str) -> dict[str, bytes]:
@@ -82,8 +175,12 @@ def batch_files(tiny: TinyCifar, fmt: str) -> dict[str, bytes]:
         files["batches.meta.txt"] = ("\n".join(CLASS_NAMES) + "\n").encode()
     else:
         files["test_batch"] = python_batch(tiny.test_images, tiny.test_labels)
-        files["batches.meta"] = pickle.dumps(
-            {b"label_names": [n.encode() for n in CLASS_NAMES], b"num_vis": 3072}, protocol=2
+        files["batches.meta"] = py2_pickle(
+            {
+                b"num_cases_per_batch": TRAIN_PER_BATCH,
+                b"label_names": [n.encode() for n in CLASS_NAMES],
+                b"num_vis": 3072,
+            }
         )
     return files
 

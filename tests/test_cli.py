@@ -236,6 +236,11 @@ def test_gradcheck_json_sweep_and_kinks(trained):
     assert payload["data"] == "synthetic" and payload["samples"] == 500
     assert len(payload["checks"]) == 20 and payload["passed"] is True
     assert [row["delta"] for row in payload["sweep_delta"]] == [0.0, 1.0, 10.0]
+    for row in payload["sweep_delta"]:  # every coordinate, at both points
+        for point in ("at_check_point", "at_given_W"):
+            assert row[point]["coordinates"] == 3073 * 10
+            assert 0 <= row[point]["straddled"] <= row[point]["coordinates"]
+    assert payload["sweep_interpretation"][0].startswith("At the check point, over all 30730")
     assert payload["naive_vs_vectorized"]["loss_difference"] < 1e-9
     statuses = {c["status"] for c in payload["checks"]}
     assert statuses <= {"ok", "kink"}

@@ -84,7 +84,10 @@ def test_hog_end_to_end(npz, tmp_path):
 
 def test_kmeans_end_to_end_and_predict_equals_evaluate(npz, tmp_path):
     model_path = tmp_path / "km.npz"
-    train(npz, model_path, "--features", "kmeans", *KMEANS_SMALL, "--lr", "0.1", "--reg", "1e-4")
+    # Seed 1: with 24 validation images and a 16-centroid dictionary the accuracy varies
+    # with the split (0.46..1.0 over seeds 0..11); seed 1 is a typical one (0.83).
+    train(npz, model_path, "--features", "kmeans", *KMEANS_SMALL, "--lr", "0.1", "--reg", "1e-4",
+          "--seed", "1")  # fmt: skip
     model = model_io.load(model_path)
     a = model.features.arrays
     assert model.features.kind == "kmeans" and a["centroids"].shape == (16, 108)

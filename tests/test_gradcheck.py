@@ -11,6 +11,7 @@ from svmtool.core.gradcheck import (
     gradcheck,
     near_kink_fraction,
     relative_error,
+    straddle_map,
     straddling,
     sweep_delta,
 )
@@ -139,11 +140,37 @@ def test_delta_zero_near_zero_weights_has_many_near_kink_margins():
 
 def test_sweep_shows_fewer_kinks_with_larger_delta():
     W, X, y = batch(n=100, d=10, c=5, scale=1e-7)
-    coords = draw_coordinates(W.shape, 10, np.random.default_rng(0))
-    rows = sweep_delta(W, X, y, coords, [0.0, 1.0, 10.0])
+    rows = sweep_delta(W, X, y, [0.0, 1.0, 10.0])
     assert rows[0].near_kink_fraction > rows[1].near_kink_fraction >= rows[2].near_kink_fraction
-    assert rows[0].straddled_fraction == 1.0
-    assert rows[2].straddled_fraction == 0.0
+    assert rows[0].straddled_fraction == 1.0 and rows[0].straddled == rows[0].coordinates == 50
+    assert rows[2].straddled_fraction == 0.0 and rows[2].straddled == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_straddle_count_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n, d, c = 15, 6, 4
+    X = rng.standard_normal((n, d))
+    X[:, -1] = 1.0
+    X[0, 2] = 0.0  # a zero feature moves nothing
+    y = rng.integers(0, c, n)
+    W = 0.3 * rng.standard_normal((d, c))
+    h = 0.05  # large, so that many coordinates straddle and many do not
+    counts = []
+    for delta in (0.0, 0.1, 1.0):
+        exact = straddle_map(W, X, y, delta, h)
+        brute = np.array(
+            [[straddling(W, X, y, delta, i, j, h)[0].size > 0 for j in range(c)] for i in range(d)]
+        )
+        assert np.array_equal(exact, brute), (delta, exact, brute)
+        counts.append(int(brute.sum()))
+        (row,) = sweep_delta(W, X, y, [delta], h)
+        assert row.straddled == int(brute.sum()) and row.coordinates == d * c
+    assert any(0 < k < d * c for k in counts), counts  # the test has cases of both kinds
+    # W = 0 and delta = 0: every margin sits on its kink; only a zero x moves nothing.
+    X[:, 2] = 0.0
+    exact = straddle_map(np.zeros((d, c)), X, y, 0.0, 1e-3)
+    assert not exact[2].any() and exact[[0, 1, 3, 4, 5]].all()
 
 
 def test_degenerate_point_every_sample_straddles():

@@ -58,7 +58,7 @@ def test_warm_start_needs_fewer_iterations():
 
 
 def test_reg_range_is_log_spaced_from_the_top():
-    assert reg_range(10.0, 0.01) == pytest.approx([10 * 10**-(k / 2) for k in range(7)])
+    assert reg_range(10.0, 0.01) == pytest.approx([10 * 10 ** -(k / 2) for k in range(7)])
     assert reg_range(1.0, 1.0) == [1.0]
     with pytest.raises(ValueError, match="positive"):
         reg_range(0.0, 1.0)

@@ -600,8 +600,9 @@ def test_damaged_dtype_descriptions_never_reach_numpy(tmp_path):
     at = good.find(b"NNNJ")  # inside the dtype's state: (3, '|', None, None, None, -1, -1, 0)
     variants = {
         "short_state": good[:at] + good[at + 2 :],
-        "object_dtype": good.replace(b"X\x02\x00\x00\x00u1", b"X\x02\x00\x00\x00O8", 1),
-        "odd_order": good.replace(b"X\x01\x00\x00\x00|", b"X\x01\x00\x00\x00>", 1),
+        # The fixture is a Python 2 pickle, as the official files are: SHORT_BINSTRINGs.
+        "object_dtype": good.replace(b"U\x02u1", b"U\x02O8", 1),
+        "odd_order": good.replace(b"U\x01|", b"U\x01>", 1),
     }
     folders = {}
     for name, content in variants.items():

@@ -232,29 +232,80 @@ def gradcheck(
     )
 
 
+CHECK_POINT_SCALE = 1e-4
+"""CS231n's gradient-check point: W = 1e-4 * N(0, 1), small and random."""
+
+
+def check_point(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A (D, C) W at the gradient-check point."""
+    return CHECK_POINT_SCALE * rng.standard_normal(shape)
+
+
 @dataclass
 class SweepRow:
+    """How often kinks meet a check at one delta, over every coordinate of W."""
+
     delta: float
-    near_kink_fraction: float
-    straddled_fraction: float
+    near_kink_fraction: float  # of the N*(C-1) margins, within h*max|x| of 0
+    straddled_fraction: float  # of the D*C coordinates, a ±h step straddles a kink
+    coordinates: int  # D*C, every one examined
+    straddled: int
+    margins: int  # N*(C-1)
+    near_kink: int
+
+
+def straddle_map(W: np.ndarray, X: np.ndarray, y: np.ndarray, delta: float, h: float) -> np.ndarray:
+    """(D, C) booleans: does the ±h step on W[d, c] move some margin across its kink?
+
+    Exact, for every coordinate at once. The step moves the margins that involve
+    column c by exactly ±h*|X[n, d]|: M[n, c] of the samples with y_n != c, and
+    every margin of the samples with y_n == c. A margin M changes activity
+    (M > 0, DESIGN.md's convention) between the two ends of the step exactly when
+    -h|x| < M <= h|x|, i.e. when h|x| >= M for a positive M and h|x| > -M for the
+    others. So per (n, c) two thresholds suffice: the smallest positive margin
+    and the smallest -M of the rest, among the margins of n that column c moves.
+    W (D, C), X (N, D), y (N,).
+    """
+    M = margins(X @ W, y, delta)  # (N, C); true-class entries -inf, never near
+    rows = np.arange(X.shape[0])
+    positive = np.where(M > 0, M, np.inf)
+    rest = np.where(M <= 0, -M, np.inf)
+    # Column c moves M[n, c] alone for y_n != c, and all of row n for y_n == c.
+    positive[rows, y] = positive.min(axis=1)
+    rest[rows, y] = rest.min(axis=1)
+    reach = h * np.abs(X)  # (N, D): how far the step on row d moves sample n's margins
+    out = np.zeros(W.shape, dtype=bool)
+    block = max(1, 4_000_000 // max(X.shape[0], 1))  # bound the (N, block) temporaries
+    for start in range(0, X.shape[1], block):
+        part = reach[:, start : start + block]
+        for c in range(W.shape[1]):
+            hit = (part >= positive[:, c : c + 1]) | (part > rest[:, c : c + 1])
+            out[start : start + block, c] = hit.any(axis=0)
+    return out
 
 
 def sweep_delta(
     W: np.ndarray,
     X: np.ndarray,
     y: np.ndarray,
-    coords: Sequence[tuple[int, int]],
     deltas: Sequence[float],
     h: float = 1e-5,
 ) -> list[SweepRow]:
-    """For each delta: the fraction of margins within h*max|x| of 0 and the
-    fraction of the coordinates whose ±h step straddles a kink."""
+    """For each delta: of every one of the D*C coordinates, how many a ±h step
+    straddles (exactly, see straddle_map), and how many margins lie within
+    h*max|x| of their kink. W (D, C), X (N, D), y (N,)."""
     distance = h * float(np.abs(X).max(initial=0.0))
     rows = []
     for delta in deltas:
         base = margins(X @ W, y, delta)
-        hit = sum(straddling(W, X, y, delta, d, c, h)[0].size > 0 for d, c in coords)
-        rows.append(SweepRow(delta, near_kink_fraction(base, distance), hit / max(len(coords), 1)))
+        real = np.isfinite(base)
+        near = int((np.abs(base[real]) <= distance).sum())
+        hit = int(straddle_map(W, X, y, delta, h).sum())
+        total = W.shape[0] * W.shape[1]
+        count = int(real.sum())
+        rows.append(
+            SweepRow(delta, near / max(count, 1), hit / max(total, 1), total, hit, count, near)
+        )
     return rows
 
 

@@ -15,11 +15,12 @@ release the GIL), and memory stays bounded by the block size.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from svmtool.core.threads import cores, one_blas_thread
 
 PATCH = 6
 NORM_EPS = 10.0  # per-patch normalization: (p - mean) / sqrt(var + 10), 0-255 pixels
@@ -30,17 +31,12 @@ ProgressFn = Callable[[int, int], None]
 
 
 def _threads() -> int:
-    """One worker per core (BLAS is held to one thread meanwhile)."""
-    return max(1, os.cpu_count() or 1)
-
-
-def one_blas_thread():
-    """BLAS limited to one thread while our own threads split the work: a
-    multi-threaded product in one worker would spin cores the other needs for its
-    element-wise passes (measured 1.5-2x slower than one BLAS thread per worker)."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(1, user_api="blas")
+    """One worker per core (BLAS is held to one thread meanwhile). The workers
+    take blocks from a shared queue and never wait for each other within an
+    iteration, so a core held by another process slows its worker only: the
+    other takes more blocks (unlike BLAS's own threads, which meet at the end of
+    every product; see svmtool.core.threads)."""
+    return cores()
 
 
 def patch_dim(channels: int) -> int:

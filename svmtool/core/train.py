@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from svmtool.core.loss import data_term
+from svmtool.core.threads import SplitSteps
 
 StepFn = Callable[[int, np.ndarray, int], None]
 """Called as ``on_step(iteration, losses, leader)`` every ``report_every`` steps;
@@ -159,15 +160,19 @@ def sgd_grid(
 
     # A huge lr or reg legitimately overflows here (the configuration then
     # diverges and is reported, see ``divergence_cause``): no warning.
-    with np.errstate(over="ignore", invalid="ignore"):
+    # SplitSteps splits the step's two products over the cores or not, as timing
+    # the steps shows faster (svmtool.core.threads): that depends on the CPU,
+    # the BLAS and the load; the results do not.
+    with np.errstate(over="ignore", invalid="ignore"), SplitSteps() as cores:
         decay = (1 - 2 * lr * reg).astype(dtype)
         neg_step = (-lr).astype(dtype)
         decay_cols, step_cols = _per_column(decay[alive], c), _per_column(neg_step[alive], c)
         for it, rows in enumerate(minibatches(n, batch_size, iters, rng)):
+            cores.next()
             batch = X[rows]
             labels = y[rows]
             ka = alive.size
-            scores = (batch @ W).reshape(batch.shape[0], ka, c)
+            scores = cores.matmul(batch, W).reshape(batch.shape[0], ka, c)
             data_loss, coeff = data_loss_fn(scores, labels, delta)
             # reg * sum(W^2) per configuration: column sums of squares (one
             # pass, float32-accurate), then summed per configuration in float64.
@@ -179,7 +184,7 @@ def sgd_grid(
             # 20% faster on a 16-model grid than decaying it first.
             step = coeff.reshape(batch.shape[0], ka * c)
             step *= step_cols
-            grad_step = batch.T @ step
+            grad_step = cores.matmul(batch.T, step)
             W *= decay_cols
             W += grad_step
 
@@ -202,7 +207,7 @@ def sgd_grid(
                 decay_cols = _per_column(decay[alive], c)
                 step_cols = _per_column(neg_step[alive], c)
             if checking and (it % check_every == check_every - 1 or it == iters // 100):
-                val_acc = (predict_side(W, X_val, c) == y_val).mean(axis=1)
+                val_acc = (predict_side(W, X_val, c, cores=cores) == y_val).mean(axis=1)
                 leader = int(alive[np.argmax(val_acc)])
             if on_step and (it % report_every == 0 or it == iters - 1):
                 on_step(it, losses[it], leader)
@@ -212,12 +217,17 @@ def sgd_grid(
     return GridResult(lr, reg, weights, losses, diverged_at, batch_size)
 
 
-def predict_side(W: np.ndarray, X: np.ndarray, c: int, chunk: int = 8192) -> np.ndarray:
-    """Predictions of K models side by side: W (D, K*C), X (N, D) -> (K, N)."""
+def predict_side(
+    W: np.ndarray, X: np.ndarray, c: int, chunk: int = 8192, cores: SplitSteps | None = None
+) -> np.ndarray:
+    """Predictions of K models side by side: W (D, K*C), X (N, D) -> (K, N).
+
+    With ``cores`` (an entered SplitSteps), the products use its current split."""
     k = W.shape[1] // c
+    matmul = np.matmul if cores is None else cores.matmul
     out = np.empty((k, X.shape[0]), dtype=np.int64)
     for s in range(0, X.shape[0], chunk):
-        scores = (X[s : s + chunk] @ W).reshape(-1, k, c)
+        scores = matmul(X[s : s + chunk], W).reshape(-1, k, c)
         out[:, s : s + chunk] = scores.argmax(axis=2).T
     return out
 
@@ -249,15 +259,21 @@ def divergence_cause(
     return "lr"
 
 
-def predict(W: np.ndarray, X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def predict(W: np.ndarray, X: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """Class predictions argmax(X @ W); W: (D, C) or (K, D, C); X: (N, D).
 
-    Returns (N,) or (K, N). Computed in row blocks to bound memory.
+    Returns (N,) or (K, N). Computed in row blocks to bound memory; the blocks
+    are the steps whose split over the cores is chosen by timing them (one
+    probe step each: a block is a few ms at CIFAR's size).
     """
     stacked = W if W.ndim == 3 else W[None]
     k, d, c = stacked.shape
     side = np.ascontiguousarray(stacked.transpose(1, 0, 2).reshape(d, k * c)).astype(X.dtype)
-    out = predict_side(side, X, c, chunk)
+    out = np.empty((k, X.shape[0]), dtype=np.int64)
+    with SplitSteps(probe=1, window=1 << 20, max_window=1 << 20) as cores:
+        for s in range(0, X.shape[0], chunk):
+            cores.next()
+            out[:, s : s + chunk] = predict_side(side, X[s : s + chunk], c, chunk, cores)
     return out if W.ndim == 3 else out[0]
 
 

@@ -144,14 +144,40 @@ _DTYPES = {name: np.dtype(name) for name in ("u1", "i1", "u2", "i2", "u4", "i4",
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 
 
+def _flag(value, expected: int) -> bool:
+    """A dtype flag as numpy of any era pickles it: today's numpy writes False/True,
+    Python 2's numpy (the official CIFAR-10 files) the integers 0/1."""
+    return type(value) in (bool, int) and value == expected
+
+
 def _dtype(name, align=False, copy=True):
-    """numpy.dtype as pickles call it, dtype(name, False, True), for the plain
-    integer types only."""
+    """numpy.dtype as pickles call it, dtype(name, False, True) or, from Python 2,
+    dtype('u1', 0, 1): the plain integer types only, never aligned, always a copy."""
     if isinstance(name, bytes):
         name = name.decode("latin1")
-    if not isinstance(name, str) or name not in _DTYPES or {type(align), type(copy)} - {bool}:
-        raise ForbiddenGlobal(f"a dtype {name!r:.40}")
+    if not isinstance(name, str) or name not in _DTYPES:
+        raise ForbiddenGlobal(f"a dtype {name!r:.40}, where CIFAR-10 batches hold integers")
+    if not (_flag(align, 0) and _flag(copy, 1)):
+        raise ForbiddenGlobal(
+            f"numpy.dtype({name!r}, {align!r:.20}, {copy!r:.20}), where numpy writes"
+            f" numpy.dtype({name!r}, False, True)"
+        )
     return _DTYPES[name]
+
+
+def _from_buffer(buffer, dtype, shape, order):
+    """numpy's _frombuffer, as protocol-5 pickles call it: a plain integer array
+    whose bytes are exactly what its shape and dtype need."""
+    if (
+        not isinstance(buffer, bytes | bytearray)
+        or not any(dtype is d for d in _DTYPES.values())
+        or not isinstance(shape, tuple)
+        or not all(type(n) is int and n >= 0 for n in shape)
+        or order not in ("C", "F")
+        or math.prod(shape) * dtype.itemsize != len(buffer)
+    ):
+        raise ForbiddenGlobal("an array whose data does not match its shape and dtype")
+    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape, order=order)
 
 
 def _latin1_bytes(text, encoding="utf-8", errors="strict"):
@@ -177,13 +203,19 @@ class _BatchUnpickler(pickle._Unpickler):
     def find_class(self, module: str, name: str):
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             return _empty_array
+        if name == "_frombuffer" and module in ("numpy.core.numeric", "numpy._core.numeric"):
+            return _from_buffer
         if module == "numpy" and name == "ndarray":
             return _ArrayClass
         if module == "numpy" and name == "dtype":
             return _dtype
         if module == "_codecs" and name == "encode":
             return _latin1_bytes
-        raise ForbiddenGlobal(f"forbidden global {module}.{name}")
+        # Only a tampered or foreign file names anything else: what it names would run.
+        raise ForbiddenGlobal(
+            f"forbidden global {module}.{name}, which would run code: CIFAR-10 batches"
+            " name only numpy's array and dtype (the file is not one, or was altered)"
+        )
 
     def _load_build(self) -> None:
         state = self.stack[-1]
@@ -207,22 +239,34 @@ class _BatchUnpickler(pickle._Unpickler):
         elif any(target is d for d in _DTYPES.values()):
             # dtype state (version, byte order, ...): a plain integer type in this machine's
             # order needs nothing from it, and nothing else is accepted.
+            # Python 2 pickled the byte order as a str, which arrives as bytes.
             self.stack.pop()
+            order = state[1] if isinstance(state, tuple) and len(state) >= 2 else None
+            if isinstance(order, bytes):
+                order = order.decode("latin1")
             if not (
-                isinstance(state, tuple)
-                and len(state) >= 2
-                and state[1] in ("|", "=", _NATIVE)
+                order in ("|", "=", _NATIVE)
                 and not any(isinstance(v, list | dict | tuple) for v in state)
             ):
                 raise ForbiddenGlobal(f"a dtype state {state!r:.60}")
         else:
             raise ForbiddenGlobal(f"a {type(target).__name__} with state")
 
+    def _load_bytearray8(self) -> None:
+        # Protocol 5's in-band array data. Python's own loader allocates the
+        # length it reads before reading; here the bytes must be there first.
+        (size,) = struct.unpack("<Q", self.read(8))
+        data = self.read(size)
+        if len(data) != size:
+            raise EOFError("a bytearray longer than the file")
+        self.append(bytearray(data))
+
     def _refuse(self) -> None:
         raise ForbiddenGlobal("an opcode CIFAR batches never use")
 
     dispatch[pickle.BUILD[0]] = _load_build
-    for _opcode in (pickle.BYTEARRAY8, pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    for _opcode in (pickle.NEXT_BUFFER, pickle.READONLY_BUFFER):
         dispatch[_opcode[0]] = _refuse
 
 
@@ -237,7 +281,9 @@ def _unpickle(path: Path) -> dict:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 obj = _BatchUnpickler(mapped, encoding="bytes").load()
     except ForbiddenGlobal as exc:
-        raise SvmtoolError(f"refusing to load {path}: {exc}") from None
+        raise SvmtoolError(
+            f"cannot read {path} as a CIFAR-10 batch: its pickle holds {exc}"
+        ) from None
     except (
         pickle.UnpicklingError,
         EOFError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from svmtool.io.npzfile import read_npz
 DATA_DIR_ENV = "SVMTOOL_DATA_DIR"
 SYNTHETIC = "synthetic"
 CIFAR10 = "cifar10"
+CIFAR100 = "cifar100"
+FASHION_MNIST = "fashion-mnist"
+MNIST = "mnist"
+NAMED_DATASETS = (CIFAR10, CIFAR100, FASHION_MNIST, MNIST, SYNTHETIC)
+"""Every value of --data that names a dataset rather than a path."""
 
 
 @dataclass
@@ -30,6 +36,10 @@ class Dataset:
     test_labels: np.ndarray
     class_names: list[str]
     source: str
+    # What loading found worth saying (an image folder's size rule, skipped files...),
+    # and the same as data for --json.
+    notes: list[str] = field(default_factory=list)
+    report: dict | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -274,18 +284,43 @@ def load_npz(path: Path) -> Dataset:
     )
 
 
-def load_dataset(source: str, data_dir: Path | None = None) -> Dataset:
-    """``source`` is 'cifar10', 'synthetic', or a path to an .npz file."""
+def load_dataset(
+    source: str,
+    data_dir: Path | None = None,
+    *,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    progress=None,
+) -> Dataset:
+    """``source`` is a name of NAMED_DATASETS, a path to an .npz file, or an image
+    folder (CLASS/*.png|jpg, or train/CLASS and test/CLASS).
+
+    image_size (height, width) and channels: the size an image folder is read at
+    (default: chosen from the images). progress(stage, done, total): decoding.
+    """
     if source == SYNTHETIC:
         return synthetic()
     if source == CIFAR10:
         from svmtool.io import cifar
 
         return cifar.load(data_dir or default_data_dir())
-    if source.endswith(".npz") or Path(source).exists():
+    if source.endswith(".npz"):
+        return load_npz(Path(source))
+    if Path(source).is_dir():
+        from svmtool.io import imagefolder
+
+        return imagefolder.load(
+            Path(source),
+            data_dir or default_data_dir(),
+            image_size=image_size,
+            channels=channels,
+            progress=progress,
+        )
+    if Path(source).exists():
         return load_npz(Path(source))
     raise SvmtoolError(
-        f"--data must be cifar10, synthetic or a path to an .npz file, got {source!r}"
+        f"--data must be cifar10, synthetic, a path to an .npz file or an image folder,"
+        f" got {source!r}"
     )
 
 
@@ -413,6 +448,24 @@ def split_warnings(dataset: Dataset, parts: Split) -> list[str]:
     return warnings
 
 
+def content_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A permutation of the N images (N, H, W, C) that depends on their pixels and
+    labels only: the order of their hashes. The same images saved in any order
+    (an .npz, a folder of files) get the same seeded split through it; equal
+    images with equal labels are interchangeable, so their ties do not matter."""
+    flat = np.asarray(images).reshape(len(images), -1)
+    labels = np.asarray(labels, dtype=np.int64)
+    keys = np.empty(len(flat), dtype="S16")
+    chunk = 4096
+    for start in range(0, len(flat), chunk):
+        block = np.ascontiguousarray(flat[start : start + chunk])
+        for i, row in enumerate(block):
+            digest = hashlib.blake2b(row.tobytes(), digest_size=16)
+            digest.update(int(labels[start + i]).to_bytes(8, "little"))
+            keys[start + i] = digest.digest()
+    return np.argsort(keys, kind="stable")
+
+
 def split(dataset: Dataset, seed: int = 0, **sizes: int | None) -> Split:
     """Split the training images into train/val/dev and take the test rows.
 
@@ -420,7 +473,8 @@ def split(dataset: Dataset, seed: int = 0, **sizes: int | None) -> Split:
     val = the last num_val (49,000-49,999). Any other data: val is a seeded,
     stratified sample (data saved sorted by label still gets every class) and
     train is num_train of the remaining images drawn with the seed (all of them
-    by default). test = the first num_test test images (all by default);
+    by default), both drawn in ``content_order``, so the file order of the data
+    does not change the split. test = the first num_test test images (all by default);
     dev = num_dev images drawn from train with the seed.
     """
     n = dataset.train_images.shape[0]
@@ -433,9 +487,12 @@ def split(dataset: Dataset, seed: int = 0, **sizes: int | None) -> Split:
         val = np.arange(n - num_val, n)
     else:
         rule = STRATIFIED_RULE
-        val = stratified_sample(dataset.train_labels, num_val, rng)
-        rest = np.setdiff1d(np.arange(n), val, assume_unique=True)
-        train = rng.permutation(rest)[:num_train]
+        # Positions are drawn in content order and mapped back to the data's indices.
+        order = content_order(dataset.train_images, dataset.train_labels)
+        picked = stratified_sample(np.asarray(dataset.train_labels)[order], num_val, rng)
+        val = np.sort(order[picked])
+        rest = np.setdiff1d(np.arange(n), picked, assume_unique=True)
+        train = order[rng.permutation(rest)[:num_train]]
         dev = np.sort(rng.choice(train, num_dev, replace=False))
     parts = Split(train=train, val=val, test=np.arange(num_test), dev=dev, rule=rule)
     parts.warnings = split_warnings(dataset, parts)

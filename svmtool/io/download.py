@@ -5,7 +5,10 @@ Nothing here knows about CIFAR-10: the dataset's facts live in ``cifar.py``.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import lzma
 import os
 import re
 import stat
@@ -14,6 +17,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 import urllib3
@@ -272,6 +276,51 @@ def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
     return None
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _check_gzip_header(f: BinaryIO) -> BinaryIO:
+    """What Python's gzip lets pass in a gzip header: reserved flag bits (RFC 1952:
+    a decompressor must refuse them) and the optional header CRC-16, which it reads
+    and discards. (The time stamp, XFL and OS bytes are covered by no checksum and
+    change no byte of the contents: only an md5 sees a change there.)"""
+    start = f.read(10)
+    if len(start) < 10 or start[:2] != GZIP_MAGIC:
+        f.seek(0)
+        return f  # not gzip: tarfile decides what it is
+    flags = start[3]
+    if flags & 0xE0:
+        raise gzip.BadGzipFile(f"damaged gzip header (reserved flags 0x{flags:02x})")
+    header = bytearray(start)
+    if flags & 0x04:  # FEXTRA: a 2-byte length, then that many bytes
+        size = f.read(2)
+        header += size + f.read(int.from_bytes(size.ljust(2, b"\0"), "little"))
+    for bit in (0x08, 0x10):  # FNAME, FCOMMENT: zero-terminated, bounded by the file
+        if flags & bit:
+            while (byte := f.read(1)) not in (b"", b"\0"):
+                header += byte
+                if len(header) > 65536:
+                    raise gzip.BadGzipFile("damaged gzip header (a name longer than 64 KiB)")
+            header += byte
+    if flags & 0x02:  # FHCRC: the low 16 bits of the header's CRC-32
+        stored = f.read(2)
+        if int.from_bytes(stored.ljust(2, b"\0"), "little") != zlib.crc32(header) & 0xFFFF:
+            raise gzip.BadGzipFile("damaged gzip header (header CRC mismatch)")
+    f.seek(0)
+    return f
+
+
+def _read_to_end(tar: tarfile.TarFile) -> None:
+    """Decompress what follows the last member (the tar's end blocks and padding)
+    to the end of the stream, so gzip's CRC-32 and length (bz2's and xz's checks)
+    are verified: tarfile stops at the end-of-archive blocks and never reads the
+    trailer, and a damaged byte can decompress to wrong pixels without an error."""
+    stream = tar.fileobj
+    if isinstance(stream, gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile):
+        while stream.read(CHUNK_SIZE):
+            pass
+
+
 def safe_extract(
     archive: Path, dest: Path, max_bytes: int | None = None, max_members: int | None = None
 ) -> None:
@@ -280,7 +329,10 @@ def safe_extract(
     if the members add up to more than ``max_bytes`` or ``max_members``. All of
     it is checked from the headers before a byte is written."""
     try:
-        with open_regular(archive, "archive") as f, tarfile.open(fileobj=f, mode="r:*") as tar:
+        with (
+            open_regular(archive, "archive") as f,
+            tarfile.open(fileobj=_check_gzip_header(f), mode="r:*") as tar,
+        ):
             members, total = [], 0
             # Header by header (not getmembers()): a bomb is refused at the first
             # header past the bound, before the rest is decompressed.
@@ -319,6 +371,7 @@ def safe_extract(
                             out.write(block)
                         except OSError as exc:
                             raise disk_error(exc, target) or exc from None
+            _read_to_end(tar)
     except SvmtoolError:
         raise
     except FileExistsError as exc:

@@ -313,45 +313,83 @@ def _as_shown(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def read_image(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
+@contextlib.contextmanager
+def _decoding(path: Path, size: list):
+    """Pillow's errors while opening or decoding ``path`` as one SvmtoolError each.
+    ``size`` receives the image's size once known (for the out-of-memory message)."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow's other warnings (corrupt EXIF, ...) are not the user's business;
+            # it only warns between its pixel limit and twice it, then decodes anyway.
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise SvmtoolError(
+            f"{path}: refusing an image of {pixels}, over the limit of"
+            f" {Image.MAX_IMAGE_PIXELS:,} (it could be a decompression bomb)"
+        ) from None
+    except UnidentifiedImageError:
+        raise SvmtoolError(f"{path}: cannot read the image (not a PNG or JPEG file)") from None
+    except MemoryError:
+        size_text = size[0] if size else None
+        raise SvmtoolError(f"{path}: not enough memory to decode a {size_text} image") from None
+    except SvmtoolError:
+        raise
+    except Exception as exc:  # a decoder fed hostile bytes may raise anything
+        raise SvmtoolError(f"{path}: cannot read the image ({exc})") from None
+
+
+def read_image(path: Path, image_shape: tuple[int, ...], follow: bool = True) -> np.ndarray:
     """A PNG or JPEG file (any size, RGB or grayscale, 8 or 16 bits) as uint8
     image_shape (H, W, C), read as a viewer shows it (see ``_as_shown``).
 
     Images over Pillow's pixel limit (Image.MAX_IMAGE_PIXELS) are refused,
-    never decoded.
+    never decoded. ``follow=False`` refuses a symbolic link (image folders).
     """
     h, w, c = image_shape
     if c not in (1, 3):
         raise SvmtoolError(f"{path}: the model has {c} channels; only 1 or 3 can come from a file")
-    size = None
-    with open_regular(path, "image") as f:
-        try:
-            with warnings.catch_warnings():
-                # Pillow's other warnings (corrupt EXIF, ...) are not the user's business;
-                # it only warns between its pixel limit and twice it, then decodes anyway.
-                warnings.simplefilter("ignore")
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(f, formats=IMAGE_FORMATS) as im:
-                    size = im.size
-                    im.load()
-                    shown = _as_shown(im)
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            found = re.search(r"\((\d+) pixels\)", str(exc))
-            pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-            raise SvmtoolError(
-                f"{path}: refusing an image of {pixels}, over the limit of"
-                f" {Image.MAX_IMAGE_PIXELS:,} (it could be a decompression bomb)"
-            ) from None
-        except UnidentifiedImageError:
-            raise SvmtoolError(f"{path}: cannot read the image (not a PNG or JPEG file)") from None
-        except MemoryError:
-            raise SvmtoolError(f"{path}: not enough memory to decode a {size} image") from None
-        except Exception as exc:  # a decoder fed hostile bytes may raise anything
-            raise SvmtoolError(f"{path}: cannot read the image ({exc})") from None
+    size: list = []
+    with (
+        open_regular(path, "image", follow=follow) as f,
+        _decoding(path, size),
+        Image.open(f, formats=IMAGE_FORMATS) as im,
+    ):
+        size.append(im.size)
+        im.load()
+        shown = _as_shown(im)
     converted = shown if c == 3 else shown.convert("L")
     resized = converted.resize((w, h), Image.Resampling.BILINEAR)
     array = np.asarray(resized, dtype=np.uint8)
     return array.reshape(h, w, c)
+
+
+# Modes whose pixels are one gray value (``_as_shown`` turns them into R = G = B).
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "F", *_SIXTEEN_BIT})
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def probe_image(path: Path, follow: bool = True) -> tuple[int, int, bool]:
+    """(height, width, grayscale) of a PNG or JPEG as ``read_image`` shows it
+    (EXIF rotation applied), from its header only: no pixel is decoded.
+    The same files are refused as by ``read_image`` (format, pixel limit)."""
+    size: list = []
+    with (
+        open_regular(path, "image", follow=follow) as f,
+        _decoding(path, size),
+        Image.open(f, formats=IMAGE_FORMATS) as im,
+    ):
+        width, height = im.size
+        gray = im.mode in GRAY_MODES
+        orientation = None
+        with contextlib.suppress(Exception):  # unreadable EXIF: shown as stored
+            orientation = im.getexif().get(0x0112)
+    if orientation in _TRANSPOSED:
+        width, height = height, width
+    return height, width, gray
 
 
 def kink_plot(curve, path) -> None:
@@ -410,6 +448,34 @@ def kink_plot(curve, path) -> None:
     axes[0].legend(fontsize=8, loc="best")
     axes[1].set_ylabel("minus the analytic tangent")
     axes[1].set_xlabel(f"t / h   (h = {h:g})")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def sweep_plot(points, path) -> None:
+    """Fraction of coordinates straddling a kink, and of margins near one, against
+    delta, for each point (``points``: [(label, [SweepRow])])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for (label, rows), color in zip(points, ("tab:blue", "tab:red"), strict=False):
+        deltas = [r.delta for r in rows]
+        ax.plot(deltas, [100 * r.straddled_fraction for r in rows], "o-", color=color,
+                label=f"coordinates straddling, at {label}")  # fmt: skip
+        ax.plot(deltas, [100 * r.near_kink_fraction for r in rows], "s--", color=color,
+                alpha=0.6, label=f"margins near a kink, at {label}")  # fmt: skip
+    positive = [r.delta for _, rows in points for r in rows if r.delta > 0]
+    if positive:
+        ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set_xlabel("delta")
+    ax.set_ylabel("%")
+    ax.set_title("how delta changes the frequency of kinks (every coordinate of W)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)

@@ -34,6 +34,7 @@ _LIBRARY_DIRS = tuple(
 _PY2_NAMES = {"xrange", "unicode", "raw_input", "basestring", "long", "unichr", "execfile"}
 _PY2_ATTRS = {"iteritems", "itervalues", "iterkeys", "has_key"}
 _module_counter = itertools.count()
+MAX_SOURCE_BYTES = 16 * 2**20  # read for hints only; Python's import reads the file itself
 
 
 class UserCodeError(SvmtoolError):
@@ -48,6 +49,7 @@ class UserCodeError(SvmtoolError):
         self.summary = summary
         self.details = details
         self.hint = hint
+        self.out_of_memory = False  # it raised MemoryError (the --memory limit, in a child)
 
 
 class BadReturn(SvmtoolError):
@@ -143,19 +145,54 @@ def user_traceback(exc: BaseException) -> tuple[str, str | None]:
     return "".join(lines).rstrip("\n"), where
 
 
-def error_from(exc: BaseException, doing: str, source: str | None = None) -> UserCodeError:
-    """A UserCodeError for an exception the user's code raised while ``doing``."""
+def error_from(
+    exc: BaseException, doing: str, source: str | None = None, path: Path | None = None
+) -> UserCodeError:
+    """A UserCodeError for an exception the user's code raised while ``doing``
+    (any BaseException: pytest.skip() at module level raises one)."""
+    if isinstance(exc, SyntaxError) and exc.lineno is None and path is not None:
+        # Python gives no location for a NUL byte in the source: find it.
+        where = nul_location(path)
+        if where is not None:
+            details = f"{where}\nSyntaxError: {exc.msg}"
+            return UserCodeError(
+                f"{doing}: SyntaxError: {exc.msg} ({where})",
+                details,
+                "a NUL byte is not text: the file was probably saved by a tool that writes"
+                " UTF-16 or binary; save it again as UTF-8 text",
+            )
     if isinstance(exc, SyntaxError) and not _is_ours(exc.filename or ""):
         where = f"{exc.filename}, line {exc.lineno}"
         details, _ = user_traceback(exc)
         summary = f"{doing}: SyntaxError: {exc.msg} ({where})"
         return UserCodeError(summary, details, python2_hint(exc, source))
     details, where = user_traceback(exc)
-    message = str(exc).splitlines()[0] if str(exc) else ""
+    try:
+        text = str(exc)
+    except Exception:  # their exception's __str__ raised in turn
+        text = ""
+    message = text.splitlines()[0] if text else ""
     summary = f"{doing}: {type(exc).__name__}" + (f": {message}" if message else "")
     if where:
         summary += f" ({where})"
-    return UserCodeError(summary, details, python2_hint(exc, source))
+    error = UserCodeError(summary, details, python2_hint(exc, source))
+    error.out_of_memory = isinstance(exc, MemoryError)
+    return error
+
+
+def nul_location(path: Path) -> str | None:
+    """'file, line N, column M' of the first NUL byte in ``path`` (None if none)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SOURCE_BYTES)
+    except OSError:
+        return None
+    at = data.find(b"\0")
+    if at < 0:
+        return None
+    line = data.count(b"\n", 0, at) + 1
+    column = at - (data.rfind(b"\n", 0, at) + 1) + 1
+    return f"{path}, line {line}, column {column}"
 
 
 @dataclass
@@ -200,7 +237,8 @@ def import_target(spec: LossSpec):
         path = path.resolve()
         source = None
         try:
-            source = path.read_text(encoding="utf-8", errors="replace")
+            with open(path, "rb") as f:
+                source = f.read(MAX_SOURCE_BYTES).decode("utf-8", errors="replace")
         except OSError as exc:
             raise UserCodeError(f"--loss: cannot read {spec.target}: {exc.strerror}") from None
         # Like running the file as a script: its own folder is importable.
@@ -231,9 +269,9 @@ def import_target(spec: LossSpec):
                 f"importing {spec.target} called sys.exit({exc.code!r}): put the script part"
                 " under if __name__ == '__main__':"
             ) from None
-        except Exception as exc:
+        except BaseException as exc:  # pytest.skip() at module level is a BaseException
             sys.modules.pop(name, None)
-            raise error_from(exc, f"importing {spec.target} failed", source) from None
+            raise error_from(exc, f"importing {spec.target} failed", source, path) from None
         return module
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -270,7 +308,7 @@ def _import_module(dotted: str, doing: str):
         raise error_from(exc, doing) from None
     except SystemExit as exc:
         raise UserCodeError(f"{doing}: it called sys.exit({exc.code!r})") from None
-    except Exception as exc:
+    except BaseException as exc:
         hint = None
         if "." in dotted:
             hint = "if the package's __init__.py is what fails, give the .py file's path instead"
@@ -280,6 +318,39 @@ def _import_module(dotted: str, doing: str):
 
 
 LossCallable = Callable[..., object]
+
+_GUARDED_MODULES = ("numpy", "numpy.linalg", "numpy.random", "math")
+
+
+class NamespaceGuard:
+    """What numpy (and math) offer, as it was before the user's code ran.
+
+    Code that sets ``np.maximum = np.minimum`` changes numpy for everyone
+    after it: svmtool's reference loss and the next function checked.
+    ``restore()`` puts back every name that was replaced or deleted (new
+    names are left: nothing of ours uses them) and returns the names, so the
+    report can say so.
+    """
+
+    def __init__(self) -> None:
+        self.saved = {
+            name: (sys.modules[name], dict(vars(sys.modules[name])))
+            for name in _GUARDED_MODULES
+            if name in sys.modules
+        }
+
+    def restore(self) -> list[str]:
+        changed = []
+        for name, (module, before) in self.saved.items():
+            now = vars(module)
+            for key, value in before.items():
+                if now.get(key, _MISSING) is not value:
+                    changed.append(f"{name}.{key}")
+                    setattr(module, key, value)
+        return changed
+
+
+_MISSING = object()
 
 
 @dataclass
@@ -300,6 +371,8 @@ class UserFunction:
     float32: bool = False  # it returned float32 results: it computes in single precision
     last_rows: int = 0  # N of the latest call (the kink recheck calls it on fewer rows)
     on_call: Callable[[UserFunction], None] | None = None  # progress: told before each call
+    patched: list[str] = field(default_factory=list)  # numpy names it replaced (put back)
+    guard: NamespaceGuard | None = None  # numpy as it was before the user's file ran
 
     @classmethod
     def wrap(cls, fn: LossCallable, name: str | None = None, origin: str = "") -> UserFunction:
@@ -317,11 +390,18 @@ class UserFunction:
         return cls(fn, name or getattr(fn, "__name__", "loss"), origin, takes_delta)
 
     def raw_call(self, W, X, y, reg, delta):
-        """Call the function as is (its return unchecked); os._exit is guarded."""
-        with guarded():
-            if self.takes_delta:
-                return self.fn(W, X, y, reg, delta=delta)
-            return self.fn(W, X, y, reg)
+        """Call the function as is (its return unchecked); os._exit is guarded, and
+        numpy is put back as it was if the function replaced parts of it."""
+        guard = self.guard or NamespaceGuard()
+        try:
+            with guarded():
+                if self.takes_delta:
+                    return self.fn(W, X, y, reg, delta=delta)
+                return self.fn(W, X, y, reg)
+        finally:
+            for name in guard.restore():
+                if name not in self.patched:
+                    self.patched.append(name)
 
     def __call__(self, W, X, y, reg, delta) -> tuple[float, np.ndarray]:
         args = (W.copy(), X.copy(), y.copy())
@@ -335,12 +415,20 @@ class UserFunction:
             raise _interrupted(exc, self.name) from None
         except SystemExit as exc:
             raise UserCodeError(f"{self.name} called sys.exit({exc.code!r})") from None
-        except Exception as exc:
+        except BaseException as exc:  # any of theirs, pytest's Skipped included
             raise error_from(exc, f"{self.name} raised") from None
         for label, given, original in zip("WXy", args, (W, X, y), strict=True):
             if given.shape != original.shape or not np.array_equal(given, original):
                 self.mutated.add(label)
-        loss, dW, single = check_return(result, W.shape, self.name)
+        try:
+            loss, dW, single = check_return(result, W.shape, self.name)
+        except BadReturn:
+            raise
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc, self.name) from None
+        except BaseException as exc:
+            # Their objects run their own code when converted (__float__, __array__...).
+            raise error_from(exc, f"converting what {self.name} returned raised") from None
         self.float32 |= single
         return loss, dW
 
@@ -402,7 +490,9 @@ def check_return(
 
 def load_functions(spec: LossSpec) -> list[UserFunction]:
     """The function(s) ``--loss`` names: FUNC, or each CS231n name the file defines."""
+    guard = NamespaceGuard()
     module = import_target(spec)
+    patched_at_import = guard.restore()
     names = [spec.func] if spec.func else [n for n in CS231N_NAMES if hasattr(module, n)]
     if not names:
         raise UserCodeError(
@@ -423,5 +513,8 @@ def load_functions(spec: LossSpec) -> list[UserFunction]:
                 f"{spec.target} has no function {name!r}"
                 + (f" (it defines: {', '.join(defined[:8])})" if defined else "")
             )
-        functions.append(UserFunction.wrap(getattr(module, name), name, spec.target))
+        fn = UserFunction.wrap(getattr(module, name), name, spec.target)
+        fn.patched = list(patched_at_import)
+        fn.guard = guard
+        functions.append(fn)
     return functions

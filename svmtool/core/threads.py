@@ -1,0 +1,299 @@
+"""How a hot loop uses the cores: the BLAS thread count, chosen by measurement.
+
+Why measure rather than assume: on the same 2 vCPUs the right answer changes
+with the CPU, the BLAS kernels and the load. On an AVX-512 Xeon with OpenBLAS
+(SkylakeX kernels) the training step's two products ran 1.5x faster with two
+BLAS threads on a quiet machine, another day 2x slower; when another process
+holds one core, two threads were 2-13x slower than one, because OpenBLAS's
+threads meet at the end of every call and a descheduled one stalls the other.
+
+So a loop asks a ``ThreadChoice`` which count to use for its next step, after
+telling it how long the previous step took. The choice probes the candidates
+on real steps (no extra work), keeps the fastest for a window of steps, and
+probes again, sooner when the steps slow down (load arrived) and less often
+while the answer stays the same. ``ThreadChoice`` is pure bookkeeping on the
+timings it is given; ``BlasSteps`` is the thin part that reads the clock and
+sets OpenBLAS's (or MKL's) thread count through threadpoolctl.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+
+import numpy as np
+
+# More threads must beat fewer by this factor to be chosen: fewer threads leave
+# a core to the rest of the machine and suffer less when load arrives.
+MARGIN = 0.9
+
+
+def fastest(timings: Mapping[int, Sequence[float]], margin: float = MARGIN) -> int:
+    """The thread count whose median step time is lowest; a larger count wins only
+    when its median is below ``margin`` times that of the best smaller count.
+
+    timings: thread count -> step durations in seconds (counts without any
+    duration are ignored). Raises ValueError when no count has a duration.
+    """
+    medians = {n: statistics.median(t) for n, t in timings.items() if len(t)}
+    if not medians:
+        raise ValueError("no timings to choose from")
+    best = min(medians)
+    for n in sorted(medians):
+        if medians[n] < margin * medians[best]:
+            best = n
+    return best
+
+
+class ThreadChoice:
+    """Which thread count each step of a loop uses, from the durations of the steps.
+
+    Call ``next(seconds)`` before every step with the previous step's duration
+    (None before the first); it returns the count for the coming step.
+
+    A probe runs ``probe`` steps on each candidate, alternating them, and keeps
+    the ``fastest``. A candidate whose first probe step takes more than
+    ``give_up`` times the best step seen (in this probe, or the choice's median
+    in the last one) is dropped from the probe: it is clearly worse, and its
+    slow steps are what a probe costs. The winner then runs ``window`` steps;
+    the window doubles up to ``max_window`` each time a probe confirms the
+    choice and is reset when it changes. When the median of the last ``probe``
+    steps of a window exceeds ``drift`` times the winner's probe median (load
+    arrived), the next probe starts at once; load that leaves is noticed at the
+    end of the window.
+    """
+
+    def __init__(
+        self,
+        counts: Sequence[int],
+        *,
+        probe: int = 3,
+        window: int = 64,
+        max_window: int = 1024,
+        give_up: float = 3.0,
+        drift: float = 1.5,
+    ) -> None:
+        if not counts or min(counts) < 1:
+            raise ValueError(f"thread counts must be >= 1, got {list(counts)}")
+        if probe < 1 or window < 1 or max_window < window:
+            raise ValueError("probe, window >= 1 and max_window >= window required")
+        self.counts = sorted(set(counts))
+        self.probe, self.first_window, self.max_window = probe, window, max_window
+        self.give_up, self.drift = give_up, drift
+        self.window = window
+        self.choice = self.counts[0]
+        self.reference: float | None = None  # the choice's median in the last probe
+        self.decisions: list[int] = []  # every probe's winner, in order
+        self._running: int | None = None  # the count the coming step runs with
+        self._start_probe()
+
+    def _start_probe(self) -> None:
+        self._timings: dict[int, list[float]] | None = {n: [] for n in self.counts}
+        self._dropped: set[int] = set()
+        self._queue = [n for _ in range(self.probe) for n in self.counts]
+        self._steps_left = 0
+        self._recent: list[float] = []
+
+    def next(self, seconds: float | None) -> int:
+        """Record the previous step's duration (None at the start); the count for the next."""
+        if seconds is not None and self._running is not None:
+            if self._timings is not None:
+                self._record_probe(self._running, seconds)
+            else:
+                self._record_window(seconds)
+        if self._timings is not None and self._queue:
+            self._running = self._queue.pop(0)
+        else:
+            self._running = self.choice
+        return self._running
+
+    def _record_probe(self, count: int, seconds: float) -> None:
+        assert self._timings is not None
+        times = self._timings[count]
+        times.append(seconds)
+        if len(times) == 1:
+            seen = [min(t) for n, t in self._timings.items() if n != count and t]
+            if self.reference is not None:
+                seen.append(self.reference)
+            if seen and seconds > self.give_up * min(seen):
+                self._dropped.add(count)
+                self._queue = [n for n in self._queue if n != count]
+        if not self._queue:
+            self._decide()
+
+    def _record_window(self, seconds: float) -> None:
+        self._steps_left -= 1
+        self._recent = [*self._recent[1 - self.probe :], seconds] if self.probe > 1 else [seconds]
+        slowed = (
+            self.reference is not None
+            and len(self._recent) == self.probe
+            and statistics.median(self._recent) > self.drift * self.reference
+        )
+        if slowed:
+            self.window = self.first_window
+            self._start_probe()
+        elif self._steps_left <= 0:
+            self._start_probe()
+
+    def _decide(self) -> None:
+        assert self._timings is not None
+        kept = {n: t for n, t in self._timings.items() if n not in self._dropped}
+        winner = fastest(kept or self._timings)
+        if self.decisions and winner == self.choice:
+            self.window = min(2 * self.window, self.max_window)
+        else:
+            self.window = self.first_window
+        self.choice = winner
+        self.reference = statistics.median(self._timings[winner])
+        self.decisions.append(winner)
+        self._timings = None
+        self._steps_left = self.window
+        self._recent = []
+
+
+def _blas_controller():
+    """threadpoolctl's controller of the loaded BLAS libraries, made once (it
+    scans the loaded libraries: ~3 ms), or None without threadpoolctl or BLAS."""
+    global _CONTROLLER
+    if _CONTROLLER is False:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            selected = ThreadpoolController().select(user_api="blas")
+            _CONTROLLER = selected if len(selected.lib_controllers) else None
+        except ImportError:
+            _CONTROLLER = None
+    return _CONTROLLER
+
+
+_CONTROLLER = False  # not looked up yet
+
+
+def one_blas_thread():
+    """A context holding BLAS to one thread, for work split over our own threads:
+    a multi-threaded product in one worker would spin cores the other needs
+    (measured 1.5-2x slower than one BLAS thread per worker)."""
+    controller = _blas_controller()
+    return nullcontext() if controller is None else controller.limit(limits=1)
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# A product is split only when every part still has this many multiply-adds:
+# below it the hand-off costs more than it saves, and BLAS may switch to its
+# small-matrix kernels, whose rounding could differ from the whole product's.
+MIN_PART = 2_000_000
+
+
+class _Helper:
+    """One thread that runs products handed to it (numpy releases the GIL in BLAS)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="svmtool-core")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            a, b, out = job
+            try:
+                np.matmul(a, b, out=out)
+                self.done.put(None)
+            except BaseException as exc:  # handed back to the caller
+                self.done.put(exc)
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+
+
+class SplitSteps:
+    """The steps of a loop with their products split over the cores, or not, as
+    ``ThreadChoice`` decides from the steps' durations.
+
+    with SplitSteps() as steps:
+        for ...:
+            steps.next()                  # first thing in every step
+            scores = steps.matmul(A, B)   # A @ B
+
+    BLAS is held to one thread inside; a split product gives each core a block
+    of A's rows, so every element is computed by the same single-threaded
+    kernel either way: results are bit-identical whatever is chosen (unlike
+    BLAS's own threads, whose results change with the thread count), and a
+    run stays reproducible. The thread count in force before is restored on
+    exit.
+    """
+
+    def __init__(
+        self,
+        choice: ThreadChoice | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        workers: int | None = None,
+        **options: int | float,
+    ) -> None:
+        top = cores() if workers is None else workers
+        if choice is None and top > 1:
+            choice = ThreadChoice(sorted({1, top}), **options)  # type: ignore[arg-type]
+        self.choice = choice
+        self._clock = clock
+        self._helpers: list[_Helper] = []
+        self._limit = None
+        self._last: float | None = None
+        self.parts = 1  # how the current step's products are split
+
+    def __enter__(self) -> SplitSteps:
+        self._limit = one_blas_thread()
+        self._limit.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for helper in self._helpers:
+            helper.stop()
+        self._helpers = []
+        if self._limit is not None:
+            self._limit.__exit__(None, None, None)
+            self._limit = None
+
+    def next(self) -> None:
+        """Call at the start of every step: times the previous one, picks this one's split."""
+        if self.choice is None:
+            return
+        now = self._clock()
+        self.parts = self.choice.next(None if self._last is None else now - self._last)
+        while len(self._helpers) < self.parts - 1:
+            self._helpers.append(_Helper())
+        self._last = self._clock()
+
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """a @ b for 2-D a (M, K) and b (K, N), in row blocks of a over the chosen cores."""
+        m, k = a.shape
+        n = b.shape[1]
+        parts = min(self.parts, max(1, (m * k * n) // MIN_PART), m)
+        if parts == 1:
+            return a @ b
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+        bounds = [m * i // parts for i in range(parts + 1)]
+        helpers = self._helpers[: parts - 1]
+        for helper, lo, hi in zip(helpers, bounds[1:-1], bounds[2:], strict=True):
+            helper.jobs.put((a[lo:hi], b, out[lo:hi]))
+        try:
+            np.matmul(a[: bounds[1]], b, out=out[: bounds[1]])
+        finally:
+            # Every helper's answer is collected, so none is left for the next product.
+            failures = [helper.done.get() for helper in helpers]
+        for failure in failures:
+            if failure is not None:
+                raise failure
+        return out

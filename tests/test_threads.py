@@ -1,0 +1,164 @@
+"""The split of the hot loops over the cores: the decision logic on injected
+timings (nothing is timed here), and the split's results against the whole product."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from svmtool.core import threads, train
+from svmtool.core.threads import SplitSteps, ThreadChoice, fastest
+
+
+def test_fastest_takes_the_lowest_median_and_prefers_fewer_threads_on_a_near_tie():
+    assert fastest({1: [1.0, 1.1, 0.9], 2: [0.6, 5.0, 0.5]}) == 2  # median, not mean
+    assert fastest({1: [1.0], 2: [0.95]}) == 1  # 5% faster is not worth a second core
+    assert fastest({1: [1.0], 2: [0.85]}) == 2
+    assert fastest({1: [1.0], 2: [3.0]}) == 1
+    assert fastest({1: [], 2: [3.0]}) == 2  # a count without timings is not a candidate
+    assert fastest({1: [1.0], 2: [0.8], 4: [0.75]}) == 2  # 4 must beat 2 by the margin
+    with pytest.raises(ValueError):
+        fastest({1: [], 2: []})
+
+
+def drive(choice: ThreadChoice, cost, steps: int) -> list[int]:
+    """Run ``steps`` steps, ``cost(step, count)`` the injected duration; the counts used."""
+    used, last = [], None
+    for step in range(steps):
+        count = choice.next(last)
+        used.append(count)
+        last = cost(step, count)
+    return used
+
+
+def test_two_cores_are_chosen_when_they_are_faster():
+    choice = ThreadChoice([1, 2])
+    used = drive(choice, lambda step, n: {1: 1.0e-3, 2: 0.6e-3}[n], 2000)
+    assert used[:6] == [1, 2, 1, 2, 1, 2]  # the probe alternates
+    assert choice.choice == 2
+    assert used.count(1) <= 3 * len(choice.decisions)  # only probes ran on one core
+    assert used.count(2) > 1900
+
+
+def test_a_busy_core_costs_one_slow_probe_step_after_the_first_probe():
+    choice = ThreadChoice([1, 2])
+    used = drive(choice, lambda step, n: {1: 1.0e-3, 2: 10e-3}[n], 3000)
+    assert choice.choice == 1
+    assert used[:2] == [1, 2] and used[2:6].count(2) <= 2  # the first probe compares both
+    later_probes = len(choice.decisions) - 1
+    assert used[6:].count(2) == later_probes  # then one step of two cores per probe, given up
+    assert later_probes <= 8  # windows double while the answer stays the same
+
+
+def test_load_that_arrives_mid_run_is_noticed_within_a_few_steps():
+    def cost(step, n):
+        if step < 500:
+            return {1: 1.0e-3, 2: 0.6e-3}[n]
+        return {1: 1.2e-3, 2: 8e-3}[n]  # another process now holds a core
+
+    choice = ThreadChoice([1, 2])
+    used = drive(choice, cost, 1000)
+    assert used[499] == 2
+    switched = 500 + used[500:].index(1)
+    assert switched <= 504
+    assert used[switched + 12 :].count(2) <= 3  # settled on one core
+    assert choice.choice == 1
+
+
+def test_load_that_leaves_is_noticed_at_the_end_of_a_window():
+    def cost(step, n):
+        if step < 300:
+            return {1: 1.0e-3, 2: 8e-3}[n]
+        return {1: 1.0e-3, 2: 0.6e-3}[n]
+
+    choice = ThreadChoice([1, 2], window=64, max_window=128)
+    used = drive(choice, cost, 800)
+    assert used[-1] == 2 and used[300 + 128 + 10 :].count(1) <= 10
+
+
+def test_one_candidate_is_always_chosen():
+    choice = ThreadChoice([1])
+    assert set(drive(choice, lambda step, n: 1e-3, 100)) == {1}
+    with pytest.raises(ValueError):
+        ThreadChoice([0, 2])
+
+
+class Always:
+    """A stand-in choice that always answers ``parts``."""
+
+    def __init__(self, parts: int) -> None:
+        self.parts = parts
+
+    def next(self, seconds):
+        return self.parts
+
+
+def test_a_split_product_is_bit_identical_to_the_whole_one():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1400, 3073)).astype(np.float32)
+    batch = X[3 : 3 + 200 * 7 : 7]  # a strided batch, as the minibatches are
+    W = rng.standard_normal((3073, 10)).astype(np.float32)
+    coeff = rng.standard_normal((200, 30)).astype(np.float32)
+    with threads.one_blas_thread():
+        whole = [batch @ W, batch.T @ coeff, X.astype(np.float64) @ W.astype(np.float64)]
+    with SplitSteps(Always(2), workers=2) as cores:
+        cores.next()
+        assert cores.parts == 2
+        split = [
+            cores.matmul(batch, W),
+            cores.matmul(batch.T, coeff),
+            cores.matmul(X.astype(np.float64), W.astype(np.float64)),
+        ]
+        small = cores.matmul(batch[:5], W)  # too small to split: the plain product
+    for a, b in zip(whole, split, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(small, batch[:5] @ W)
+
+
+def test_training_gives_the_same_weights_whatever_split_is_chosen(monkeypatch):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1000, 3073)).astype(np.float32)
+    y = rng.integers(0, 10, 1000)
+
+    def run(parts: int) -> train.GridResult:
+        monkeypatch.setattr(train, "SplitSteps", lambda **kw: SplitSteps(Always(parts), workers=2))
+        return train.sgd_grid(X, y, 10, [1e-3, 1e-4], [1.0, 0.1], iters=12,
+                              rng=np.random.default_rng(0))  # fmt: skip
+
+    one, two = run(1), run(2)
+    np.testing.assert_array_equal(one.weights, two.weights)
+    np.testing.assert_array_equal(one.losses, two.losses)
+    assert np.abs(one.weights[0]).max() > 0
+
+
+def test_the_blas_thread_count_is_restored():
+    controller = threads._blas_controller()
+    if controller is None:
+        pytest.skip("no BLAS that threadpoolctl controls")
+    before = [lib.get_num_threads() for lib in controller.lib_controllers]
+    with SplitSteps(Always(2), workers=2) as cores:
+        cores.next()
+        assert [lib.get_num_threads() for lib in controller.lib_controllers] == [1] * len(before)
+    assert [lib.get_num_threads() for lib in controller.lib_controllers] == before
+
+
+def test_an_error_in_the_helper_reaches_the_caller_and_leaves_no_answer_behind(monkeypatch):
+    a = np.ones((4000, 1000), dtype=np.float32)
+    b = np.ones((1000, 10), dtype=np.float32)
+    real = np.matmul
+
+    def failing_in_the_helper(x, y, out=None):
+        if threading.current_thread().name == "svmtool-core":
+            raise MemoryError("no room")
+        return real(x, y, out=out)
+
+    with SplitSteps(Always(2), workers=2) as cores:
+        cores.next()
+        monkeypatch.setattr(np, "matmul", failing_in_the_helper)
+        with pytest.raises(MemoryError, match="no room"):
+            cores.matmul(a, b)
+        monkeypatch.setattr(np, "matmul", real)
+        np.testing.assert_array_equal(cores.matmul(a, b), np.full((4000, 10), 1000.0, np.float32))
