@@ -54,7 +54,7 @@ SOLVERS = ("sgd", "lbfgs")
 # there half a decade at a time, at most ``REG_DECADES`` decades.
 TUNE_DEFAULTS = {
     "pixels": {"loss": "squared-hinge", "reg_top": 10.0},
-    "hog": {"loss": "squared-hinge", "reg_top": 10.0},
+    "hog": {"loss": "squared-hinge", "reg_top": 300.0},
     "kmeans": {"loss": "squared-hinge", "reg_top": 10.0},
 }
 REG_DECADES = 6
@@ -774,7 +774,7 @@ def run_full_batch(
         "reg": path.points[best].reg,
         "delta": request.delta,
         "iters": request.iters,
-        "iterations": solution.iterations,
+        "iterations": path.points[best].iterations,  # its probe's and the polish's
         "batch_size": sizes["train"],
         "seed": request.seed,
         "dtype": request.dtype,
