@@ -364,7 +364,8 @@ def _features_text(features) -> str:
         from svmtool.core.features import hog_cell
 
         cell = hog_cell(features)
-        return f"hog ({cell}x{cell}-pixel cells, {size} values)"
+        colour = ", cell colours" if features.params.get("colour") else ""
+        return f"hog ({cell}x{cell}-pixel cells{colour}, {size} values)"
     return f"{features.kind} ({size} values)"
 
 

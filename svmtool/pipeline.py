@@ -351,6 +351,7 @@ def feature_params(request: TrainRequest, image_shape: tuple[int, ...] = (32, 32
             "orientations": F.ORIENTATIONS,
             "cell": F.hog_cell_size(image_shape[:2]),
             "power": F.HOG_POWER,
+            "colour": True,
             "hue_bins": F.HUE_BINS,
             "unsigned": True,
             "std_eps": F.HOG_STD_EPS,

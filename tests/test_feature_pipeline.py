@@ -59,7 +59,8 @@ def test_hog_end_to_end(npz, tmp_path):
     train(npz, model_path, "--features", "hog")
     model = model_io.load(model_path)
     assert model.features.kind == "hog"
-    assert model.W.shape == (2 * 2 * 9 + 10 + 1, 3)  # 4 cells x 9 bins, 10 hue bins, bias
+    # 4 cells x 9 bins, 10 hue bins, 4 cells x 3 colour means, bias
+    assert model.W.shape == (2 * 2 * 9 + 10 + 2 * 2 * 3 + 1, 3)
     # the hog defaults, not the pixel ones: the L2-SVM, reg chosen on validation
     settings = model.settings
     assert settings["solver"] == "lbfgs" and settings["loss"] == "squared-hinge"

@@ -143,6 +143,7 @@ def test_hog_cells_fit_28_pixel_images_and_say_so(tmp_path):
     result = run("train", "--data", str(data), "--model", str(tmp_path / "m.npz"),
                  "--features", "hog", "--reg", "1")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "hog (7x7-pixel cells, 144 values)" in result.output  # 4 x 4 cells x 9 bins
+    # 4 x 4 cells x 9 bins, and each cell's mean
+    assert "hog (7x7-pixel cells, cell colours, 160 values)" in result.output
     model = model_io.load(tmp_path / "m.npz")
-    assert model.features.params["cell"] == 7 and model.W.shape == (145, 3)
+    assert model.features.params["cell"] == 7 and model.W.shape == (161, 3)
