@@ -260,11 +260,12 @@ def _download_progress():
 DOWNLOAD_ADVICE = "use --url MIRROR or --from-file ARCHIVE"
 
 
-def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, **options):
-    """``cifar.download`` (same options) with a Rich progress bar on stderr, a
-    line for each retry, and ``advice`` (which must work from the command
-    that called it) after a failed download."""
-    from svmtool.io import cifar
+def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, dataset: str = "cifar10", **options):
+    """``cifar.download`` (or ``named.download`` for another ``dataset``; same
+    options) with a Rich progress bar on stderr, a line for each retry, and
+    ``advice`` (which must work from the command that called it) after a failed
+    download."""
+    from svmtool.io import cifar, named
     from svmtool.io.download import DownloadFailed
 
     bar = None
@@ -283,6 +284,8 @@ def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, **options):
         say(f"{reason}, retrying in {delay:g} s ({attempt}/{tries})")
 
     try:
+        if dataset != "cifar10":
+            return named.download(dataset, data_dir, progress=report, on_retry=retrying, **options)
         return cifar.download(data_dir, progress=report, on_retry=retrying, **options)
     except DownloadFailed as exc:
         raise SvmtoolError(f"{exc}; {advice}") from None
@@ -295,6 +298,12 @@ def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, **options):
 @handle_errors
 def download(
     data_dir: Path | None = data_dir_option(),
+    dataset: str = typer.Option(
+        "cifar10",
+        "--dataset",
+        help="cifar10, cifar100, fashion-mnist or mnist.",
+        metavar="NAME",
+    ),
     format: str = typer.Option(
         "binary",
         "--format",
@@ -310,23 +319,43 @@ def download(
     from_file: Path | None = typer.Option(
         None,
         "--from-file",
-        help="Import an archive you already have (offline machines).",
+        help="Import an archive you already have (offline machines); for mnist and"
+        " fashion-mnist, a folder holding their four .gz files.",
         metavar="ARCHIVE",
     ),
     force: bool = typer.Option(False, "--force", help="Start over even if the data is there."),
     keep_archive: bool = typer.Option(False, "--keep-archive", help="Keep the .tar.gz afterwards."),
 ) -> None:
-    """Fetch CIFAR-10, verify it, and cache it.
+    """Fetch CIFAR-10 (or --dataset cifar100, fashion-mnist, mnist), verify it, and cache it.
 
-    The archive's md5 is checked before anything is extracted; the images are
-    then converted once into a uint8 cache that loads in milliseconds.
+    Every file's md5 is checked before anything is extracted or parsed; the
+    images are then converted once into a uint8 cache that loads in milliseconds.
 
     Interrupted downloads resume. Proxies and CA bundles come from the usual
     environment variables (HTTPS_PROXY, REQUESTS_CA_BUNDLE).
 
     Example: svmtool download --data-dir ./data
     """
+    from svmtool.io.data import DOWNLOADABLE
+
     where = resolve_data_dir(data_dir)
+    if dataset not in DOWNLOADABLE:
+        raise SvmtoolError(f"--dataset must be one of {', '.join(DOWNLOADABLE)}, got {dataset!r}")
+    if dataset != "cifar10":
+        if format != "binary":
+            raise SvmtoolError(f"--format applies to cifar10, not {dataset}")
+        result = fetch_cifar(
+            where, dataset=dataset, url=url, md5=md5, from_file=from_file, force=force,
+            keep_archive=keep_archive,
+        )  # fmt: skip
+        if result.already:
+            say(f"{dataset} is already in {result.cache} (use --force to fetch it again)")
+        else:
+            say(
+                f"verified and converted: {result.train_count} training,"
+                f" {result.test_count} test images ({result.cache})"
+            )
+        return
     result = fetch_cifar(
         where,
         fmt=format,
@@ -500,7 +529,15 @@ def train(
     data: str = typer.Option("cifar10", "--data", help=DATA_HELP, metavar=DATA_METAVAR),
     data_dir: Path | None = data_dir_option(),
     download_first: bool = typer.Option(
-        False, "--download", help="Fetch CIFAR-10 first if it is missing."
+        False,
+        "--download",
+        help="Fetch the named dataset (cifar10, cifar100, mnist...) first if it is missing.",
+    ),
+    labels: str = typer.Option(
+        "fine",
+        "--labels",
+        help="cifar100: fine (100 classes) or coarse (the 20 superclasses).",
+        metavar="fine|coarse",
     ),
     image_size: str | None = typer.Option(
         None,
@@ -713,6 +750,7 @@ def train(
         use_cache=use_cache,
         lr_decay=defaults["lr_decay"] if lr_decay is None else lr_decay,
         image_size=parse_image_size(image_size) if image_size is not None else None,
+        labels=labels,
         **{
             name: value
             for name, value in (
@@ -734,19 +772,21 @@ def train(
     # the commit (the move into place) is the last step, after the output.
     pending = model_io.reserve(model_path)
     at_end(pending.discard)
-    if download_first and data == "cifar10":
-        from svmtool.io import cifar
+    if download_first and data in ("cifar10", "cifar100", "fashion-mnist", "mnist"):
+        from svmtool.io import cifar, named
 
         where = resolve_data_dir(data_dir)
+        named_flag = "" if data == "cifar10" else f" --dataset {data}"
         try:
-            cifar.load(where)
+            cifar.load(where) if data == "cifar10" else named.load(data, where)
         except SvmtoolError:
             fetch_cifar(
                 where,
+                dataset=data,
                 advice=(
-                    f"fetch it with: svmtool download --data-dir {where} --url MIRROR,"
-                    f" or import a copy with: svmtool download --data-dir {where}"
-                    " --from-file ARCHIVE"
+                    f"fetch it with: svmtool download{named_flag} --data-dir {where} --url"
+                    f" MIRROR, or import a copy with: svmtool download{named_flag} --data-dir"
+                    f" {where} --from-file ARCHIVE"
                 ),
             )
     with feature_progress() as progress:
@@ -1242,8 +1282,11 @@ def gradcheck(
     tol: float = typer.Option(
         1e-6,  # gradcheck.DEFAULT_TOL, written out so that --help needs no numpy
         "--tol",
-        help="Relative error allowed on kink-free coordinates (away from kinks the check is"
-        " exact up to rounding, ~1e-10; a wrong gradient term gives 1e-3 or more).",
+        help="Relative error |numeric - analytic| / (|numeric| + |analytic|) allowed on"
+        " kink-free coordinates (away from kinks the check is exact up to rounding, ~1e-10;"
+        " a wrong gradient term gives 1e-3 or more). A difference within the rounding of the"
+        " two losses, 8 * eps * (|L+| + |L-| + 1) / 2h, passes too: at a tiny --h that"
+        " allowance exceeds tol.",
         metavar="FLOAT",
     ),
     show_kinks: bool = typer.Option(
@@ -1313,7 +1356,8 @@ def gradcheck(
     verbose: bool = typer.Option(
         False,
         "--verbose",
-        help="With several --loss files: show each file's full report and what it printed.",
+        help="With --loss: every detail, the tables also for a function that is right; with"
+        " several files, each file's full report and what it printed.",
     ),
     plot: Path | None = typer.Option(
         None,
@@ -1420,6 +1464,7 @@ def gradcheck(
             "regs": list(DEFAULT_REGS) if reg is None else [reg], "delta": delta,
             "coords": [list(c) for c in coords], "h": h, "tol": tol, "seed": seed,
             "source": batch.source, "point": point, "plot": kink_plot,
+            "detail": True if verbose else None,
             "width": out.width, "color": out.is_terminal and out.color_system is not None,
         }  # fmt: skip
         if len(specs) == 1 and not _has_folder(loss):
@@ -1750,6 +1795,16 @@ def run_one_file(spec, settings, W, X, y, limits, as_json, sweep_points=()) -> N
         sys.stdout.write(result.tail)
     if not as_json:
         render_sweep(sweep_points)
+        from svmtool.report import render_verdicts
+
+        # Right and wrong say why; any other verdict is explained by the Error: line.
+        render_verdicts(
+            out,
+            [
+                (r.function, r.verdict, r.mistake if r.verdict in ("right", "wrong") else "")
+                for r in result.rows
+            ],
+        )
     raise typer.Exit(result.exit_code)
 
 

@@ -146,6 +146,53 @@ def test_preprocess_matches_the_textbook_recipe():
     np.testing.assert_allclose(out32, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_preprocess_is_bit_identical_to_the_one_formula_in_every_row_order(dtype):
+    # More rows than one gathered block (512) and one converted block (32), with a
+    # permutation, a consecutive run (taken as a view), repeats and the default order.
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (1300, 2, 3, 3), dtype=np.uint8)
+    mean = mean_image(images, np.arange(1200))
+    flat = images.reshape(1300, -1)
+    for rows in [rng.permutation(1200), np.arange(100, 1250), np.array([5, 5, 7, 6, 5]), None]:
+        chosen = flat if rows is None else flat[rows]
+        expected = np.ones((chosen.shape[0], 19), dtype=dtype)
+        expected[:, :18] = chosen.astype(dtype) - mean.reshape(-1).astype(dtype)
+        got = preprocess(images, mean, rows, dtype)
+        assert got.dtype == dtype and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="rows must be in"):
+        preprocess(images, mean, np.array([0, 1300]))
+
+
+def test_mean_image_is_exact_over_any_rows():
+    rng = np.random.default_rng(2)
+    images = rng.integers(250, 256, (1000, 2, 2, 3), dtype=np.uint8)  # sums near uint16's top
+    for rows in [None, rng.permutation(1000)[:700], np.arange(3, 900), np.array([4, 4, 9])]:
+        chosen = images if rows is None else images[rows]
+        expected = chosen.reshape(len(chosen), -1).mean(axis=0, dtype=np.float64)
+        np.testing.assert_array_equal(mean_image(images, rows).reshape(-1), expected)
+
+
+def test_the_first_loss_matches_the_textbook_pipeline():
+    # CS231n's iteration-0 loss (about 790 on CIFAR-shaped rows) from our float32
+    # rows and from the notebook's float64 ones agree to float32 rounding.
+    from svmtool.core.loss import svm_loss
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (600, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 600)
+    rows = rng.permutation(500)
+    ours = preprocess(images, mean_image(images, np.arange(500)), rows)
+    textbook = images[:500].reshape(500, -1).astype(np.float64)
+    textbook = np.hstack([textbook - textbook.mean(axis=0), np.ones((500, 1))])[rows]
+    W = 0.001 * np.random.default_rng(0).standard_normal((3073, 10))
+    loss64, _ = svm_loss(W, textbook, labels[rows], 2.5e4)
+    loss32, _ = svm_loss(W.astype(np.float32), ours, labels[rows], 2.5e4)
+    assert 700 < loss64 < 900
+    assert abs(loss32 - loss64) < 1e-5 * loss64
+
+
 def save_npz(path, **arrays):
     np.savez(path, **arrays)
     return path
@@ -211,7 +258,10 @@ def test_missing_or_corrupt_npz(tmp_path):
 
 
 def test_unknown_source():
-    with pytest.raises(SvmtoolError, match="--data must be cifar10, synthetic"):
+    with pytest.raises(
+        SvmtoolError,
+        match="--data must be cifar10, cifar100, fashion-mnist, mnist, synthetic, a path",
+    ):
         load_dataset("imagenet")
 
 
