@@ -163,7 +163,8 @@ def test_grayscale_six_by_six_works_with_every_feature_set(tmp_path):
         model_path = tmp_path / f"{features}.npz"
         train(path, model_path, "--features", features, "--centroids", "4", "--patches", "500")
         model = model_io.load(model_path)
-        expected = 9 + 1 if features == "hog" else 4 * 4 + 1  # grayscale: no hue bins
+        # grayscale: no hue bins; hog: one cell, its 9 bins and its mean
+        expected = 9 + 1 + 1 if features == "hog" else 4 * 4 + 1
         assert model.W.shape == (expected, 3)
         assert run("evaluate", "--model", str(model_path)).exit_code == 0
         Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "p.png")
