@@ -40,9 +40,9 @@ def test_plan_keeps_cs231n_for_pixels_and_selects_for_features():
     assert grid["regs"] == pytest.approx([1e3, 1e4, 1e5])
     fixed = train_plan("kmeans", None, "0.5", "hinge", None, False)
     assert fixed == {**fixed, "solver": "lbfgs", "regs": [0.5], "loss": "hinge", "tune": False}
-    with pytest.raises(SvmtoolError, match="--lr applies to --solver sgd"):
+    with pytest.raises(SvmtoolError, match="--lr: applies to --solver sgd"):
         train_plan("hog", "0.1", None, None, "lbfgs", False)
-    with pytest.raises(SvmtoolError, match="--loss must be hinge or squared-hinge"):
+    with pytest.raises(SvmtoolError, match="--loss: 'l1' is not one of hinge, squared-hinge"):
         train_plan("hog", None, None, "l1", None, False)
 
 
