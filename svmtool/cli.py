@@ -597,26 +597,13 @@ def train(
         metavar="FLOAT",
     ),
     loss: str | None = typer.Option(
-        None,
-        "--loss",
-        help="hinge (the notes' multi-class hinge) or squared-hinge (the L2-SVM of liblinear"
-        " and Coates et al.: one-vs-rest, targets +-1, max(0, 1 - t s)^2). Default: hinge"
-        " with --solver sgd, squared-hinge with lbfgs.",
-        metavar="hinge|squared-hinge",
+        None, "--loss", help="hinge, or squared-hinge (the L2-SVM).", metavar="hinge|squared-hinge"
     ),
     solver: str | None = typer.Option(
-        None,
-        "--solver",
-        help="sgd (minibatches, --lr) or lbfgs (full batch, to convergence; no --lr)."
-        " Default: sgd for pixels without --tune and whenever --lr is given, else lbfgs.",
-        metavar="sgd|lbfgs",
+        None, "--solver", help="sgd, or lbfgs (full batch, no --lr).", metavar="sgd|lbfgs"
     ),
     tune: bool = typer.Option(
-        False,
-        "--tune",
-        help="Choose the settings on the validation split (lbfgs: reg along a path, sgd: an"
-        " lr x reg grid); --lr/--reg bound the search. On by default for hog and kmeans"
-        " when neither --lr nor --reg is given.",
+        False, "--tune", help="Choose reg (and lr with sgd) on the validation split."
     ),
     features: str = typer.Option(
         "pixels",
@@ -692,14 +679,10 @@ def train(
 ) -> None:
     """Train a linear SVM: minibatch SGD, or the L2-SVM solved by L-BFGS.
 
-    Pixels without --tune: CS231n's recipe (SGD on the multi-class hinge, L2).
-    hog and kmeans without --lr/--reg, and --tune for any features: the L2-SVM
-    (one-vs-rest squared hinge) solved to convergence for each reg of a
-    log-spaced path, the best by validation accuracy kept (docs/accuracy.md).
-    --lr means SGD. A comma-separated --lr and/or --reg trains every pair and
-    saves the best by validation accuracy. --features hog or kmeans trains on
-    image features; the model keeps the whole pipeline, and the features are
-    cached (svmtool cache list).
+    Pixels: CS231n's recipe. hog, kmeans (no --lr/--reg) and --tune: the
+    L2-SVM, reg chosen on validation (docs/accuracy.md). A comma-separated
+    --lr and/or --reg trains every pair and saves the best by validation
+    accuracy. Features are cached (svmtool cache list).
 
     Split: CIFAR-10 keeps CS231n's (the last 1,000 training images validate);
     other data validates on a seeded, stratified sample. The test set is left

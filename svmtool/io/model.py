@@ -215,13 +215,14 @@ def _check_settings(settings: dict, damaged) -> None:
         raise damaged(f"setting loss is {settings['loss']!r:.40}, not {' or '.join(LOSSES)}")
 
 
-def _check_grid(grid: list, damaged) -> None:
+def _check_grid(grid: list, damaged, full_batch: bool = False) -> None:
     for i, entry in enumerate(grid):
         if not isinstance(entry, dict):
             raise damaged(f"grid entry {i} is not an object")
-        # lr is null for the full-batch solver, which has none.
+        # lr is null for the full-batch solver (lbfgs), which has none.
         lr = entry.get("lr")
-        if not ((lr is None or _finite_number(lr)) and _finite_number(entry.get("reg"))):
+        lr_ok = lr is None if full_batch else _finite_number(lr)
+        if not (lr_ok and _finite_number(entry.get("reg"))):
             raise damaged(f"grid entry {i} lacks a finite lr and reg")
         accuracy = entry.get("val_accuracy")
         if accuracy is not None and not _finite_number(accuracy):
@@ -300,7 +301,7 @@ def _from_arrays(raw: dict[str, np.ndarray], path: Path, damaged) -> Model:
     metrics = _json(raw, "metrics", dict, damaged)
     grid = _json(raw, "grid", list, damaged)
     _check_settings(settings, damaged)
-    _check_grid(grid, damaged)
+    _check_grid(grid, damaged, full_batch=settings.get("solver") == "lbfgs")
     return Model(
         W=W,
         mean_image=mean_image,
