@@ -259,11 +259,12 @@ def _download_progress():
 DOWNLOAD_ADVICE = "use --url MIRROR or --from-file ARCHIVE"
 
 
-def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, **options):
-    """``cifar.download`` (same options) with a Rich progress bar on stderr, a
-    line for each retry, and ``advice`` (which must work from the command
-    that called it) after a failed download."""
-    from svmtool.io import cifar
+def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, dataset: str = "cifar10", **options):
+    """``cifar.download`` (or ``named.download`` for another ``dataset``; same
+    options) with a Rich progress bar on stderr, a line for each retry, and
+    ``advice`` (which must work from the command that called it) after a failed
+    download."""
+    from svmtool.io import cifar, named
     from svmtool.io.download import DownloadFailed
 
     bar = None
@@ -282,6 +283,8 @@ def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, **options):
         say(f"{reason}, retrying in {delay:g} s ({attempt}/{tries})")
 
     try:
+        if dataset != "cifar10":
+            return named.download(dataset, data_dir, progress=report, on_retry=retrying, **options)
         return cifar.download(data_dir, progress=report, on_retry=retrying, **options)
     except DownloadFailed as exc:
         raise SvmtoolError(f"{exc}; {advice}") from None
@@ -294,6 +297,12 @@ def fetch_cifar(data_dir: Path, advice: str = DOWNLOAD_ADVICE, **options):
 @handle_errors
 def download(
     data_dir: Path | None = data_dir_option(),
+    dataset: str = typer.Option(
+        "cifar10",
+        "--dataset",
+        help="cifar10, cifar100, fashion-mnist or mnist.",
+        metavar="NAME",
+    ),
     format: str = typer.Option(
         "binary",
         "--format",
@@ -309,23 +318,43 @@ def download(
     from_file: Path | None = typer.Option(
         None,
         "--from-file",
-        help="Import an archive you already have (offline machines).",
+        help="Import an archive you already have (offline machines); for mnist and"
+        " fashion-mnist, a folder holding their four .gz files.",
         metavar="ARCHIVE",
     ),
     force: bool = typer.Option(False, "--force", help="Start over even if the data is there."),
     keep_archive: bool = typer.Option(False, "--keep-archive", help="Keep the .tar.gz afterwards."),
 ) -> None:
-    """Fetch CIFAR-10, verify it, and cache it.
+    """Fetch CIFAR-10 (or --dataset cifar100, fashion-mnist, mnist), verify it, and cache it.
 
-    The archive's md5 is checked before anything is extracted; the images are
-    then converted once into a uint8 cache that loads in milliseconds.
+    Every file's md5 is checked before anything is extracted or parsed; the
+    images are then converted once into a uint8 cache that loads in milliseconds.
 
     Interrupted downloads resume. Proxies and CA bundles come from the usual
     environment variables (HTTPS_PROXY, REQUESTS_CA_BUNDLE).
 
     Example: svmtool download --data-dir ./data
     """
+    from svmtool.io.data import DOWNLOADABLE
+
     where = resolve_data_dir(data_dir)
+    if dataset not in DOWNLOADABLE:
+        raise SvmtoolError(f"--dataset must be one of {', '.join(DOWNLOADABLE)}, got {dataset!r}")
+    if dataset != "cifar10":
+        if format != "binary":
+            raise SvmtoolError(f"--format applies to cifar10, not {dataset}")
+        result = fetch_cifar(
+            where, dataset=dataset, url=url, md5=md5, from_file=from_file, force=force,
+            keep_archive=keep_archive,
+        )  # fmt: skip
+        if result.already:
+            say(f"{dataset} is already in {result.cache} (use --force to fetch it again)")
+        else:
+            say(
+                f"verified and converted: {result.train_count} training,"
+                f" {result.test_count} test images ({result.cache})"
+            )
+        return
     result = fetch_cifar(
         where,
         fmt=format,
@@ -488,7 +517,15 @@ def train(
     data: str = typer.Option("cifar10", "--data", help=DATA_HELP, metavar=DATA_METAVAR),
     data_dir: Path | None = data_dir_option(),
     download_first: bool = typer.Option(
-        False, "--download", help="Fetch CIFAR-10 first if it is missing."
+        False,
+        "--download",
+        help="Fetch the named dataset (cifar10, cifar100, mnist...) first if it is missing.",
+    ),
+    labels: str = typer.Option(
+        "fine",
+        "--labels",
+        help="cifar100: fine (100 classes) or coarse (the 20 superclasses).",
+        metavar="fine|coarse",
     ),
     image_size: str | None = typer.Option(
         None,
@@ -669,6 +706,7 @@ def train(
         use_cache=use_cache,
         lr_decay=defaults["lr_decay"] if lr_decay is None else lr_decay,
         image_size=parse_image_size(image_size) if image_size is not None else None,
+        labels=labels,
         **{
             name: value
             for name, value in (
@@ -690,19 +728,21 @@ def train(
     # the commit (the move into place) is the last step, after the output.
     pending = model_io.reserve(model_path)
     at_end(pending.discard)
-    if download_first and data == "cifar10":
-        from svmtool.io import cifar
+    if download_first and data in ("cifar10", "cifar100", "fashion-mnist", "mnist"):
+        from svmtool.io import cifar, named
 
         where = resolve_data_dir(data_dir)
+        named_flag = "" if data == "cifar10" else f" --dataset {data}"
         try:
-            cifar.load(where)
+            cifar.load(where) if data == "cifar10" else named.load(data, where)
         except SvmtoolError:
             fetch_cifar(
                 where,
+                dataset=data,
                 advice=(
-                    f"fetch it with: svmtool download --data-dir {where} --url MIRROR,"
-                    f" or import a copy with: svmtool download --data-dir {where}"
-                    " --from-file ARCHIVE"
+                    f"fetch it with: svmtool download{named_flag} --data-dir {where} --url"
+                    f" MIRROR, or import a copy with: svmtool download{named_flag} --data-dir"
+                    f" {where} --from-file ARCHIVE"
                 ),
             )
     with feature_progress() as progress:

@@ -19,6 +19,9 @@ from svmtool.core.train import StepFn, accuracy, check_settings, divergence_caus
 from svmtool.errors import DataNotFound, SvmtoolError
 from svmtool.io.data import (
     CIFAR10,
+    CIFAR100,
+    DOWNLOADABLE,
+    NAMED_DATASETS,
     Dataset,
     Split,
     default_data_dir,
@@ -73,6 +76,7 @@ class TrainRequest:
     use_cache: bool = True
     lr_decay: float = 1.0
     image_size: tuple[int, int] | None = None  # (height, width) an image folder is read at
+    labels: str = "fine"  # cifar100: fine (100 classes) or coarse (20 superclasses)
 
 
 @dataclass
@@ -113,7 +117,7 @@ def check_seed(seed: int) -> None:
 def data_source_name(source: str) -> str:
     """How the model file records its data: a user's .npz by absolute path, so
     evaluate and gradcheck find it from any folder."""
-    if source in ("cifar10", "synthetic"):
+    if source in NAMED_DATASETS:
         return source
     return str(Path(source).expanduser().resolve())
 
@@ -129,9 +133,12 @@ def load_split(
     seed: int,
     image_size: tuple[int, int] | None = None,
     progress: ProgressFn | None = None,
+    labels: str = "fine",
     **sizes: int | None,
 ) -> tuple[Dataset, Split]:
-    dataset = load_dataset(source, data_dir, image_size=image_size, progress=progress)
+    dataset = load_dataset(
+        source, data_dir, image_size=image_size, progress=progress, labels=labels
+    )
     return dataset, split(dataset, seed=seed, **sizes)
 
 
@@ -175,16 +182,20 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
         raise SvmtoolError(f"init_scale must be >= 0, got {request.init_scale}")
     dtype = DTYPES[request.dtype]
     t0 = time.perf_counter()
-    folder = cifar_folder(request.data_dir) if request.data == CIFAR10 else request.data_dir
+    downloaded = request.data in DOWNLOADABLE
+    folder = cifar_folder(request.data_dir) if downloaded else request.data_dir
     dataset, parts = load_split(
         request.data,
         folder,
         request.seed,
         image_size=request.image_size,
         progress=progress,
+        labels=request.labels,
         num_train=request.num_train,
         num_val=request.num_val,
     )
+    _check_feature_request(request, dataset.image_shape)
+    check_memory(request, dataset.image_shape, parts, len(dataset.class_names))
     mean = mean_image(dataset.train_images, parts.train)
     labels = np.asarray(dataset.train_labels)
     if request.features != "pixels":
@@ -200,7 +211,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             load_seconds=t1 - t0,
             split_rule=parts.rule,
             test_count=int(dataset.test_images.shape[0]),
-            data_dir=folder if request.data == CIFAR10 else None,
+            data_dir=folder if downloaded else None,
             warnings=list(parts.warnings),
             features=built.features,
             notes=built.notes,
@@ -220,7 +231,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             load_seconds=0.0,
             split_rule=parts.rule,
             test_count=int(dataset.test_images.shape[0]),
-            data_dir=folder if request.data == CIFAR10 else None,
+            data_dir=folder if downloaded else None,
             warnings=list(parts.warnings),
         )
         prepared.load_seconds = time.perf_counter() - t0
@@ -234,6 +245,82 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             f" every step uses all {n} (full-batch gradient descent)"
         )
     return prepared
+
+
+# --- memory -------------------------------------------------------------------------------
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def check_memory(
+    request: TrainRequest, image_shape: tuple[int, ...], parts: Split, num_classes: int
+) -> None:
+    """Refuse, before anything is allocated, sizes that cannot fit in the memory this
+    process may use, naming the options that ask for it (estimates of the big
+    arrays; small ones and Python's own are left out)."""
+    from svmtool.core import features as F
+    from svmtool.core import kmeans as K
+    from svmtool.io.npzfile import usable_memory
+
+    limit = usable_memory()
+    if limit is None:
+        return
+    itemsize = np.dtype(DTYPES[request.dtype]).itemsize
+    n_train, n = int(parts.train.size), int(parts.train.size + parts.val.size)
+
+    def refuse(what: str, parts_: list[tuple[str, int]], advice: str) -> None:
+        total = sum(b for _, b in parts_)
+        if total <= limit:
+            return
+        big = [(label, b) for label, b in sorted(parts_, key=lambda p: -p[1]) if b >= total / 100]
+        shown = ", ".join(f"{label}: {_gb(b)}" for label, b in big)
+        raise SvmtoolError(
+            f"{what} needs about {_gb(total)} of memory ({shown}), more than the"
+            f" {_gb(limit)} this process may use; {advice}"
+        )
+
+    if request.features == "kmeans":
+        fit = K.fit_bytes(request.centroids, request.patches, image_shape[2])
+        refuse(
+            f"k-means with --centroids {request.centroids} and --patches {request.patches}",
+            [(f"{request.patches} patches", fit["patches"]),
+             (f"{request.centroids} centroids", fit["centroids"])],
+            "use a smaller --centroids or --patches",
+        )  # fmt: skip
+        width = 4 * request.centroids
+    elif request.features == "hog":
+        width = F.hog_dim(image_shape)
+    else:
+        width = int(np.prod(image_shape))
+    if request.features != "pixels":
+        extraction = n * width * 4
+        if request.features == "kmeans":
+            extraction += K.extract_bytes(request.centroids, image_shape)
+        option = f"--centroids {request.centroids}" if request.features == "kmeans" else "hog"
+        refuse(
+            f"{width} features per image ({option}) for {n} images",
+            [("the raw features", extraction),
+             ("their standardized rows", n * (width + 1) * itemsize)],
+            "use a smaller --centroids or --num-train" if request.features == "kmeans"
+            else "use a smaller --num-train",
+        )  # fmt: skip
+    configs = len(request.lrs) * len(request.regs)
+    d = width + 1
+    grid = f"{configs} configurations of --lr x --reg" if configs > 1 else "the model"
+    refuse(
+        f"training {grid} for --iters {request.iters}",
+        [
+            (f"the rows ({n} images x {d} values, --num-train)", n * d * itemsize),
+            (f"a loss per step and configuration (--iters {request.iters})",
+             request.iters * configs * 8),
+            (f"W for {grid}", 3 * configs * d * num_classes * itemsize),
+            ("the batch scores (--batch-size)",
+             3 * min(request.batch_size, n_train) * configs * num_classes * itemsize),
+        ],
+        "use a smaller --iters, fewer --lr/--reg values or a smaller --num-train",
+    )  # fmt: skip
 
 
 # --- features -----------------------------------------------------------------------------
@@ -331,8 +418,8 @@ def build_features(
             "data": fingerprint(images, train_sorted),
             "params": params,
         }
-        found = cache.load(key) if cache else None
-        if found is not None:
+        found = cache.load(key, dictionary_layout(request, dataset.image_shape)) if cache else None
+        if found is not None and dictionary_problem(found) is None:
             arrays = {k: np.array(v) for k, v in found.items()}
             notes.append(f"k-means dictionary read from the feature cache ({cache.path(key)})")
         else:
@@ -351,8 +438,9 @@ def build_features(
                 on_iteration,
             )
             if cache:
-                where = cache.store(key, arrays)
-                notes.append(f"k-means dictionary stored in the feature cache ({where})")
+                where = store_in_cache(cache, key, arrays, notes)
+                if where is not None:
+                    notes.append(f"k-means dictionary stored in the feature cache ({where})")
 
     features = Features(request.features, params, arrays)
     rows = np.sort(np.concatenate([parts.train, parts.val]))
@@ -397,7 +485,8 @@ def cached_raw_features(
         "data": fingerprint(images, rows),
     }
     if cache is not None:
-        found = cache.load(key)
+        width = F.feature_dim(features, tuple(images.shape[1:]))
+        found = cache.load(key, {"raw": ((int(rows.size), width), np.float32)})
         if found is not None:
             where = cache.path(key)
             notes.append(f"features of {rows.size} images read from the feature cache ({where})")
@@ -409,9 +498,43 @@ def cached_raw_features(
 
     raw = F.raw_features(Features(features.kind, features.params, fitted), images[rows], on_images)
     if cache is not None:
-        where = cache.store(key, {"raw": raw})
-        notes.append(f"features of {rows.size} images stored in the feature cache ({where})")
+        where = store_in_cache(cache, key, {"raw": raw}, notes)
+        if where is not None:
+            notes.append(f"features of {rows.size} images stored in the feature cache ({where})")
     return raw
+
+
+def store_in_cache(cache, key: dict, arrays: dict[str, np.ndarray], notes: list[str]):
+    """``cache.store``; a cache that cannot be written is said once in ``notes``
+    and the run goes on without it (None)."""
+    from svmtool.io.featurecache import CacheNotWritten
+
+    try:
+        return cache.store(key, arrays)
+    except CacheNotWritten as exc:
+        message = f"Warning: {exc}"
+        if message not in notes:
+            notes.append(message)
+        return None
+
+
+def dictionary_layout(request: TrainRequest, image_shape: tuple[int, ...]) -> dict:
+    """What a cached k-means dictionary must hold for this request: name -> (shape, dtype)."""
+    from svmtool.core.kmeans import patch_dim
+
+    p = patch_dim(image_shape[2])
+    return {
+        "centroids": ((request.centroids, p), np.float32),
+        "whiten_mean": ((p,), np.float64),
+        "whiten": ((p, p), np.float64),
+    }
+
+
+def dictionary_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """Why a k-means dictionary cannot be used (its values' own rules), or None."""
+    from svmtool.core.kmeans import whitening_problem
+
+    return whitening_problem(np.asarray(arrays["whiten"]))
 
 
 def run_training(
@@ -517,6 +640,7 @@ def run_training(
             "dtype": request.dtype,
             "data": data_source_name(request.data),
             "data_dir": str(prepared.data_dir) if prepared.data_dir else None,
+            **({"labels": request.labels} if request.data == CIFAR100 else {}),
             "split": prepared.split_rule,
             "num_train": sizes["train"],
             "num_val": sizes["val"],
@@ -626,7 +750,12 @@ def model_data(model: Model, data: str | None, data_dir: Path | None) -> tuple[s
     recorded = model.settings.get("data", CIFAR10)
     source = data if data is not None else recorded
     folder = data_dir
-    if folder is None and source == CIFAR10 == recorded and model.settings.get("data_dir"):
+    if (
+        folder is None
+        and source == recorded
+        and source in DOWNLOADABLE
+        and model.settings.get("data_dir")
+    ):
         folder = Path(model.settings["data_dir"])
     return source, folder
 
@@ -641,13 +770,18 @@ def load_model_data(
     try:
         return load_dataset(
             source, folder, image_size=(h, w), channels=c if c in (1, 3) else None,
-            progress=progress,
+            progress=progress, labels=str(model.settings.get("labels", "fine")),
         )  # fmt: skip
     except DataNotFound:
-        if data_dir is None and folder is not None:
+        if data_dir is None and folder is not None and source == CIFAR10:
             raise DataNotFound(
                 f"the model was trained on CIFAR-10 from {folder}, which no longer holds it;"
                 f" run: svmtool download --data-dir {folder}"
+            ) from None
+        if data_dir is None and folder is not None:
+            raise DataNotFound(
+                f"the model was trained on {source} from {folder}, which no longer holds it;"
+                f" run: svmtool download --dataset {source} --data-dir {folder}"
             ) from None
         raise
 

@@ -258,7 +258,10 @@ def test_missing_or_corrupt_npz(tmp_path):
 
 
 def test_unknown_source():
-    with pytest.raises(SvmtoolError, match="--data must be cifar10, synthetic"):
+    with pytest.raises(
+        SvmtoolError,
+        match="--data must be cifar10, cifar100, fashion-mnist, mnist, synthetic, a path",
+    ):
         load_dataset("imagenet")
 
 

@@ -184,7 +184,7 @@ def test_old_pixel_models_still_load(tmp_path, npz):
         ({"features": np.array("{nope")}, "damaged feature description"),
         ({"feature_centroids": np.zeros((16, 107), np.float32)}, "centroids have shape"),
         ({"feature_scale": None}, "lack scale"),
-        ({"feature_mean": np.full(64, np.nan)}, "not finite"),
+        ({"feature_mean": np.full(64, np.nan)}, "feature_mean holds NaN"),
     ],
 )
 def test_damaged_feature_pipelines_are_refused(tmp_path, npz, change, message):

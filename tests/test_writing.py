@@ -312,15 +312,16 @@ def test_feature_cache_entries_are_never_waited_on_or_followed(tmp_path):
 
     cache = FeatureCache(tmp_path / "feature-cache")
     key = {"what": "test"}
+    layout = {"a": ((6,), np.float64)}
     entry = cache.store(key, {"a": np.arange(6.0)})
-    np.testing.assert_array_equal(cache.load(key)["a"], np.arange(6.0))
+    np.testing.assert_array_equal(cache.load(key, layout)["a"], np.arange(6.0))
     (entry / "a.npy").unlink()
     os.mkfifo(entry / "a.npy")  # a planted FIFO: a miss, at once
-    assert cache.load(key) is None
+    assert cache.load(key, layout) is None
     (entry / "a.npy").unlink()
     (entry / "a.npy").symlink_to(tmp_path / "elsewhere.npy")
     np.save(tmp_path / "elsewhere.npy", np.arange(6.0))
-    assert cache.load(key) is None  # a link is not followed
+    assert cache.load(key, layout) is None  # a link is not followed
 
 
 @pytest.mark.usefixtures("umask_027")

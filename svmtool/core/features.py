@@ -249,38 +249,117 @@ def feature_dim(features: Features, image_shape: tuple[int, ...]) -> int:
     raise ValueError(f"unknown features {features.kind!r}")
 
 
+class FeatureProblem(ValueError):
+    """A fitted pipeline that cannot be used. ``field`` names the array at fault
+    (``centroids``, ``scale``...), or is None for the kind and parameters."""
+
+    def __init__(self, field: str | None, problem: str):
+        super().__init__(f"{field} {problem}" if field else problem)
+        self.field = field
+        self.problem = problem
+
+
+# Far beyond anything training produces (whitened patches and their centroids are
+# O(10), raw features are bounded by the image size); past it float32 squares overflow.
+MAX_MAGNITUDE = 1e15
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# The parameters a pipeline records, and each one's rule (None: anything JSON).
+_POSITIVE_INT = "a positive integer"
+_NON_NEGATIVE = "a finite number >= 0"
+PARAM_RULES = {
+    "hog": {"orientations": _POSITIVE_INT, "cell": _POSITIVE_INT, "hue_bins": _POSITIVE_INT,
+            "std_eps": _NON_NEGATIVE},
+    "kmeans": {"centroids": _POSITIVE_INT, "patches": _POSITIVE_INT,
+               "kmeans_iters": _POSITIVE_INT, "seed": "an integer >= 0", "patch": _POSITIVE_INT,
+               "norm_eps": _NON_NEGATIVE, "whiten_eps": _NON_NEGATIVE,
+               "std_eps": _NON_NEGATIVE},
+}  # fmt: skip
+
+
+def _param_problem(rule: str, value) -> bool:
+    import math
+
+    if rule == _NON_NEGATIVE:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return not (number and math.isfinite(value) and value >= 0)
+    least = 1 if rule == _POSITIVE_INT else 0
+    return not (isinstance(value, int) and not isinstance(value, bool) and value >= least)
+
+
+def _check_params(kind: str, params: dict) -> None:
+    for name, rule in PARAM_RULES.get(kind, {}).items():
+        if name in params and _param_problem(rule, params[name]):
+            raise FeatureProblem(None, f"parameter {name} is {params[name]!r:.40}, not {rule}")
+
+
+def _check_array(name: str, a: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Floating point, exactly ``shape``, finite, within MAX_MAGNITUDE."""
+    if a.dtype not in FLOAT_DTYPES:
+        raise FeatureProblem(name, f"is {a.dtype}, not float32 or float64")
+    if a.shape != shape:
+        raise FeatureProblem(name, f"has shape {a.shape}, expected {shape}")
+    if not np.isfinite(a).all():
+        raise FeatureProblem(name, "holds NaN or infinite values")
+    peak = float(np.abs(a).max(initial=0.0))
+    if peak > MAX_MAGNITUDE:
+        raise FeatureProblem(name, f"holds a value of {peak:.3g}, beyond {MAX_MAGNITUDE:g}")
+
+
 def check(features: Features, image_shape: tuple[int, ...]) -> None:
-    """Raise ValueError unless the pipeline's arrays fit each other and the images."""
-    if features.kind not in KINDS:
-        raise ValueError(f"unknown features {features.kind!r}")
+    """Raise ``FeatureProblem`` (a ValueError naming the array at fault) unless the
+    pipeline's parameters and arrays are what it needs for images of
+    ``image_shape``: each array's dtype, shape, finiteness and own rules
+    (a positive scale, a symmetric positive definite whitening matrix)."""
+    if not isinstance(features.kind, str) or features.kind not in KINDS:
+        raise FeatureProblem(
+            None, f"unknown features: kind is {features.kind!r:.40}, not one of {', '.join(KINDS)}"
+        )
     if len(image_shape) != 3 or min(image_shape) < 1:
-        raise ValueError(f"image shape {image_shape} is not H x W x C")
+        raise FeatureProblem(None, f"image shape {image_shape} is not H x W x C")
     if features.kind == "pixels":
         return
+    _check_params(features.kind, features.params)
     a = features.arrays
     needed = ["mean", "scale"] + (
         ["centroids", "whiten_mean", "whiten"] if features.kind == "kmeans" else []
     )
     missing = [k for k in needed if k not in a]
     if missing:
-        raise ValueError(f"{features.kind} features lack {', '.join(missing)}")
-    for name in needed:
-        if not np.issubdtype(a[name].dtype, np.floating) or not np.isfinite(a[name]).all():
-            raise ValueError(f"feature array {name} is not finite floating point")
+        raise FeatureProblem(None, f"{features.kind} features lack {', '.join(missing)}")
     if features.kind == "kmeans":
-        from svmtool.core.kmeans import PATCH
+        from svmtool.core.kmeans import PATCH, whitening_problem
 
         h, w, c = image_shape
         p = PATCH * PATCH * c
-        if min(h, w) < PATCH:
-            raise ValueError(f"k-means features need images of at least {PATCH} x {PATCH}")
-        cen = a["centroids"]
-        if cen.ndim != 2 or cen.shape[1] != p or cen.shape[0] < 1:
-            raise ValueError(f"centroids have shape {cen.shape}, expected (K, {p})")
-        if a["whiten_mean"].shape != (p,) or a["whiten"].shape != (p, p):
-            raise ValueError(
-                f"whitening arrays have shapes {a['whiten_mean'].shape}, {a['whiten'].shape}"
+        if features.params.get("patch", PATCH) != PATCH:
+            raise FeatureProblem(
+                None, f"parameter patch is {features.params['patch']!r}, this svmtool uses {PATCH}"
             )
+        if min(h, w) < PATCH:
+            raise FeatureProblem(
+                None, f"k-means features need images of at least {PATCH} x {PATCH}"
+            )
+        cen = a["centroids"]
+        if cen.dtype in FLOAT_DTYPES and (cen.ndim != 2 or cen.shape[1] != p or not len(cen)):
+            raise FeatureProblem("centroids", f"have shape {cen.shape}, expected (K, {p}), K >= 1")
+        _check_array("centroids", cen, cen.shape)
+        k = cen.shape[0]
+        recorded = features.params.get("centroids", k)
+        if recorded != k:
+            raise FeatureProblem(
+                None, f"parameter centroids is {recorded!r}, but there are {k} centroids"
+            )
+        _check_array("whiten_mean", a["whiten_mean"], (p,))
+        _check_array("whiten", a["whiten"], (p, p))
+        problem = whitening_problem(a["whiten"])
+        if problem:
+            raise FeatureProblem("whiten", problem)
     f = feature_dim(features, image_shape)
-    if a["mean"].shape != (f,) or a["scale"].shape != (f,) or not (a["scale"] > 0).all():
-        raise ValueError(f"standardization arrays do not fit {f} features")
+    _check_array("mean", a["mean"], (f,))
+    _check_array("scale", a["scale"], (f,))
+    low = float(a["scale"].min(initial=np.inf))
+    if low <= 0:
+        raise FeatureProblem("scale", f"holds {low:g}; a standard deviation must be > 0")
+    if low < 1 / MAX_MAGNITUDE:
+        raise FeatureProblem("scale", f"holds {low:.3g}, below {1 / MAX_MAGNITUDE:g}")

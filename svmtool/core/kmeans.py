@@ -89,6 +89,37 @@ def fit_whitening(patches: np.ndarray, eps: float = WHITEN_EPS) -> tuple[np.ndar
     return mean, matrix
 
 
+# A ZCA matrix V diag(1 / sqrt(d + eps)) V^T has eigenvalues in (0, 1 / sqrt(eps)];
+# on normalized patches their spread is a few tens. Beyond this condition number
+# the matrix cannot be inverted meaningfully (visualize maps centroids back).
+MAX_WHITEN_CONDITION = 1e6
+
+
+def whitening_problem(matrix: np.ndarray) -> str | None:
+    """Why ``matrix`` (P, P) is not a ZCA whitening matrix, or None: it must be
+    finite, symmetric and positive definite (so it can be inverted)."""
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        return f"is {matrix.shape}, not a square matrix"
+    m = matrix.astype(np.float64)
+    if not np.isfinite(m).all():
+        return "holds NaN or infinite values"
+    peak = float(np.abs(m).max(initial=0.0))
+    if peak == 0.0:
+        return "is all zeros (singular)"
+    if np.abs(m - m.T).max() > 1e-6 * peak:
+        return "is not symmetric"
+    try:
+        eigen = np.linalg.eigvalsh(m)
+    except np.linalg.LinAlgError:
+        return "cannot be decomposed"
+    low, high = float(eigen[0]), float(eigen[-1])
+    if low < -1e-9 * max(abs(high), abs(low)):
+        return f"is not positive definite (an eigenvalue of {low:.3g})"
+    if low <= high / MAX_WHITEN_CONDITION:
+        return f"is singular (eigenvalues from {low:.3g} to {high:.3g})"
+    return None
+
+
 def whiten(patches: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """(patches - mean) @ matrix in float32, in row blocks."""
     out = np.empty(patches.shape, dtype=np.float32)
@@ -156,6 +187,32 @@ def kmeans(
             if on_iteration:
                 on_iteration(it + 1, iters)
     return centroids
+
+
+def fit_bytes(centroids: int, patches: int, channels: int, threads: int | None = None) -> dict:
+    """Peak memory of ``fit`` (bytes), by what drives it: {'patches', 'centroids'}.
+
+    The patches: sampled float32, the float64 copy the whitening is fitted on,
+    then the whitened copy and k-means' augmented copy. The centroids: each
+    worker's chunk of scores (chunk x K) and per-cluster sums (K x P, float64).
+    """
+    p = patch_dim(channels)
+    threads = threads or _threads()
+    return {
+        "patches": patches * p * (4 + 8) + patches * (p + 1) * 4,
+        "centroids": threads * (8192 * centroids * 4 + 2 * centroids * p * 8)
+        + centroids * (p + 1) * 8,
+    }
+
+
+def extract_bytes(centroids: int, image_shape: tuple[int, ...], threads: int | None = None) -> int:
+    """Working memory of ``extract`` besides its output (bytes): each worker's
+    block of patches and its distances to every centroid."""
+    h, w, c = image_shape
+    p = patch_dim(c)
+    rows = max(ROWS_PER_BLOCK, (h - PATCH + 1) * (w - PATCH + 1))
+    threads = threads or _threads()
+    return threads * rows * (2 * (p + 2) + centroids) * 4 + (p + 2) * centroids * 4
 
 
 # --- extraction ------------------------------------------------------------------------------

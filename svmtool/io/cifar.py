@@ -8,7 +8,6 @@ import math
 import mmap
 import os
 import pickle
-import shutil
 import stat
 import struct
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from svmtool.errors import DataNotFound, SvmtoolError
-from svmtool.io.data import Dataset
+from svmtool.io.data import Dataset, class_names_problem
 from svmtool.io.download import ProgressFn, RetryFn, fetch, safe_extract, verify_md5
 from svmtool.io.files import (
     disk_error,
@@ -28,6 +27,7 @@ from svmtool.io.files import (
     new_folder_mode,
     open_own,
     open_regular,
+    remove_tree,
 )
 from svmtool.io.npzfile import map_npy
 
@@ -107,7 +107,8 @@ def _binary_class_names(folder: Path) -> list[str]:
         text = f.read(MAX_META_BYTES).decode("utf-8", "replace")
     names = [line.strip() for line in text.splitlines()]
     names = [n for n in names if n]
-    return names if len(names) == len(CLASS_NAMES) else list(CLASS_NAMES)
+    usable = len(names) == len(CLASS_NAMES) and class_names_problem(names) is None
+    return names if usable else list(CLASS_NAMES)
 
 
 # --- the python format: pickles, read without running code -----------------
@@ -359,7 +360,8 @@ def _python_class_names(folder: Path) -> list[str]:
         or not all(isinstance(n, bytes | str) for n in names)
     ):
         return list(CLASS_NAMES)
-    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names]
+    return names if class_names_problem(names) is None else list(CLASS_NAMES)
 
 
 # --- extracted folders -------------------------------------------------------
@@ -454,11 +456,11 @@ def write_cache(dataset: Dataset, data_dir: Path) -> Path:
                 final.unlink()  # a file or a link where the cache goes
         os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
     finally:
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
     return final
 
 
@@ -481,6 +483,8 @@ def _open_cache(data_dir: Path) -> Dataset | str:
             and all(isinstance(n, str) for n in names)
         ):
             return "its meta.json lacks the ten class names"
+        if class_names_problem(names):
+            return f"its meta.json's class names {class_names_problem(names)}"
         arrays = {name: map_npy(folder / f"{name}.npy", "cache file") for name in CACHE_FILES}
         for name, array in arrays.items():
             if list(array.shape) != meta["shapes"][name]:
@@ -558,7 +562,7 @@ def install_archive(archive: Path, data_dir: Path, fmt: str) -> Path:
             folder = found[0]
         return write_cache(read_batches(folder), data_dir)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
 
 
 @dataclass
@@ -678,7 +682,7 @@ def _exclusive(data_dir: Path):
         except BlockingIOError:
             raise SvmtoolError(f"another svmtool download is running in {data_dir}") from None
         for leftover in _scratch_leftovers(data_dir):
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_tree(leftover)
         try:
             yield
         finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ FASHION_MNIST = "fashion-mnist"
 MNIST = "mnist"
 NAMED_DATASETS = (CIFAR10, CIFAR100, FASHION_MNIST, MNIST, SYNTHETIC)
 """Every value of --data that names a dataset rather than a path."""
+DOWNLOADABLE = (CIFAR10, CIFAR100, FASHION_MNIST, MNIST)
+"""The named datasets that live in the data folder (svmtool download --dataset NAME)."""
 
 
 @dataclass
@@ -44,6 +45,23 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+
+
+def class_names_problem(names: list[str]) -> str | None:
+    """Why ``names`` cannot name classes, or None: each must be non-empty (not
+    only spaces) and used once, or results keyed by name (evaluate's per-class
+    accuracies, visualize's files) would merge two classes or show none."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name.strip():
+            return f"name {i} is empty ({name!r}); every class needs a name"
+        if name in first:
+            return (
+                f"hold {name!r:.60} twice (classes {first[name]} and {i}); each class needs its"
+                " own name"
+            )
+        first[name] = i
+    return None
 
 
 def default_data_dir() -> Path:
@@ -257,6 +275,9 @@ def load_npz(path: Path) -> Dataset:
                 f"{path}: class_names must be a list of strings, got {names.dtype} {names.shape}"
             )
         class_names = [str(n) for n in names]
+        problem = class_names_problem(class_names)
+        if problem:
+            raise SvmtoolError(f"{path}: class_names {problem}")
         if top >= len(class_names):
             hint = (
                 f": labels run {low}..{top}; if they count from 1, save y_train=y_train - 1"
@@ -291,19 +312,27 @@ def load_dataset(
     image_size: tuple[int, int] | None = None,
     channels: int | None = None,
     progress=None,
+    labels: str = "fine",
 ) -> Dataset:
     """``source`` is a name of NAMED_DATASETS, a path to an .npz file, or an image
     folder (CLASS/*.png|jpg, or train/CLASS and test/CLASS).
 
     image_size (height, width) and channels: the size an image folder is read at
     (default: chosen from the images). progress(stage, done, total): decoding.
+    labels: CIFAR-100's 'fine' (100 classes) or 'coarse' (20 superclasses).
     """
+    if labels != "fine" and source != CIFAR100:
+        raise SvmtoolError(f"--labels {labels} applies to cifar100, not {source}")
     if source == SYNTHETIC:
         return synthetic()
     if source == CIFAR10:
         from svmtool.io import cifar
 
         return cifar.load(data_dir or default_data_dir())
+    if source in DOWNLOADABLE:
+        from svmtool.io import named
+
+        return named.load(source, data_dir or default_data_dir(), labels)
     if source.endswith(".npz"):
         return load_npz(Path(source))
     if Path(source).is_dir():
@@ -319,8 +348,8 @@ def load_dataset(
     if Path(source).exists():
         return load_npz(Path(source))
     raise SvmtoolError(
-        f"--data must be cifar10, synthetic, a path to an .npz file or an image folder,"
-        f" got {source!r}"
+        f"--data must be {', '.join(NAMED_DATASETS)}, a path to an .npz file or an image"
+        f" folder, got {source!r}"
     )
 
 
@@ -450,19 +479,32 @@ def split_warnings(dataset: Dataset, parts: Split) -> list[str]:
 
 def content_order(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """A permutation of the N images (N, H, W, C) that depends on their pixels and
-    labels only: the order of their hashes. The same images saved in any order
-    (an .npz, a folder of files) get the same seeded split through it; equal
-    images with equal labels are interchangeable, so their ties do not matter."""
-    flat = np.asarray(images).reshape(len(images), -1)
-    labels = np.asarray(labels, dtype=np.int64)
-    keys = np.empty(len(flat), dtype="S16")
-    chunk = 4096
-    for start in range(0, len(flat), chunk):
-        block = np.ascontiguousarray(flat[start : start + chunk])
-        for i, row in enumerate(block):
-            digest = hashlib.blake2b(row.tobytes(), digest_size=16)
-            digest.update(int(labels[start + i]).to_bytes(8, "little"))
-            keys[start + i] = digest.digest()
+    labels only: the order of a 64-bit hash of each. The same images saved in any
+    order (an .npz, a folder of files) get the same seeded split through it; equal
+    images with equal labels are interchangeable, so their ties do not matter.
+
+    The hash reads each image as little-endian 64-bit words and adds them up, each
+    times a fixed random odd multiplier (integer arithmetic modulo 2**64: the same
+    on every machine), then mixes in the label.
+    """
+    n = len(images)
+    flat = np.asarray(images).reshape(n, -1)
+    d = flat.shape[1]
+    words = -(-d // 8)
+    rng = np.random.default_rng(0x5EED)
+    multipliers = rng.integers(0, 2**63, words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    keys = np.empty(n, dtype=np.uint64)
+    chunk = 2048
+    with np.errstate(over="ignore"):
+        for start in range(0, n, chunk):
+            block = flat[start : start + chunk]
+            if d % 8:
+                padded = np.zeros((block.shape[0], words * 8), dtype=np.uint8)
+                padded[:, :d] = block
+                block = padded
+            # An integer matmul: numpy's own exact loop, never BLAS.
+            keys[start : start + chunk] = np.ascontiguousarray(block).view("<u8") @ multipliers
+        keys += np.asarray(labels, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     return np.argsort(keys, kind="stable")
 
 

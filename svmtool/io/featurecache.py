@@ -5,28 +5,53 @@ per array. The digest is a hash of the key: what was computed, a fingerprint
 of the images' bytes, the feature settings, the cache format and svmtool's
 version, so a changed setting or changed data can only miss, never return
 stale features.
-Entries are built in a scratch folder and renamed into place, and every read
-checks the key and each array's shape and dtype against meta.json.
+
+Everything read back is untrusted: the entry must be a real folder, its files
+regular files (never a link, never a FIFO), ``meta.json`` small, well typed and
+naming exactly the arrays the caller expects, and every array exactly the
+shape and dtype the key implies (not only what meta.json says), with no NaN or
+infinity. Anything else is a miss, and the next store replaces the entry.
+
+Entries are built in a scratch folder (``.<digest>.XXXX``) and renamed into
+place. A store holds a shared lock on ``<root>/.lock``; scratch folders are
+cleared only under the exclusive lock, so a SIGKILLed run's scratch goes and a
+running store's stays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
+import re
+import stat
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from svmtool import __version__
 from svmtool.errors import SvmtoolError
-from svmtool.io.files import disk_error, new_folder_mode
+from svmtool.io.files import new_folder_mode, open_own, open_regular, remove_tree
 from svmtool.io.npzfile import map_npy
 
 CACHE_FORMAT = 1
 DIRNAME = "feature-cache"
+LOCK_NAME = ".lock"
+MAX_META_BYTES = 1 << 20  # a key and a few shapes: a few kB
+# Scratch folders: ".<32 hex digits of an entry>.<mkdtemp suffix>".
+_SCRATCH = re.compile(r"\.[0-9a-f]{32}\..+")
+_LOCK_WAIT_SECONDS = 30.0
+
+Expected = dict[str, tuple[tuple[int, ...], np.dtype | type]]
+"""What an entry must hold: array name -> (shape, dtype)."""
+
+
+class CacheNotWritten(SvmtoolError):
+    """The cache could not take an entry; the caller goes on without it."""
 
 
 def fingerprint(images: np.ndarray, rows: np.ndarray | None = None, chunk: int = 4096) -> str:
@@ -61,6 +86,38 @@ def _digest(key: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def all_finite(array: np.ndarray, chunk_bytes: int = 1 << 24) -> bool:
+    """No NaN or infinity in ``array``, checked in blocks of rows (a memory-mapped
+    array is never copied whole)."""
+    if array.ndim == 0 or array.shape[0] == 0:
+        return bool(np.isfinite(array).all())
+    row_bytes = max(1, array[0].nbytes)
+    step = max(1, chunk_bytes // row_bytes)
+    return all(np.isfinite(array[s : s + step]).all() for s in range(0, array.shape[0], step))
+
+
+def _meta_matches(meta, key: dict, expected: Expected) -> bool:
+    """meta.json parsed: the right format, this key, exactly the expected arrays."""
+    if not isinstance(meta, dict):
+        return False
+    version = meta.get("cache_format")
+    if type(version) is not int or version != CACHE_FORMAT:
+        return False
+    # Compared as canonical text: in Python True == 1 and 1 == 1.0.
+    try:
+        if json.dumps(meta.get("key"), sort_keys=True) != json.dumps(key, sort_keys=True):
+            return False
+    except (TypeError, ValueError):
+        return False
+    arrays = meta.get("arrays")
+    if not isinstance(arrays, dict) or set(arrays) != set(expected):
+        return False
+    for name, (shape, dtype) in expected.items():
+        if arrays[name] != [list(shape), str(np.dtype(dtype))]:
+            return False
+    return True
+
+
 class FeatureCache:
     """Entries under ``root`` (created on the first write)."""
 
@@ -70,67 +127,149 @@ class FeatureCache:
     def path(self, key: dict) -> Path:
         return self.root / _digest(key)
 
-    def load(self, key: dict) -> dict[str, np.ndarray] | None:
-        """The entry's arrays (memory-mapped), or None if it is missing or does not
-        check out (a damaged entry is a miss; the next store replaces it)."""
+    def load(self, key: dict, expected: Expected) -> dict[str, np.ndarray] | None:
+        """The entry's arrays (memory-mapped, read-only), or None if it is missing
+        or does not check out against ``key`` and ``expected`` (a damaged entry is
+        a miss; the next store replaces it)."""
+        self.clear_scratch()
         folder = self.path(key)
-        if not folder.is_dir() or folder.is_symlink():
-            return None
         try:
-            meta = json.loads((folder / "meta.json").read_text())
-            if meta.get("cache_format") != CACHE_FORMAT or meta.get("key") != json.loads(
-                json.dumps(key)
-            ):
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                return None  # a file, a link, a FIFO where the entry goes
+            with open_regular(folder / "meta.json", "feature cache file", follow=False) as f:
+                if os.fstat(f.fileno()).st_size > MAX_META_BYTES:
+                    return None
+                meta = json.loads(f.read(MAX_META_BYTES + 1))
+            if not _meta_matches(meta, key, expected):
                 return None
             arrays = {}
-            for name, (shape, dtype) in meta["arrays"].items():
+            for name, (shape, dtype) in expected.items():
                 # Never through a link, never a FIFO, the header checked against the size.
                 a = map_npy(folder / f"{name}.npy", "feature cache file")
-                if list(a.shape) != shape or str(a.dtype) != dtype:
+                if a.shape != tuple(shape) or a.dtype != np.dtype(dtype) or not all_finite(a):
                     return None
                 arrays[name] = a
             return arrays
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-            AttributeError,
-            RecursionError,
-            SvmtoolError,
-        ):
+        except (OSError, ValueError, TypeError, RecursionError, SvmtoolError):
             return None
 
+    @contextlib.contextmanager
+    def _lock(self, exclusive: bool, wait: float) -> Iterator[bool]:
+        """Hold ``root/.lock`` (shared or exclusive); yields whether it was got
+        within ``wait`` seconds. Without fcntl (not POSIX) nothing is locked and
+        an exclusive lock is never got (so nothing is cleared)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover
+            yield not exclusive
+            return
+        with open_own(self.root / LOCK_NAME) as lock:
+            mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+            until = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(lock, mode)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= until:
+                        yield False
+                        return
+                    time.sleep(0.05)
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def storing(self) -> Iterator[None]:
+        """Held while an entry is written: its scratch folder is not stale."""
+        with self._lock(exclusive=False, wait=_LOCK_WAIT_SECONDS) as got:
+            if not got:
+                raise CacheNotWritten(self._not_written("another run holds its lock"))
+            yield
+
+    def scratch_folders(self) -> list[Path]:
+        """Scratch folders in the cache (a running store's, or a killed one's)."""
+        try:
+            with os.scandir(self.root) as items:
+                return [
+                    Path(e.path)
+                    for e in items
+                    if _SCRATCH.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+                ]
+        except OSError:
+            return []
+
+    def clear_scratch(self) -> None:
+        """Remove the scratch folders no running store owns (a SIGKILLed train's
+        can be gigabytes). Best effort: a read-only cache, a store in progress or
+        a planted lock link leaves them for a later run."""
+        if not self.scratch_folders():
+            return
+        with contextlib.suppress(OSError, SvmtoolError), self._lock(True, 0.0) as got:
+            if got:
+                for folder in self.scratch_folders():
+                    remove_tree(folder)
+
+    def _not_written(self, why: str) -> str:
+        return (
+            f"the feature cache in {self.root} cannot be written ({why}); going on without"
+            " it (--no-cache skips it)"
+        )
+
     def store(self, key: dict, arrays: dict[str, np.ndarray]) -> Path:
-        """Write an entry atomically: a scratch folder renamed into place."""
+        """Write an entry atomically: a scratch folder renamed into place.
+
+        A cache that cannot take it (read-only, full, a planted link) raises
+        ``CacheNotWritten`` with one line saying so; nothing is left behind.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.clear_scratch()
+            with self.storing():
+                return self._store_locked(key, arrays)
+        except CacheNotWritten:
+            raise
+        except OSError as exc:
+            raise CacheNotWritten(self._not_written(exc.strerror or str(exc))) from None
+        except SvmtoolError as exc:
+            raise CacheNotWritten(self._not_written(str(exc))) from None
+
+    def _store_locked(self, key: dict, arrays: dict[str, np.ndarray]) -> Path:
         final = self.path(key)
-        self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
+        old = None
         try:
             tmp.chmod(new_folder_mode())  # mkdtemp's 0700, made what the umask gives
             for name, a in arrays.items():
-                target = tmp / f"{name}.npy"
-                try:
-                    np.save(target, np.ascontiguousarray(a), allow_pickle=False)
-                except OSError as exc:
-                    raise disk_error(exc, target) or exc from None
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
             meta = {
                 "cache_format": CACHE_FORMAT,
                 "key": key,
                 "arrays": {n: [list(a.shape), str(np.asarray(a).dtype)] for n, a in arrays.items()},
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            if final.is_symlink() or final.is_file():
-                final.unlink()
-            elif final.is_dir():
-                shutil.rmtree(final)  # a damaged entry (load said no)
+            try:
+                st = os.lstat(final)
+            except FileNotFoundError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                # A damaged entry (load said no): moved aside under a scratch name,
+                # so a kill from here on leaves only scratch.
+                old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
+                os.replace(final, old)
+            elif st is not None:
+                final.unlink()  # a file, a link or a FIFO where the entry goes
             try:
                 os.replace(tmp, final)
             except OSError:
-                if not final.is_dir():
+                if not stat.S_ISDIR(os.lstat(final).st_mode):
                     raise
-                shutil.rmtree(tmp, ignore_errors=True)  # another run stored it first
+                remove_tree(tmp)  # another run stored it first
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
             raise
+        finally:
+            if old is not None:
+                remove_tree(old)
         return final

@@ -220,6 +220,21 @@ def _remove_temporary(fd: int, tmp: Path) -> None:
         tmp.unlink()
 
 
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree`` that finishes even when Ctrl-C arrives meanwhile: the
+    removal is resumed and the KeyboardInterrupt raised once it is done, so an
+    interrupted cleanup never leaves half a scratch folder behind."""
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     """Write ``path`` through ``write(file_object)`` on a temporary file moved into
     place at the end: a crash never leaves a half-written ``path``."""

@@ -37,9 +37,9 @@ import numpy as np
 
 from svmtool.errors import SvmtoolError
 from svmtool.io.data import Dataset, content_order, stratified_sample
-from svmtool.io.files import disk_error, new_folder_mode, open_regular
+from svmtool.io.files import open_regular
 from svmtool.io.images import probe_image, read_image
-from svmtool.io.npzfile import map_npy, physical_memory
+from svmtool.io.npzfile import map_npy, physical_memory, write_npy_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_DIRNAME = "image-folder-cache"
@@ -128,7 +128,11 @@ def _walk(folder: Path, rel: str, depth: int, ignored: dict[str, int], found: li
             if not name.lower().endswith(IMAGE_SUFFIXES):
                 _count(ignored, "not PNG/JPEG")
                 continue
-            st = entry.stat(follow_symlinks=False)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:  # gone (or unreadable) since the listing
+                _count(ignored, "vanished")
+                continue
             found.append((f"{rel}{name}", st.st_size, st.st_mtime_ns))
             if len(found) > MAX_FILES:
                 raise SvmtoolError(f"{folder}: more than {MAX_FILES:,} image files")
@@ -139,16 +143,19 @@ def _walk(folder: Path, rel: str, depth: int, ignored: dict[str, int], found: li
 def _class_folders(folder: Path, ignored: dict[str, int]) -> list[str]:
     """Sorted names of the real (not hidden, not linked) subfolders; other entries counted."""
     names = []
-    with os.scandir(folder) as it:
-        for entry in sorted(it, key=lambda e: e.name):
-            if entry.name.startswith("."):
-                _count(ignored, "hidden")
-            elif entry.is_symlink():
-                _count(ignored, "links")
-            elif entry.is_dir(follow_symlinks=False):
-                names.append(entry.name)
-            else:
-                _count(ignored, "outside class folders")
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise SvmtoolError(f"cannot list {folder}: {exc.strerror or exc}") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            _count(ignored, "hidden")
+        elif entry.is_symlink():
+            _count(ignored, "links")
+        elif entry.is_dir(follow_symlinks=False):
+            names.append(entry.name)
+        else:
+            _count(ignored, "outside class folders")
     return names
 
 
@@ -434,36 +441,6 @@ def _write_json_atomic(path: Path, value: dict) -> None:
         raise
 
 
-def _write_entry(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Built in a scratch folder beside the entry and moved into place last."""
-    parent = folder.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
-    old = None
-    try:
-        tmp.chmod(new_folder_mode())
-        for name, array in arrays.items():
-            target = tmp / f"{name}.npy"
-            try:
-                np.save(target, np.ascontiguousarray(array))
-            except OSError as exc:
-                raise disk_error(exc, target) or exc from None
-        _write_json_atomic(tmp / "meta.json", meta)
-        if os.path.lexists(folder):
-            if _is_real_dir(folder):
-                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=parent))
-                os.replace(folder, old)
-            else:
-                folder.unlink()  # a file or a link where the entry goes
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
 def _clear_scratch(parent: Path) -> None:
     """Scratch folders of runs that were killed (older than an hour: not a running build)."""
     with contextlib.suppress(OSError), os.scandir(parent) as it:
@@ -628,7 +605,7 @@ def _build(
     if use_cache:
         try:
             _clear_scratch(entry.parent)
-            _write_entry(entry, arrays, meta)
+            write_npy_folder(entry, arrays, meta)
         except (OSError, SvmtoolError) as exc:
             notes.append(f"the image cache could not be written ({exc}); nothing was cached")
             stored = "not written"

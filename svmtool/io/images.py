@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import stat
 import tempfile
 import warnings
@@ -18,14 +17,24 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from svmtool.errors import SvmtoolError
-from svmtool.io.files import new_file_mode, open_regular
+from svmtool.io.files import new_file_mode, open_regular, remove_tree
 from svmtool.terminal import clean
+
+FILENAME_CHARS = 48  # a class name's part of a file name (file systems allow 255 bytes)
 
 
 def safe_filename(name: str) -> str:
-    """A class name as a portable file-name fragment ('automobile' stays, 'a/b c' -> 'a_b_c')."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return cleaned or "class"
+    """A class name as a portable file-name fragment ('automobile' stays, 'a/b c' -> 'a_b_c').
+
+    Only ASCII letters, digits, '.', '_' and '-', never starting with '.', at
+    most FILENAME_CHARS characters: a longer name is cut and ends in a hash of
+    the whole name, so names that differ only after the cut stay apart.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
+    if len(cleaned) <= FILENAME_CHARS:
+        return cleaned
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return cleaned[: FILENAME_CHARS - len(digest) - 1].rstrip("._-") + "-" + digest
 
 
 def templates(W: np.ndarray, image_shape: tuple[int, ...], scale: str = "global") -> np.ndarray:
@@ -275,7 +284,7 @@ def write_outputs(out_dir: Path, files: dict[str, object]) -> Written:
         manifest.replace(out_dir / MANIFEST)
         return Written(written, removed)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
 
 
 # predict reads only these (Image.open(formats=...)): no other decoder, and no

@@ -12,6 +12,7 @@ import numpy as np
 from svmtool import __version__
 from svmtool.core.features import Features, feature_dim
 from svmtool.errors import SvmtoolError
+from svmtool.io.data import class_names_problem
 from svmtool.io.files import PendingFile, write_atomic
 from svmtool.io.npzfile import read_npz
 
@@ -21,6 +22,8 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 FEATURE_PREFIX = "feature_"
 DEFAULT_MODEL = Path("svm_model.npz")
+KEEP_HOG = ("mean", "scale")
+KEEP_KMEANS = ("centroids", "whiten_mean", "whiten", "mean", "scale")
 
 
 @dataclass
@@ -224,6 +227,9 @@ def load(path: Path) -> Model:
         raise damaged(f"loss_history is {history.dtype} {history.shape}, not a list of numbers")
     image_shape = tuple(int(v) for v in shape)
     class_names = [str(n) for n in names]
+    problem = class_names_problem(class_names)
+    if problem:
+        raise damaged(f"class_names {problem}")
     features = _load_features(path, raw, image_shape, damaged)
     if (
         mean_image.shape != image_shape
@@ -259,7 +265,7 @@ def load(path: Path) -> Model:
 
 def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple, damaged) -> Features:
     """The model's feature pipeline, checked; a file without one is a pixel model."""
-    from svmtool.core.features import check
+    from svmtool.core.features import FeatureProblem, check
 
     arrays = {k[len(FEATURE_PREFIX) :]: v for k, v in raw.items() if k.startswith(FEATURE_PREFIX)}
     if "features" not in raw:
@@ -267,10 +273,16 @@ def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple, d
     else:
         spec = _json(raw, "features", dict, damaged, "feature description")
     if not isinstance(spec, dict) or not isinstance(spec.get("params", {}), dict):
-        raise SvmtoolError(f"{path} has a damaged feature description")
-    features = Features(str(spec.get("kind")), dict(spec.get("params", {})), arrays)
+        raise damaged("damaged feature description: features must hold a params object")
+    kind = spec.get("kind")
+    # Only the arrays the pipeline uses are kept (each is checked by ``check``).
+    used = {"hog": KEEP_HOG, "kmeans": KEEP_KMEANS}.get(kind if isinstance(kind, str) else "", ())
+    features = Features(
+        kind, dict(spec.get("params", {})), {k: arrays[k] for k in used if k in arrays}
+    )
     try:
         check(features, image_shape)
-    except ValueError as exc:
-        raise SvmtoolError(f"{path}: {exc}") from None
+    except FeatureProblem as exc:
+        where = f"{FEATURE_PREFIX}{exc.field}" if exc.field else "features:"
+        raise damaged(f"{where} {exc.problem}") from None
     return features

@@ -35,6 +35,22 @@ def physical_memory() -> int | None:
         return None
 
 
+def usable_memory() -> int | None:
+    """What this process may allocate: the machine's memory, or less under an
+    address-space limit (ulimit -v); None where neither is known."""
+    limits = [physical_memory()]
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limits.append(soft)
+    except (ImportError, ValueError, OSError):
+        pass
+    known = [m for m in limits if m]
+    return min(known) if known else None
+
+
 def npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, fortran order, dtype) from the .npy header at ``f``'s position.
 
@@ -181,3 +197,49 @@ def read_npy(path: Path, what: str) -> np.ndarray:
             raise
         except (ValueError, OSError, EOFError) as exc:
             raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
+
+
+def write_npy_folder(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+    """A cache folder: one NAME.npy per array plus meta.json, built in a scratch
+    folder beside ``folder`` and moved into place last, so a killed process never
+    leaves a folder that looks complete. Whatever was at ``folder`` (an old entry,
+    a file, a link) is replaced, never written through."""
+    import json
+    import shutil
+    import stat
+    import tempfile
+
+    from svmtool.io.files import disk_error, new_folder_mode
+
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    old = None
+    try:
+        # mkdtemp makes the folder private (0700); a cache is ordinary data.
+        tmp.chmod(new_folder_mode())
+        for name, array in arrays.items():
+            target = tmp / f"{name}.npy"
+            try:
+                np.save(target, np.ascontiguousarray(array))
+            except OSError as exc:
+                raise disk_error(exc, target) or exc from None
+        target = tmp / "meta.json"
+        try:
+            target.write_text(json.dumps(meta), encoding="utf-8")
+        except OSError as exc:
+            raise disk_error(exc, target) or exc from None
+        if os.path.lexists(folder):
+            if stat.S_ISDIR(os.lstat(folder).st_mode):
+                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=parent))
+                os.replace(folder, old)
+            else:
+                folder.unlink()  # a file or a link where the folder goes
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
