@@ -1,6 +1,7 @@
 """Training speed, side by side: svmtool against a straightforward CS231n-style pipeline.
 
 Run: python scripts/bench_train.py [--workdir DIR] [--repeats 3] [--configs 16] [--busy]
+                                   [--sections losses,preprocessing,loop,end-to-end,grid]
 
 The script writes full-size CIFAR-format data into --workdir (the six python
 batches and svmtool's uint8 cache, about 460 MB; kept there for the next run),
@@ -385,6 +386,11 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=16)
     parser.add_argument("--workdir", type=Path, help="where the data goes (default: a temp dir)")
     parser.add_argument("--busy", action="store_true", help="also time with one core busy")
+    parser.add_argument(
+        "--sections",
+        default="losses,preprocessing,loop,end-to-end,grid",
+        help="which sections to run, comma-separated (default: all)",
+    )
     parser.add_argument("--cs231n-pipeline", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cs231n_pipeline:
@@ -410,14 +416,20 @@ def main() -> None:
         X64, labels, _, _ = cs231n_notebook(data / "cifar-10-batches-py")
         print(f"data: {X32.shape[0]} x {X32.shape[1]} rows, {C} classes, in {data}\n")
 
-        losses(X64, labels, X32, y32, args.repeats)
-        preprocessing(data, args.repeats)
-        training_loop(X32, y32, X64, labels, args.repeats)
+        sections = set(args.sections.split(","))
+        if "losses" in sections:
+            losses(X64, labels, X32, y32, args.repeats)
+        if "preprocessing" in sections:
+            preprocessing(data, args.repeats)
+        if "loop" in sections:
+            training_loop(X32, y32, X64, labels, args.repeats)
         del X64
-        end_to_end(workdir, data, args.repeats, args.busy)
+        if "end-to-end" in sections:
+            end_to_end(workdir, data, args.repeats, args.busy)
         if args.busy:
             busy_loops(X32, y32, args.repeats)
-        grid(X32, y32, args.configs, args.repeats)
+        if "grid" in sections:
+            grid(X32, y32, args.configs, args.repeats)
         print(f"\n{load()}; the whole run took {time.perf_counter() - start:.0f} s")
 
 
