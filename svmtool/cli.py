@@ -21,7 +21,7 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from svmtool import __version__
-from svmtool.errors import DataNotFound, SvmtoolError
+from svmtool.errors import BadValue, DataNotFound, SvmtoolError, check_choice
 from svmtool.terminal import (
     clean,
     fits,
@@ -34,9 +34,11 @@ from svmtool.terminal import (
 )
 
 try:  # typer >= 0.20 carries its own copy of click
-    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    from typer._click.exceptions import BadParameter, NoArgsIsHelpError, UsageError
+    from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover
-    from click.exceptions import NoArgsIsHelpError, UsageError
+    from click import get_current_context
+    from click.exceptions import BadParameter, NoArgsIsHelpError, UsageError
 
 # Exit codes (the README lists them in one place).
 EXIT_ERROR = 1  # bad input, a failed download, a FAIL in gradcheck, an image predict could not read
@@ -78,9 +80,13 @@ class Group(TyperGroup):
 
 class Command(TyperCommand):
     """Help shows metavars (FILE, N), never Python types: typer writes an
-    argument's type as ``<list[Path]>`` whatever its metavar."""
+    argument's type as ``<list[Path]>`` whatever its metavar. The type is left
+    out before the help is laid out, so wrapped lines line up under the first."""
 
     def get_help(self, ctx) -> str:
+        for param in self.params:
+            if getattr(param, "param_type_name", "") == "argument":
+                param.display_type_rich = lambda ctx: None
         return re.sub(r" <[A-Za-z_]+(?:\[[A-Za-z_, ]*\])?>", "", super().get_help(ctx))
 
 
@@ -162,6 +168,12 @@ def _run(command, *args, **kwargs):
         return command(*args, **kwargs)
     except (typer.Exit, typer.Abort):
         raise
+    except BadValue as exc:
+        # click's own usage error, with the running command's context: the same
+        # one line as a value of the wrong type, and exit code 2.
+        raise BadParameter(
+            exc.problem, ctx=get_current_context(silent=True), param_hint=f"'{exc.option}'"
+        ) from None
     except DataNotFound as exc:
         raise fail(str(exc) + MISSING_DATA_ADVICE.get(command.__name__, "")) from None
     except SvmtoolError as exc:
@@ -202,6 +214,16 @@ def main_options(
     ),
 ) -> None:
     """The multi-class linear SVM on CIFAR-10: download, train, gradcheck, visualize."""
+
+
+CACHE_DIR_HELP = (
+    "The feature cache (default: $SVMTOOL_CACHE_DIR, else the platform's user cache folder;"
+    " svmtool cache list shows it)."
+)
+
+
+def cache_dir_option():
+    return typer.Option(None, "--cache-dir", help=CACHE_DIR_HELP, metavar="DIR")
 
 
 def data_dir_option(help: str = DATA_DIR_HELP):
@@ -558,18 +580,15 @@ def train(
     lr_decay: float | None = typer.Option(
         None,
         "--lr-decay",
-        help="Multiply the learning rate by this every 100 steps (default: pixels 1, i.e."
-        " none, as CS231n; hog and kmeans 0.95).",
+        help="Multiply the learning rate by this every 100 steps (default: pixels 1, hog and"
+        " kmeans 0.95).",
         metavar="FLOAT",
     ),
     features: str = typer.Option(
         "pixels",
         "--features",
-        help="pixels (CS231n's rows), hog (CS231n's HOG + hue histogram, standardized; the"
-        " orientation bins are truly unsigned, where CS231n's code drops gradients pointing"
-        " left) or kmeans (Coates, Lee & Ng 2011: a dictionary of 6x6 patches learned by"
-        " k-means, empty clusters reseeded rather than zeroed; 4 x centroids pooled"
-        " triangle activations, standardized).",
+        help="pixels (CS231n's rows), hog (HOG + hue histogram) or kmeans (Coates, Lee & Ng"
+        " 2011: a learned dictionary of 6x6 patches).",
         metavar="pixels|hog|kmeans",
     ),
     centroids: int | None = typer.Option(
@@ -590,21 +609,19 @@ def train(
     use_cache: bool = typer.Option(
         True,
         "--cache/--no-cache",
-        help="Read and store features in the feature cache (DATA_DIR/feature-cache).",
+        help="Read and store features in the feature cache.",
     ),
+    cache_dir: Path | None = cache_dir_option(),
     batch_size: int = typer.Option(
         200,
         "--batch-size",
-        help="Rows per minibatch. More than the training images: every step uses all of them"
-        " (said on stderr, recorded in the model).",
+        help="Rows per minibatch (more than the training images: all of them).",
         metavar="N",
     ),
     seed: int = typer.Option(
         0,
         "--seed",
-        help="Seeds the initial W, the order of the training rows and the batches; for data"
-        " other than CIFAR-10 also which images are validation and, with --num-train, which"
-        " train (CIFAR-10's split is by position, the same for every seed).",
+        help="Seeds W, the batches and, for data other than CIFAR-10, the validation split.",
         metavar="N",
     ),
     dtype: str = typer.Option(
@@ -613,29 +630,25 @@ def train(
     num_train: int | None = typer.Option(
         None,
         "--num-train",
-        help="Training images (default: every image not in the validation split, 49000 for"
-        " CIFAR-10). CIFAR-10: the first N, as CS231n; other data: N drawn with --seed.",
+        help="Training images (default: every image not in the validation split).",
         metavar="N",
     ),
     num_val: int | None = typer.Option(
         None,
         "--num-val",
-        help="Validation images (default: min(1000, N/10), 1000 for CIFAR-10). CIFAR-10: the"
-        " last of the training set (49000-49999), as CS231n; other data: a stratified sample"
-        " drawn with --seed, so data saved sorted by label still validates on every class.",
+        help="Validation images (default: min(1000, N/10)); a grid needs at least 1.",
         metavar="N",
     ),
     init_scale: float = typer.Option(
         1e-3,
         "--init-scale",
-        help="W starts as this times a standard normal (CS231n's LinearClassifier: 0.001).",
+        help="W starts as this times a standard normal.",
         metavar="FLOAT",
     ),
     print_every: int = typer.Option(
         0,
         "--print-every",
-        help="Print 'iteration k / ITERS: loss L' every N steps to stderr, as CS231n's"
-        " notebook does with N=100 (0: only the progress bar).",
+        help="Print the loss every N steps, as CS231n's notebook (0: only the progress bar).",
         metavar="N",
     ),
     model_path: Path = typer.Option(
@@ -643,32 +656,16 @@ def train(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Train a linear SVM with minibatch SGD.
+    """Train a linear SVM (multi-class hinge, L2) with minibatch SGD.
 
-    The loss is the multi-class hinge with L2 regularization (reg * sum(W^2)).
+    A comma-separated --lr and/or --reg trains every pair in one pass and
+    saves the best by validation accuracy. --features hog or kmeans trains on
+    image features; the model keeps the whole pipeline, and the features are
+    cached (svmtool cache list).
 
-    --features hog or kmeans trains on image features instead of pixels; the
-    model file keeps the whole feature pipeline. Features of a dataset are
-    kept in a cache keyed by the data and the settings, so a second run (or
-    another lr/reg) does not compute them again.
-
-    W starts as 0.001 * standard normal (--init-scale), as in CS231n's
-    LinearClassifier.train. Batches: shuffled epochs. The training
-    rows are put in a seeded random order once; each epoch views them as s
-    interleaved columns (s drawn at random), cuts the columns into whole
-    batches from random offsets, and visits the batches in random order. A
-    batch is a view of the rows, never a copy, which is why this is faster
-    than CS231n's sampling with replacement (copying 200 random rows costs as
-    much as a matrix product); every epoch sees at least 90% of the samples
-    once, all of them when s = 1.
-
-    A comma-separated --lr and/or --reg trains every pair together in one pass
-    (same seed, same batches) and saves the best by validation accuracy.
-
-    Split: CIFAR-10 keeps CS231n's (train images 0-48,999, validation
-    49,000-49,999). Any other data (an .npz, synthetic): the validation split
-    is a seeded, stratified random sample and every other image trains. The
-    test set is not touched here: svmtool evaluate --split test uses it.
+    Split: CIFAR-10 keeps CS231n's (the last 1,000 training images validate);
+    other data validates on a seeded, stratified sample. The test set is left
+    for svmtool evaluate. How batches, splits and features work: docs/train.md.
 
     Example: svmtool train --lr 1e-7,5e-7 --reg 2.5e4,5e4
     """
@@ -686,7 +683,7 @@ def train(
     )
 
     if features not in TRAIN_DEFAULTS:
-        raise SvmtoolError(f"features must be pixels, hog or kmeans, got {features!r}")
+        check_choice("--features", features, TRAIN_DEFAULTS)
     defaults = TRAIN_DEFAULTS[features]
     iters = defaults["iters"] if iters is None else iters
     request = TrainRequest(
@@ -704,6 +701,7 @@ def train(
         init_scale=init_scale,
         features=features,
         use_cache=use_cache,
+        cache_dir=cache_dir,
         lr_decay=defaults["lr_decay"] if lr_decay is None else lr_decay,
         image_size=parse_image_size(image_size) if image_size is not None else None,
         labels=labels,
@@ -718,7 +716,7 @@ def train(
         },
     )
     if print_every < 0:
-        raise SvmtoolError(f"print_every must be >= 0, got {print_every}")
+        raise BadValue("--print-every", f"must be >= 0, got {print_every}")
     if model_path.is_dir():
         raise SvmtoolError(f"--model {model_path} is a folder; give a file name")
     if not model_path.parent.is_dir():
@@ -835,9 +833,10 @@ def train(
     text_column(summary, "")
     text_column(summary, "", justify="right")
     sizes = outcome.sizes
-    rule = "CS231n's split" if sizes["split"] == "cs231n" else f"stratified val, seed {seed}"
     summary.add_row("data", literal(data))  # a path the user typed: never markup
-    summary.add_row("split", f"{sizes['train']} train, {sizes['val']} val ({rule})")
+    summary.add_row(
+        "split", f"{sizes['train']} train, {sizes['val']} val ({sizes['split_description']})"
+    )
     summary.add_row("test set", f"{sizes['test']} images (for svmtool evaluate)")
     summary.add_row("features", _features_text(outcome.model.features))
     summary.add_row("lr, reg", f"{best['lr']:g}, {best['reg']:g}")
@@ -921,6 +920,7 @@ def evaluate(
     use_cache: bool = typer.Option(
         True, "--cache/--no-cache", help="kmeans models: read and store the split's features."
     ),
+    cache_dir: Path | None = cache_dir_option(),
 ) -> None:
     """Accuracy per class, and a confusion matrix.
 
@@ -937,8 +937,9 @@ def evaluate(
     notes: list[str] = []
     with feature_progress() as progress:
         result = run_evaluate(
-            model, split, data, data_dir, num_test, ignore_class_names, progress, notes, use_cache
-        )
+            model, split, data, data_dir, num_test, ignore_class_names, progress, notes, use_cache,
+            cache_dir=cache_dir,
+        )  # fmt: skip
     for note in notes:
         say(note)
     for warning in result.warnings:
@@ -1028,7 +1029,7 @@ def predict(
     from svmtool.pipeline import predict_files
 
     if top < 1:
-        raise SvmtoolError(f"top must be >= 1, got {top}")
+        raise BadValue("--top", f"must be >= 1, got {top}")
     model = model_io.load(model_path)
     results = predict_files(model, images, top)
     failed = [r for r in results if r.error is not None]
@@ -1071,7 +1072,7 @@ def _parse_coord(text: str) -> tuple[int, int]:
     try:
         d, c = (int(v) for v in text.split(","))
     except ValueError:
-        raise SvmtoolError(f"--coord must be d,c (two integers), got {text!r}") from None
+        raise BadValue("--coord", f"must be d,c (two integers), got {text!r}") from None
     return d, c
 
 
@@ -1136,8 +1137,11 @@ def gradcheck(
     tol: float = typer.Option(
         1e-6,  # gradcheck.DEFAULT_TOL, written out so that --help needs no numpy
         "--tol",
-        help="Relative error allowed on kink-free coordinates (away from kinks the check is"
-        " exact up to rounding, ~1e-10; a wrong gradient term gives 1e-3 or more).",
+        help="Relative error |numeric - analytic| / (|numeric| + |analytic|) allowed on"
+        " kink-free coordinates (away from kinks the check is exact up to rounding, ~1e-10;"
+        " a wrong gradient term gives 1e-3 or more). A difference within the rounding of the"
+        " two losses, 8 * eps * (|L+| + |L-| + 1) / 2h, passes too: at a tiny --h that"
+        " allowance exceeds tol.",
         metavar="FLOAT",
     ),
     show_kinks: bool = typer.Option(
@@ -1207,7 +1211,8 @@ def gradcheck(
     verbose: bool = typer.Option(
         False,
         "--verbose",
-        help="With several --loss files: show each file's full report and what it printed.",
+        help="With --loss: every detail, the tables also for a function that is right; with"
+        " several files, each file's full report and what it printed.",
     ),
     plot: Path | None = typer.Option(
         None,
@@ -1255,20 +1260,20 @@ def gradcheck(
 
     if not (0 < h <= 0.1):
         # A step beyond 0.1 straddles nearly every kink: the check would say nothing.
-        raise SvmtoolError(f"h must be in (0, 0.1], got {h}")
+        raise BadValue("--h", f"must be in (0, 0.1], got {h}")
     if not (delta >= 0 and math.isfinite(delta)):
-        raise SvmtoolError(f"delta must be >= 0, got {delta}")
+        raise BadValue("--delta", f"must be >= 0, got {delta}")
     if reg is not None and not (reg >= 0 and math.isfinite(reg)):
-        raise SvmtoolError(f"reg must be >= 0, got {reg}")
+        raise BadValue("--reg", f"must be >= 0, got {reg}")
     if checks < 1 and not coord:
-        raise SvmtoolError(f"checks must be >= 1, got {checks}")
+        raise BadValue("--checks", f"must be >= 1, got {checks}")
     if not tol > 0:
-        raise SvmtoolError(f"tol must be > 0, got {tol}")
+        raise BadValue("--tol", f"must be > 0, got {tol}")
     deltas = parse_floats(sweep, "sweep-delta") if sweep else []
     if any(v < 0 for v in deltas):
-        raise SvmtoolError(f"sweep-delta values must be >= 0, got {sweep}")
+        raise BadValue("--sweep-delta", f"values must be >= 0, got {sweep}")
     if model_path and weights:
-        raise SvmtoolError("give --model or --weights, not both")
+        raise BadValue("--weights", "give --model or --weights, not both")
     if plot is not None:
         check_plot_destination(plot)
     specs = loss_specs(loss) if loss else None
@@ -1314,6 +1319,7 @@ def gradcheck(
             "regs": list(DEFAULT_REGS) if reg is None else [reg], "delta": delta,
             "coords": [list(c) for c in coords], "h": h, "tol": tol, "seed": seed,
             "source": batch.source, "point": point, "plot": kink_plot,
+            "detail": True if verbose else None,
             "width": out.width, "color": out.is_terminal and out.color_system is not None,
         }  # fmt: skip
         if len(specs) == 1 and not _has_folder(loss):
@@ -1644,6 +1650,16 @@ def run_one_file(spec, settings, W, X, y, limits, as_json, sweep_points=()) -> N
         sys.stdout.write(result.tail)
     if not as_json:
         render_sweep(sweep_points)
+        from svmtool.report import render_verdicts
+
+        # Right and wrong say why; any other verdict is explained by the Error: line.
+        render_verdicts(
+            out,
+            [
+                (r.function, r.verdict, r.mistake if r.verdict in ("right", "wrong") else "")
+                for r in result.rows
+            ],
+        )
     raise typer.Exit(result.exit_code)
 
 
@@ -1820,6 +1836,136 @@ def write_summary_csv(path: Path, rows) -> None:
     write_atomic(path, lambda f: f.write(data))
 
 
+# --- cache ----------------------------------------------------------------------------
+
+cache_app = typer.Typer(
+    cls=Group,
+    help="The feature cache: what is in it, and clearing it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(cache_app, name="cache")
+
+_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def parse_age(text: str) -> float:
+    """'30d', '12h', '45m', '90s' (or plain seconds) -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms]?)\s*", text)
+    if not match:
+        raise BadValue("--older-than", f"{text!r} is not an age such as 30d, 12h, 45m or 90s")
+    unit = dict(_UNITS).get(match.group(2) or "s", 1)
+    return float(match.group(1)) * unit
+
+
+def size_text(count: int) -> str:
+    """Bytes as people read them: '812 B', '4.2 MB', '1.3 GB'."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+def age_text(seconds: float) -> str:
+    for unit, scale in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= scale:
+            return f"{seconds / scale:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _cache_root(cache_dir: Path | None) -> Path:
+    from svmtool.io.featurecache import default_cache_dir
+
+    return cache_dir if cache_dir is not None else default_cache_dir()
+
+
+def _entry_json(entry) -> dict:
+    return {
+        "name": entry.path.name,
+        "path": str(entry.path),
+        "bytes": entry.bytes,
+        "age_seconds": entry.age_seconds,
+        "about": entry.about,
+    }
+
+
+@cache_app.command("list", cls=Command)
+@handle_errors
+def cache_list(
+    cache_dir: Path | None = cache_dir_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """List the feature cache's entries: size, age (since stored), what each is.
+
+    Example: svmtool cache list
+    """
+    from svmtool.io.featurecache import entries
+
+    root = _cache_root(cache_dir)
+    found = entries(root)
+    total = sum(e.bytes for e in found)
+    if as_json:
+        print_json(
+            {"cache_dir": str(root), "bytes": total, "entries": [_entry_json(e) for e in found]}
+        )
+        return
+    out.print(
+        literal(f"feature cache in {root}: {len(found)} entries, {size_text(total)}"),
+        soft_wrap=True,
+    )
+    if not found:
+        return
+    table = Table()
+    text_column(table, "entry")
+    number_column(table, "size")
+    number_column(table, "age")
+    text_column(table, "what")
+    for e in found:
+        table.add_row(
+            literal(e.path.name[:12]), size_text(e.bytes), age_text(e.age_seconds), literal(e.about)
+        )
+    print_table(out, table)
+
+
+@cache_app.command("clear", cls=Command)
+@handle_errors
+def cache_clear(
+    older_than: str | None = typer.Option(
+        None,
+        "--older-than",
+        help="Only entries stored longer ago than this: 30d, 12h, 45m, 90s.",
+        metavar="AGE",
+    ),
+    cache_dir: Path | None = cache_dir_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Remove the feature cache's entries (all, or the old ones).
+
+    Only svmtool's own entries are removed: anything else in the folder (a link,
+    a file, another folder) is left alone, and no link is followed. An entry
+    removed is computed again the next time it is needed.
+
+    Example: svmtool cache clear --older-than 30d
+    """
+    from svmtool.io.featurecache import entries, remove
+
+    limit = parse_age(older_than) if older_than is not None else None
+    root = _cache_root(cache_dir)
+    chosen = [e for e in entries(root) if limit is None or e.age_seconds > limit]
+    for entry in chosen:
+        remove(entry)
+    freed = sum(e.bytes for e in chosen)
+    if as_json:
+        print_json(
+            {"cache_dir": str(root), "bytes": freed, "removed": [_entry_json(e) for e in chosen]}
+        )
+        return
+    say(f"removed {len(chosen)} entries ({size_text(freed)}) from {root}")
+
+
 # --- visualize -----------------------------------------------------------------------
 
 
@@ -1861,7 +2007,8 @@ def visualize(
     from svmtool.io import model as model_io
 
     if not 1 <= zoom <= 64:
-        raise SvmtoolError(f"zoom must be in 1..64, got {zoom}")
+        raise BadValue("--zoom", f"must be in 1..64, got {zoom}")
+    check_choice("--scale", scale, ("global", "per-class"), "global or per-class")
     if out_dir.exists() and not out_dir.is_dir():
         raise SvmtoolError(f"--out-dir {out_dir} exists and is not a folder")
     model = model_io.load(model_path)

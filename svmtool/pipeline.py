@@ -15,8 +15,15 @@ import numpy as np
 
 from svmtool import __version__
 from svmtool.core.features import KINDS, Features
-from svmtool.core.train import StepFn, accuracy, check_settings, divergence_cause, sgd_grid
-from svmtool.errors import DataNotFound, SvmtoolError
+from svmtool.core.train import (
+    SettingError,
+    StepFn,
+    accuracy,
+    check_settings,
+    divergence_cause,
+    sgd_grid,
+)
+from svmtool.errors import BadValue, DataNotFound, SvmtoolError, check_choice
 from svmtool.io.data import (
     CIFAR10,
     CIFAR100,
@@ -75,6 +82,7 @@ class TrainRequest:
     kmeans_iters: int = KMEANS_DEFAULTS["kmeans_iters"]
     use_cache: bool = True
     lr_decay: float = 1.0
+    cache_dir: Path | None = None  # the feature cache (default: the user's cache folder)
     image_size: tuple[int, int] | None = None  # (height, width) an image folder is read at
     labels: str = "fine"  # cifar100: fine (100 classes) or coarse (20 superclasses)
 
@@ -92,26 +100,31 @@ class TrainOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
+def option_name(name: str) -> str:
+    """'batch_size' -> '--batch-size': a setting as the user types it."""
+    return "--" + name.replace("_", "-")
+
+
 def parse_floats(text: str, name: str) -> list[float]:
-    """'1e-7,5e-7' -> [1e-7, 5e-7], with an error naming the option."""
+    """'1e-7,5e-7' -> [1e-7, 5e-7]; ``name`` is the option ("lr", "sweep-delta")."""
     values = []
     for part in text.split(","):
         part = part.strip()
         try:
             values.append(float(part))
         except ValueError:
-            raise SvmtoolError(
-                f"{name} must be a number or a comma-separated list, got {text!r}"
+            raise BadValue(
+                option_name(name), f"{text!r} is not a number or a comma-separated list of numbers"
             ) from None
     if len(set(values)) != len(values):
-        raise SvmtoolError(f"{name} lists a value twice: {text!r}")
+        raise BadValue(option_name(name), f"{text!r} lists a value twice")
     return values
 
 
 def check_seed(seed: int) -> None:
     """numpy seeds must be non-negative; say so before anything is loaded."""
     if seed < 0:
-        raise SvmtoolError(f"seed must be >= 0, got {seed}")
+        raise BadValue("--seed", f"must be >= 0, got {seed}")
 
 
 def data_source_name(source: str) -> str:
@@ -154,6 +167,7 @@ class PreparedData:
     class_names: list[str]
     load_seconds: float
     split_rule: str = "cs231n"
+    split_description: str = ""
     test_count: int = 0  # test images the data holds (evaluate uses them, train does not)
     data_dir: Path | None = None  # where CIFAR-10 was read from; None for other data
     warnings: list[str] = field(default_factory=list)
@@ -165,21 +179,47 @@ class PreparedData:
     batch_size: int = 0  # what SGD will use: the request, or all rows if there are fewer
 
 
+FILE_CHANNELS = (1, 3)  # what an image file becomes: grayscale or RGB
+
+
+def model_uses(image_shape: tuple[int, ...]) -> list[str]:
+    """What a model of images of this shape cannot be used for, said at train time
+    (a warning), not discovered later by predict."""
+    channels = image_shape[2]
+    if channels in FILE_CHANNELS:
+        return []
+    fix = (
+        " If they are RGBA, save X_train=X_train[..., :3] and X_test=X_test[..., :3] to"
+        " train a model that predicts image files."
+        if channels == 4
+        else ""
+    )
+    return [
+        f"the images have {channels} channels: predict reads PNG and JPEG files as 1 or 3"
+        " channels, so it cannot use this model (evaluate and gradcheck can; visualize shows"
+        f" the channels' mean as grey).{fix}"
+    ]
+
+
 def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) -> PreparedData:
     """Check the request, load and split the data, preprocess it (or turn it into features)."""
-    if request.dtype not in DTYPES:
-        raise SvmtoolError(f"dtype must be float32 or float64, got {request.dtype!r}")
-    if request.features not in KINDS:
-        raise SvmtoolError(f"features must be {', '.join(KINDS)}, got {request.features!r}")
+    check_choice("--dtype", request.dtype, DTYPES)
+    check_choice("--features", request.features, KINDS)
     try:
         check_settings(request.lrs, request.regs, request.delta, request.iters, request.batch_size)
-    except ValueError as exc:
-        raise SvmtoolError(str(exc)) from None
+    except SettingError as exc:
+        raise BadValue(option_name(exc.name), exc.problem) from None
     if not 0 < request.lr_decay <= 1:
-        raise SvmtoolError(f"lr-decay must be in (0, 1], got {request.lr_decay}")
+        raise BadValue("--lr-decay", f"must be in (0, 1], got {request.lr_decay}")
     check_seed(request.seed)
     if not (request.init_scale >= 0 and np.isfinite(request.init_scale)):
-        raise SvmtoolError(f"init_scale must be >= 0, got {request.init_scale}")
+        raise BadValue("--init-scale", f"must be >= 0, got {request.init_scale}")
+    for name in ("num_train", "num_val"):
+        value = getattr(request, name)
+        least = 1 if name == "num_train" else 0
+        if value is not None and value < least:
+            raise BadValue(option_name(name), f"must be >= {least}, got {value}")
+    _check_feature_options(request)
     dtype = DTYPES[request.dtype]
     t0 = time.perf_counter()
     downloaded = request.data in DOWNLOADABLE
@@ -194,10 +234,20 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
         num_train=request.num_train,
         num_val=request.num_val,
     )
+    configurations = len(request.lrs) * len(request.regs)
+    if configurations > 1 and parts.val.size == 0:
+        # The best of a grid is chosen by validation accuracy; by training
+        # accuracy it would be the least regularized, not the best.
+        raise SvmtoolError(
+            f"a grid of {configurations} configurations is chosen by validation accuracy, and"
+            f" there are no validation images (--num-val 0): give --num-val N, or one --lr and"
+            " one --reg"
+        )
     _check_feature_request(request, dataset.image_shape)
     check_memory(request, dataset.image_shape, parts, len(dataset.class_names))
     mean = mean_image(dataset.train_images, parts.train)
     labels = np.asarray(dataset.train_labels)
+    uses = model_uses(dataset.image_shape)
     if request.features != "pixels":
         t1 = time.perf_counter()
         built = build_features(dataset, parts, request, dtype, progress)
@@ -210,9 +260,10 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             class_names=list(dataset.class_names),
             load_seconds=t1 - t0,
             split_rule=parts.rule,
+            split_description=parts.description,
             test_count=int(dataset.test_images.shape[0]),
             data_dir=folder if downloaded else None,
-            warnings=list(parts.warnings),
+            warnings=list(parts.warnings) + uses,
             features=built.features,
             notes=built.notes,
             feature_seconds=time.perf_counter() - t1,
@@ -230,9 +281,10 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             class_names=list(dataset.class_names),
             load_seconds=0.0,
             split_rule=parts.rule,
+            split_description=parts.description,
             test_count=int(dataset.test_images.shape[0]),
             data_dir=folder if downloaded else None,
-            warnings=list(parts.warnings),
+            warnings=list(parts.warnings) + uses,
         )
         prepared.load_seconds = time.perf_counter() - t0
     prepared.notes[:0] = dataset.notes
@@ -326,12 +378,13 @@ def check_memory(
 # --- features -----------------------------------------------------------------------------
 
 
-def feature_cache(request_dir: Path | None):
-    """The feature cache under the data folder (``--data-dir``, else the default)."""
-    from svmtool.io.data import default_data_dir
-    from svmtool.io.featurecache import DIRNAME, FeatureCache
+def feature_cache(cache_dir: Path | None = None):
+    """The feature cache: ``cache_dir`` (--cache-dir), else $SVMTOOL_CACHE_DIR, else the
+    user's cache folder. Never the data folder: a dataset inside a student's
+    assignment tree must not gain gigabytes beside it."""
+    from svmtool.io.featurecache import FeatureCache, default_cache_dir
 
-    return FeatureCache((request_dir or default_data_dir()) / DIRNAME)
+    return FeatureCache(cache_dir if cache_dir is not None else default_cache_dir())
 
 
 def feature_params(request: TrainRequest) -> dict:
@@ -368,23 +421,28 @@ class BuiltFeatures:
     timings: dict = field(default_factory=dict)
 
 
+def _check_feature_options(request: TrainRequest) -> None:
+    """The k-means options, before any data is loaded."""
+    if request.features == "kmeans":
+        if request.centroids < 1:
+            raise BadValue("--centroids", f"must be >= 1, got {request.centroids}")
+        if request.patches < request.centroids:
+            raise BadValue(
+                "--patches", f"must be >= --centroids ({request.centroids}), got {request.patches}"
+            )
+        if request.kmeans_iters < 1:
+            raise BadValue("--kmeans-iters", f"must be >= 1, got {request.kmeans_iters}")
+
+
 def _check_feature_request(request: TrainRequest, image_shape: tuple[int, ...]) -> None:
     from svmtool.core.kmeans import PATCH
 
-    if request.features == "kmeans":
-        if min(image_shape[:2]) < PATCH:
-            raise SvmtoolError(
-                f"k-means features need images of at least {PATCH} x {PATCH}, got"
-                f" {image_shape[0]} x {image_shape[1]}"
-            )
-        if request.centroids < 1:
-            raise SvmtoolError(f"centroids must be >= 1, got {request.centroids}")
-        if request.patches < request.centroids:
-            raise SvmtoolError(
-                f"patches must be >= centroids ({request.centroids}), got {request.patches}"
-            )
-        if request.kmeans_iters < 1:
-            raise SvmtoolError(f"kmeans-iters must be >= 1, got {request.kmeans_iters}")
+    _check_feature_options(request)
+    if request.features == "kmeans" and min(image_shape[:2]) < PATCH:
+        raise SvmtoolError(
+            f"k-means features need images of at least {PATCH} x {PATCH}, got"
+            f" {image_shape[0]} x {image_shape[1]}"
+        )
 
 
 def build_features(
@@ -405,7 +463,8 @@ def build_features(
 
     _check_feature_request(request, dataset.image_shape)
     params = feature_params(request)
-    cache = feature_cache(request.data_dir) if request.use_cache else None
+    cache = feature_cache(request.cache_dir) if request.use_cache else None
+    source = data_source_name(request.data)
     notes: list[str] = []
     images = dataset.train_images
     train_sorted = np.sort(parts.train)
@@ -438,14 +497,18 @@ def build_features(
                 on_iteration,
             )
             if cache:
-                where = store_in_cache(cache, key, arrays, notes)
+                about = (
+                    f"k-means dictionary (K = {request.centroids}) of {train_sorted.size}"
+                    f" training images of {source}"
+                )
+                where = store_in_cache(cache, key, arrays, notes, about)
                 if where is not None:
                     notes.append(f"k-means dictionary stored in the feature cache ({where})")
 
     features = Features(request.features, params, arrays)
     rows = np.sort(np.concatenate([parts.train, parts.val]))
     t1 = time.perf_counter()
-    raw = cached_raw_features(features, images, rows, cache, notes, progress)
+    raw = cached_raw_features(features, images, rows, cache, notes, progress, source)
     t2 = time.perf_counter()
     pos_train = np.searchsorted(rows, parts.train)
     pos_val = np.searchsorted(rows, parts.val)
@@ -471,8 +534,10 @@ def cached_raw_features(
     cache,
     notes: list[str],
     progress: ProgressFn | None = None,
+    source: str = "",
 ) -> np.ndarray:
-    """Raw features (len(rows), F) of images[rows], from the cache when it has them."""
+    """Raw features (len(rows), F) of images[rows], from the cache when it has them;
+    ``source`` names the data in the entry's description."""
     from svmtool.core import features as F
     from svmtool.io.featurecache import array_digest, fingerprint
 
@@ -498,19 +563,24 @@ def cached_raw_features(
 
     raw = F.raw_features(Features(features.kind, features.params, fitted), images[rows], on_images)
     if cache is not None:
-        where = store_in_cache(cache, key, {"raw": raw}, notes)
+        about = f"{features.kind} features of {rows.size} images" + (
+            f" of {source}" if source else ""
+        )
+        where = store_in_cache(cache, key, {"raw": raw}, notes, about)
         if where is not None:
             notes.append(f"features of {rows.size} images stored in the feature cache ({where})")
     return raw
 
 
-def store_in_cache(cache, key: dict, arrays: dict[str, np.ndarray], notes: list[str]):
+def store_in_cache(
+    cache, key: dict, arrays: dict[str, np.ndarray], notes: list[str], about: str = ""
+):
     """``cache.store``; a cache that cannot be written is said once in ``notes``
-    and the run goes on without it (None)."""
+    and the run goes on without it (None). ``about``: what the entry is."""
     from svmtool.io.featurecache import CacheNotWritten
 
     try:
-        return cache.store(key, arrays)
+        return cache.store(key, arrays, about)
     except CacheNotWritten as exc:
         message = f"Warning: {exc}"
         if message not in notes:
@@ -601,16 +671,17 @@ def run_training(
                 if diverged
                 else None,
                 "train_accuracy": None if diverged else float(train_acc[k]),
-                "val_accuracy": None if diverged else float(val_acc[k]),
+                # None, not NaN, without a validation split: undefined, in strict JSON.
+                "val_accuracy": None if diverged or not X_val.shape[0] else float(val_acc[k]),
                 "final_loss": None if diverged else float(history[-1]),
             }
         )
     alive = [k for k, g in enumerate(grid) if not g["diverged"]]
     best = None
     if alive:
-        # Best by validation accuracy; without a validation split, by training accuracy.
-        key = "val_accuracy" if X_val.shape[0] else "train_accuracy"
-        best = max(alive, key=lambda k: (grid[k][key], -k))
+        # Best by validation accuracy (a grid without a validation split is refused
+        # in prepare_training; a single configuration is its own best).
+        best = max(alive, key=lambda k: (grid[k]["val_accuracy"] or 0.0, -k))
         grid[best]["best"] = True
     train_seconds = t2 - t1
     timings = {
@@ -626,6 +697,7 @@ def run_training(
         "val": int(X_val.shape[0]),
         "test": prepared.test_count,
         "split": prepared.split_rule,
+        "split_description": prepared.split_description,
     }
     model = None
     if best is not None:
@@ -701,6 +773,7 @@ def model_rows(
     notes: list[str] | None = None,
     progress: ProgressFn | None = None,
     dtype: type | None = None,
+    source: str = "",
 ) -> np.ndarray:
     """The rows the model's W scores: images preprocessed with the model's own mean
     image, or turned into its features and standardized, in the model's dtype (or
@@ -709,11 +782,7 @@ def model_rows(
     images: (M, H, W, C) uint8; rows: which images (all if None). With a
     ``cache``, raw features are read from and stored in it.
     """
-    if tuple(images.shape[1:]) != model.image_shape:
-        raise SvmtoolError(
-            f"the data's images are {tuple(images.shape[1:])} but the model expects"
-            f" {model.image_shape}"
-        )
+    check_image_shape(images.shape[1:], model)
     dtype = dtype or model.W.dtype.type
     if model.features.kind == "pixels":
         return preprocess(images, model.mean_image, rows, dtype=dtype)
@@ -722,14 +791,24 @@ def model_rows(
     index = np.arange(images.shape[0]) if rows is None else np.asarray(rows)
     if notes is None:
         notes = []
-    raw = cached_raw_features(model.features, images, index, cache, notes, progress)
+    raw = cached_raw_features(model.features, images, index, cache, notes, progress, source)
     a = model.features.arrays
     return standardized_rows(raw, a["mean"], a["scale"], None, dtype)
 
 
+def check_image_shape(image_shape: tuple[int, ...], model: Model) -> None:
+    """A model scores only images of the shape it was trained on: no option changes that."""
+    if tuple(image_shape) != model.image_shape:
+        raise SvmtoolError(
+            f"the data's images are {tuple(image_shape)} but the model expects {model.image_shape}"
+        )
+
+
 def check_classes(dataset: Dataset, model: Model, ignore_names: bool = False) -> None:
-    """The data must have the model's number of classes and, unless
-    ``ignore_names``, the same class names in the same order."""
+    """The data must have the model's image shape (checked first: nothing overrides
+    it), its number of classes and, unless ``ignore_names``, the same class names in
+    the same order."""
+    check_image_shape(dataset.image_shape, model)
     names = list(dataset.class_names)
     if len(names) != model.num_classes:
         raise SvmtoolError(f"the data has {len(names)} classes, the model {model.num_classes}")
@@ -796,6 +875,7 @@ def evaluate(
     progress: ProgressFn | None = None,
     notes: list[str] | None = None,
     use_cache: bool = True,
+    cache_dir: Path | None = None,
 ) -> Evaluation:
     """Accuracy, per-class accuracy and confusion matrix on the train, val or test split.
 
@@ -806,21 +886,27 @@ def evaluate(
     Feature models compute their features of the split (k-means: read from or
     stored in the feature cache; ``notes`` says which).
     """
-    if which not in ("train", "val", "test"):
-        raise SvmtoolError(f"split must be train, val or test, got {which!r}")
+    check_choice("--split", which, ("val", "train", "test"), "val, train or test")
     if num_test is not None and which != "test":
-        raise SvmtoolError(f"--num-test applies to --split test, not --split {which}")
-    source, folder = model_data(model, data, data_dir)
+        raise BadValue("--num-test", f"applies to --split test, not --split {which}")
+    if num_test is not None and num_test < 1:
+        raise BadValue("--num-test", f"must be >= 1, got {num_test}")
+    if notes is None:
+        notes = []
+    source, _ = model_data(model, data, data_dir)
     dataset = load_model_data(model, data, data_dir, progress)
-    if notes is not None:
-        notes.extend(dataset.notes)
+    notes.extend(dataset.notes)
     check_classes(dataset, model, ignore_class_names)
     settings = model.settings
     if which == "test":
         available = int(dataset.test_images.shape[0])
-        count = available if num_test is None else num_test
-        if not 1 <= count <= available:
-            raise SvmtoolError(f"num_test must be in 1..{available}, got {count}")
+        count = available if num_test is None else min(num_test, available)
+        if num_test is not None and num_test > available:
+            # CS231n's notebook asks for 1000: a smaller folder scores what it has.
+            notes.append(
+                f"--num-test {num_test} asks for more than the {available} test images there"
+                f" are: scoring all {available}"
+            )
         images, labels, rows = dataset.test_images, dataset.test_labels, np.arange(count)
     else:
         own = data_source_name(source) == settings.get("data", CIFAR10)
@@ -835,8 +921,8 @@ def evaluate(
         available = int(rows.size)
     if rows.size == 0:
         raise SvmtoolError(f"the {which} split of {source} is empty")
-    # The cache lives beside the data the model was trained from, as in train.
-    cache = feature_cache(folder) if use_cache and model.features.kind == "kmeans" else None
+    cache = feature_cache(cache_dir) if use_cache and model.features.kind == "kmeans" else None
+    named = data_source_name(source)
     if cache is not None and which != "test" and tuple(images.shape[1:]) == model.image_shape:
         # train stored the features of train + val as one entry: read that one.
         from svmtool.core.features import standardized_rows
@@ -844,13 +930,13 @@ def evaluate(
         union = np.sort(np.concatenate([parts.train, parts.val]))
         if notes is None:
             notes = []
-        raw = cached_raw_features(model.features, images, union, cache, notes, progress)
+        raw = cached_raw_features(model.features, images, union, cache, notes, progress, named)
         a = model.features.arrays
         X = standardized_rows(
             raw, a["mean"], a["scale"], np.searchsorted(union, rows), model.W.dtype.type
         )
     else:
-        X = model_rows(model, images, rows, cache, notes, progress)
+        X = model_rows(model, images, rows, cache, notes, progress, source=named)
     y = np.asarray(labels)[rows]
     from svmtool.core.train import predict
 
@@ -963,6 +1049,13 @@ class Prediction:
 def predict_files(model: Model, paths: list[Path], top: int = 3) -> list[Prediction]:
     """Predict each image file; an unreadable file gets its own error, the rest go on."""
     from svmtool.io.images import read_image
+
+    channels = model.image_shape[2]
+    if channels not in FILE_CHANNELS:
+        raise SvmtoolError(
+            f"the model was trained on {channels}-channel images, and an image file gives 1 or"
+            " 3 channels: predict cannot use it (evaluate it on .npz data instead)"
+        )
 
     results = []
     for path in paths:

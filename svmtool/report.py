@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 import textwrap
 
 from rich.console import Console
@@ -15,7 +16,14 @@ from rich.table import Table
 from rich.text import Text
 
 from svmtool.core.diagnose import CONVENTIONS
-from svmtool.terminal import literal, literal_lines, number_column, print_table, text_column
+from svmtool.terminal import (
+    clean,
+    literal,
+    literal_lines,
+    number_column,
+    print_table,
+    text_column,
+)
 
 STATUS_STYLE = {"ok": "green", "kink": "yellow", "FAIL": "bold red"}
 
@@ -55,6 +63,18 @@ def self_consistency_line(report) -> str:
     return line
 
 
+_REG_TERM = re.compile(r" \+ \S+ \* reg \* (?:sum\()?W[^,]*$")
+
+
+def _formula(reading, reg: float) -> str:
+    """A reading's formula; at reg = 0 its regularization term says nothing (any
+    coefficient times 0 fits), so it is named as not tested."""
+    text = reading.formula
+    if reg == 0:
+        text = _REG_TERM.sub(" + (regularization: not tested at reg = 0)", text)
+    return text
+
+
 def _agreement_lines(diag) -> list[str]:
     """The user's loss and gradient against the hinge loss, with the evidence."""
     lines = []
@@ -62,11 +82,11 @@ def _agreement_lines(diag) -> list[str]:
     reading = diag.loss_reading
     loss_line = f"loss {diag.user_loss:.8g} (the hinge loss: {ref:.8g})"
     if reading is not None:
-        loss_line += f" = {reading.formula}, to {reading.difference:.1e}"
+        loss_line += f" = {_formula(reading, diag.reg)}, to {reading.difference:.1e}"
     lines.append(loss_line)
     g = diag.grad_reading
     if g is not None:
-        lines.append(f"gradient = {g.formula}, to {g.difference:.1e}")
+        lines.append(f"gradient = {_formula(g, diag.reg)}, to {g.difference:.1e}")
     if diag.reg != 0 and diag.convention in CONVENTIONS.values():
         lines.append(f"regularization: {diag.convention}")
     for mistake in diag.mistakes:
@@ -107,24 +127,31 @@ def _print_lines(console: Console, lines: list[str], indent: int = 0) -> None:
             initial_indent=" " * indent,
             subsequent_indent=" " * (indent + hanging),
             break_on_hyphens=False,
+            break_long_words=False,  # a long path runs past the edge, never cut in two
         )
         console.print(literal_lines(filled), soft_wrap=True)
 
 
 def render_header(report, console: Console) -> None:
     """The first line of a user check: the data and the point."""
-    console.print(
-        literal(
+    _print_lines(
+        console,
+        [
             f"checking on {report.samples} samples of {report.source} (float64) at {report.point};"
             f" W is {report.shape[0]} x {report.shape[1]}, h={report.h:g}, tol={report.tol:g}"
-        ),
-        soft_wrap=True,
+        ],
     )
 
 
-def render_function(fn, console: Console, tracebacks: bool = True) -> None:
+def render_function(
+    fn, console: Console, tracebacks: bool = True, detail: bool | None = None
+) -> None:
     """One function's section: a table per reg, the agreement, other shapes, verdict.
-    ``tracebacks``: show the user's traceback here (the CLI prints it on stderr)."""
+    ``tracebacks``: show the user's error here, traceback and hint (the CLI prints
+    them on stderr, once, instead). ``detail``: the per-coordinate and other-shape
+    tables; None shows them unless the function is right."""
+    if detail is None:
+        detail = fn.verdict != "right"
     console.print()
     origin = f" from {fn.origin}" if fn.origin else ""
     console.rule(literal(f"{fn.name}{origin}"))
@@ -135,19 +162,25 @@ def render_function(fn, console: Console, tracebacks: bool = True) -> None:
             continue  # its return value was refused: the verdict below says why
         console.print(Text(f"reg = {check.reg:g}", style="bold"))
         if check.gradcheck is not None:
-            print_table(console, gradcheck_table(check.gradcheck))
-            console.print(self_consistency_line(check.gradcheck))
+            if detail:
+                print_table(console, gradcheck_table(check.gradcheck))
+            _print_lines(console, [self_consistency_line(check.gradcheck)])
         elif check.problem:
             _print_lines(console, [f"self-consistency: {check.problem}"])
         _print_lines(console, _agreement_lines(check.diagnosis))
     if fn.error is not None:
-        if tracebacks and fn.error.details:
-            console.print(literal_lines(fn.error.details), soft_wrap=True)
-        console.print(literal(f"could not be run: {fn.error.summary}", "bold red"), soft_wrap=True)
-        if fn.error.hint:
-            _print_lines(console, [f"hint: {fn.error.hint}"])
+        if tracebacks:
+            if fn.error.details:
+                console.print(literal_lines(fn.error.details), soft_wrap=True)
+            console.print(
+                literal(f"could not be run: {fn.error.summary}", "bold red"), soft_wrap=True
+            )
+            if fn.error.hint:
+                _print_lines(console, [f"hint: {fn.error.hint}"])
+        else:
+            console.print(Text("could not be run: the error is on stderr", style="bold red"))
         return
-    if fn.probes:
+    if fn.probes and detail:
         table = Table(title="other shapes")
         number_column(table, "shape")
         text_column(table, "result")
@@ -156,21 +189,32 @@ def render_function(fn, console: Console, tracebacks: bool = True) -> None:
             style = "green" if p.status == "ok" else "bold red"
             table.add_row(p.label, Text(p.status, style=style), literal(p.detail))
         print_table(console, table)
+    elif fn.probes:
+        agree = all(p.status == "ok" for p in fn.probes)
+        _print_lines(
+            console,
+            [
+                "other shapes: "
+                + ("; ".join(p.label for p in fn.probes) + (": agree" if agree else ""))
+            ],
+        )
     if fn.mutated:
         console.print(literal(f"inputs: changed in place: {', '.join(fn.mutated)}"))
     elif fn.bad_return is None:
         console.print("inputs: left unchanged")
     if fn.verdict == "right":
         convention = fn.convention if fn.convention in CONVENTIONS.values() else None
-        verdict = Text("RIGHT", style="bold green")
-        verdict.append_text(
-            literal(
-                f": {fn.name}'s gradient agrees with its loss (every coordinate ok or kink),"
-                " the loss is the multi-class hinge loss, and both hold at other shapes."
-                + (f" Regularization: {convention}." if convention else "")
-            )
+        text = (
+            f"RIGHT: {fn.name}'s gradient agrees with its loss (every coordinate ok or kink),"
+            " the loss is the multi-class hinge loss, and both hold at other shapes."
+            + (f" Regularization: {convention}." if convention else "")
         )
-        console.print(verdict)
+        filled = textwrap.fill(
+            text, width=max(console.width, 40), break_on_hyphens=False, break_long_words=False
+        )
+        verdict = Text("RIGHT", style="bold green")
+        verdict.append_text(literal_lines(filled[len("RIGHT") :]))
+        console.print(verdict, soft_wrap=True)
     else:
         verdict = Text("WRONG", style="bold red")
         verdict.append_text(literal(f": {fn.name}"))
@@ -184,24 +228,56 @@ def render_comparison(report, console: Console) -> None:
     if comp is None:
         return
     console.print()
-    console.print(
-        literal(
+    _print_lines(
+        console,
+        [
             f"{comp.first} vs {comp.second} at reg = {comp.reg:g}: loss difference"
             f" {comp.loss_difference:.2e}, gradient difference (Frobenius)"
             f" {comp.gradient_difference:.2e}; {comp.first} {comp.first_seconds * 1e3:.1f} ms,"
             f" {comp.second} {comp.second_seconds * 1e3:.2f} ms"
             f" ({comp.speedup:.1f}x faster)"
-        ),
-        soft_wrap=True,
+        ],
     )
 
 
-def render_user_check(report, console: Console, tracebacks: bool = True) -> None:
+def render_user_check(
+    report, console: Console, tracebacks: bool = True, detail: bool | None = True
+) -> None:
     """Print a UserCheckReport (svmtool gradcheck --loss, svmtool.check_gradient)."""
     render_header(report, console)
     for fn in report.functions:
-        render_function(fn, console, tracebacks)
+        render_function(fn, console, tracebacks, detail)
     render_comparison(report, console)
+    render_verdicts(console, [(fn.name, fn.verdict, short_finding(fn)) for fn in report.functions])
+
+
+def short_finding(fn) -> str:
+    """The function's first finding, or its error, on one short line ("" when right)."""
+    if fn.error is not None:
+        return fn.error.summary
+    if not fn.findings:
+        return ""
+    first = fn.findings[0]
+    return first.split(": ", 1)[0] if len(first) > 90 else first
+
+
+VERDICT_STYLE = {"right": "bold green", "wrong": "bold red"}
+
+
+def render_verdicts(console: Console, verdicts: list[tuple[str, str, str]]) -> None:
+    """The report's last lines: one per function, ``(name, verdict, why)``."""
+    console.print()
+    for name, verdict, why in verdicts:
+        word = "RIGHT" if verdict == "right" else "WRONG" if verdict == "wrong" else verdict
+        head = f"{clean(name)}: "
+        plain = head + word + (f": {clean(why)}" if why else "")
+        filled = textwrap.fill(
+            plain, width=max(console.width, 40), subsequent_indent="    ",
+            break_on_hyphens=False, break_long_words=False,
+        )  # fmt: skip
+        styled = Text(filled)
+        styled.stylize(VERDICT_STYLE.get(verdict, "bold yellow"), len(head), len(head) + len(word))
+        console.print(styled, soft_wrap=True)
 
 
 def render_to_text(report, width: int = 100) -> str:
@@ -321,7 +397,8 @@ def user_check_json(report) -> dict:
 
 def sweep_table(points) -> Table:
     """``points``: [(label, [SweepRow])]; one row per delta, the points side by side."""
-    table = Table(title="how delta changes the frequency of kinks (every coordinate)")
+    total = points[0][1][0].coordinates if points[0][1] else 0
+    table = Table(title=f"how delta changes the frequency of kinks (all {total} coordinates)")
     number_column(table, "delta")
     for label, _ in points:
         number_column(table, f"straddling at {label}")
@@ -329,11 +406,7 @@ def sweep_table(points) -> Table:
     for i, row in enumerate(points[0][1]):
         cells = [f"{row.delta:g}"]
         for _, rows in points:
-            r = rows[i]
-            cells += [
-                f"{r.straddled_fraction:.1%} ({r.straddled} of {r.coordinates})",
-                f"{r.near_kink_fraction:.2%}",
-            ]
+            cells += [f"{rows[i].straddled_fraction:.1%}", f"{rows[i].near_kink_fraction:.2%}"]
         table.add_row(*cells)
     return table
 

@@ -530,10 +530,12 @@ def _child(folder: Path, index: int, spec_text: str, fd: int) -> int:
     def error_text(error) -> str:
         from svmtool.terminal import clean
 
+        # Each thing once: the traceback (whose last line is the message), the hint,
+        # and the Error: line naming the function and the place.
         lines = [clean(line) for line in error.details.split("\n")] if error.details else []
         if error.hint:
             lines.append(clean(f"hint: {error.hint}"))
-        lines.append(clean(f"Error: {error.summary}"))
+        lines.append(clean(f"Error: {error.brief if error.details else error.summary}"))
         return "\n".join(lines)
 
     try:
@@ -577,9 +579,11 @@ def _child(folder: Path, index: int, spec_text: str, fd: int) -> int:
     def on_function(fn_report) -> None:
         if fn_report.error is not None and fn_report.error.out_of_memory:
             limit = size_text(job["memory"]) if job["memory"] else "the system's"
-            fn_report.error.summary = f"out of memory (--memory {limit}): {fn_report.error.summary}"
+            prefix = f"out of memory (--memory {limit}): "
+            fn_report.error.summary = prefix + fn_report.error.summary
+            fn_report.error.brief = prefix + fn_report.error.brief
         buffer = io.StringIO()
-        render_function(fn_report, console(buffer), tracebacks=False)
+        render_function(fn_report, console(buffer), tracebacks=False, detail=job["detail"])
         send(
             {
                 "event": "function",

@@ -267,11 +267,13 @@ def check_function(
         report.probes = run_probes(fn, last.reg, used, last.diagnosis.keys, seed)
         broken = [p for p in report.probes if p.status != "ok"]
         if broken and all(c.diagnosis and c.diagnosis.correct for c in report.regs):
+            n, c = X.shape[0], W.shape[1]
             report.findings.append(
                 "right at this shape but not at "
                 + " or ".join(p.label for p in broken)
-                + ": code that works by accident (a hard-coded class count, or an array"
-                " sized by the wrong dimension?)"
+                + f": code that works by accident (a hard-coded number of samples, N = {n}"
+                f" here, or of classes, C = {c} here, or an array sized by the wrong"
+                " dimension?)"
             )
         elif any(p.status in ("crashed", "bad return") for p in broken):
             report.findings.append(
@@ -314,7 +316,9 @@ def _collect_findings(report: FunctionReport) -> None:
         c.diagnosis.loss_reading is not None and not c.diagnosis.loss_reading.mistakes
         for c in checked  # type: ignore[union-attr]
     )
-    if checked and report.findings:
+    stub = any(c.diagnosis.stub for c in checked)  # type: ignore[union-attr]
+    if checked and report.findings and not stub:
+        # (A stub's zeros agree with its zero loss: nothing to say about a formula.)
         if consistent and not all(c.diagnosis.correct for c in checked):  # type: ignore[union-attr]
             report.findings.append(
                 "its gradient agrees with its own loss: the mistake is in the formula both"

@@ -219,9 +219,11 @@ def archive(request, tiny) -> tuple[str, bytes]:
 
 @pytest.fixture(autouse=True)
 def quiet_env(monkeypatch, tmp_path):
-    """No retries' sleeping, no real data folder, no colour."""
+    """No retries' sleeping, no real data or cache folder, no colour."""
     monkeypatch.setattr(download, "BACKOFF", 0.0)
     monkeypatch.setenv("SVMTOOL_DATA_DIR", str(tmp_path / "default-data"))
+    # Never the real user cache folder: every feature cache of the suite goes here.
+    monkeypatch.setenv("SVMTOOL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.chdir(tmp_path)

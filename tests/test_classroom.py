@@ -147,7 +147,8 @@ def test_hostile_code_ends_in_one_error_line(tmp_path, small_npz):
         "    raise Stop('halt')\n",
     )
     result = check("--loss", str(raises_base), *data)
-    assert result.exit_code == 3 and "Error: svm_loss_naive raised: Stop: halt" in result.stderr
+    assert result.exit_code == 3 and "Stop: halt" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: svm_loss_naive raised: Stop (")
     odd = write(
         tmp_path,
         "odd.py",
@@ -219,3 +220,63 @@ def test_sweep_delta_applies_with_loss_and_show_kinks_says_it_does_not(tmp_path,
     assert "--show-kinks does not apply with --loss" in result.stderr
     document = json.loads(check(*args, "--sweep-delta", "0,1", "--json").stdout)
     assert [r["at_check_point"]["coordinates"] for r in document["sweep_delta"]] == [490, 490]
+
+
+# --- the single-file report, read as a student would -------------------------------
+
+
+def test_report_ends_with_a_verdict_per_function_and_wraps_at_the_width(tmp_path, small_npz):
+    from svmtool.cli import out
+
+    source = loop_with(GRAD_REG="reg * W") + vectorized_with().replace("import numpy as np", "")
+    path = write(tmp_path, "linear_svm.py", source)
+    result = check("--loss", str(path), "--data", str(small_npz))
+    assert result.exit_code == 1
+    last = result.stdout.rstrip().splitlines()[-2:]
+    assert last[0].startswith("svm_loss_naive: WRONG: the factor 2 is missing"), last
+    assert last[1] == "svm_loss_vectorized: RIGHT"
+    # Only the wrong function shows its tables; --verbose shows every one.
+    assert result.stdout.count("┃ status") == 2 and "other shapes: C=7" in result.stdout
+    verbose = check("--loss", str(path), "--data", str(small_npz), "--verbose")
+    assert verbose.stdout.count("┃ status") == 4
+    for line in result.stdout.splitlines():
+        if str(tmp_path) not in line:
+            assert len(line) <= out.width, line
+
+
+def test_a_crash_says_its_error_once_and_its_hint_once(tmp_path, small_npz):
+    source = "import numpy as np\n\n\ndef svm_loss_naive(W, X, y, reg):\n    return W[10 ** 6]\n"
+    path = write(tmp_path, "crash.py", source)
+    result = check("--loss", str(path), "--data", str(small_npz))
+    assert result.exit_code == 3
+    assert result.output.count("is out of bounds for axis 0") == 1, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: svm_loss_naive raised")
+    py2 = write(tmp_path, "py2.py", "def svm_loss_naive(W, X, y, reg):\n    return xrange(3)\n")
+    result = check("--loss", str(py2), "--data", str(small_npz))
+    assert result.exit_code == 3 and result.output.count("xrange is Python 2") == 1
+
+
+def test_reg_zero_stub_and_hard_coded_n_are_said_plainly(tmp_path, small_npz):
+    path = write(tmp_path, "noreg.py", vectorized_with(GRAD_REG="0"))
+    result = check("--loss", str(path), "--data", str(small_npz))
+    reg0 = result.stdout.split("reg = 50")[0]
+    assert "not tested at reg = 0" in reg0 and "2 * reg * W" not in reg0
+    stub = write(
+        tmp_path,
+        "stub.py",
+        "import numpy as np\n\n\ndef svm_loss_naive(W, X, y, reg):\n"
+        "    loss = 0.0\n    dW = np.zeros(W.shape)\n    return loss, dW\n",
+    )
+    result = check("--loss", str(stub), "--data", str(small_npz))
+    assert "not implemented yet?" in result.stdout and "formula both" not in result.stdout
+    # A hard-coded N (CS231n's / 500) works at the dev sample's size only.
+    n = json.loads(check("--loss", str(path), "--data", str(small_npz), "--json").stdout)["samples"]
+    fixed = write(tmp_path, "fixed.py", vectorized_with(LOSS_N=str(n), GRAD_N=str(n)))
+    document = json.loads(check("--loss", str(fixed), "--data", str(small_npz), "--json").stdout)
+    (fn,) = document["functions"]
+    assert any(f"N = {n} here" in f for f in fn["findings"]), fn["findings"]
+
+
+def test_tol_help_says_what_is_compared():
+    result = runner.invoke(app, ["gradcheck", "--help"])
+    assert "8 * eps" in result.stdout and "|numeric - analytic|" in result.stdout

@@ -26,8 +26,9 @@ def run(*args: str):
     return runner.invoke(app, list(args))
 
 
-def one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
+def one_line_error(result, *fragments: str, code: int = 1) -> None:
+    """One ``Error:`` line holding every fragment; code 2 is a usage error."""
+    assert result.exit_code == code, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
     assert lines[0].startswith("Error: ")
@@ -148,19 +149,22 @@ def test_divergence_names_the_cause_and_saves_nothing(tmp_path, args, fragments)
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--lr", "-1"], ["lr must be > 0, got -1.0"]),
-        (["--lr", "fast"], ["lr must be a number"]),
-        (["--reg", "-5"], ["reg must be >= 0, got -5.0"]),
-        (["--iters", "0"], ["iters must be >= 1, got 0"]),
-        (["--batch-size", "0"], ["batch_size must be >= 1"]),
-        (["--dtype", "float16"], ["dtype must be float32 or float64"]),
-        (["--num-train", "999999"], ["exceeds the 5000 training images"]),
-        (["--model", "no/such/dir/m.npz"], ["does not exist"]),
-        (["--data", "missing.npz"], ["not found"]),
+        (["--lr", "-1"], ["'--lr': must be > 0, got -1.0"]),
+        (["--lr", "fast"], ["'--lr': 'fast' is not a number"]),
+        (["--reg", "-5"], ["'--reg': must be >= 0, got -5.0"]),
+        (["--iters", "0"], ["'--iters': must be >= 1, got 0"]),
+        (["--batch-size", "0"], ["'--batch-size': must be >= 1"]),
+        (["--dtype", "float16"], ["'--dtype': 'float16' is not one of float32, float64"]),
+        (["--num-train", "999999"], ["exceeds the 5000 training images", 1]),
+        (["--model", "no/such/dir/m.npz"], ["does not exist", 1]),
+        (["--data", "missing.npz"], ["not found", 1]),
     ],
 )
 def test_train_bad_options(args, fragments):
-    one_line_error(run("train", "--data", "synthetic", "--iters", "5", *args), *fragments)
+    # A value no data could make right is a usage error (2); the rest are errors (1).
+    code = fragments.pop() if isinstance(fragments[-1], int) else 2
+    result = run("train", "--data", "synthetic", "--iters", "5", *args)
+    one_line_error(result, *fragments, code=code)
 
 
 def test_train_without_data_names_the_download_command(tmp_path):
@@ -199,7 +203,10 @@ def test_evaluate_table_and_json(trained):
     assert payload["count"] == 500 and len(payload["confusion"]) == 10
     assert sum(map(sum, payload["confusion"])) == 500
     assert payload["accuracy"] > 0.3
-    one_line_error(run("evaluate", "--model", str(trained), "--split", "dev"), "split must be")
+    one_line_error(
+        run("evaluate", "--model", str(trained), "--split", "dev"),
+        "Invalid value for '--split': 'dev' is not one of val, train or test", code=2,
+    )  # fmt: skip
 
 
 def test_predict_images(trained, tmp_path):
@@ -271,27 +278,32 @@ def test_gradcheck_fails_with_a_wrong_gradient(monkeypatch):
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--h", "-1e-5"], ["h must be in (0, 0.1], got -1e-05"]),
-        (["--h", "0"], ["h must be in (0, 0.1]"]),
-        (["--h", "5"], ["h must be in (0, 0.1], got 5"]),
-        (["--delta", "1e308", "--checks", "1"], ["the loss is inf", "--delta 1e+308"]),
-        (["--coord", "99999,0"], ["coordinate (99999, 0) is outside W, which is 3073 x 10"]),
-        (["--coord", "1,2,3"], ["--coord must be d,c"]),
-        (["--tol", "0"], ["tol must be > 0"]),
-        (["--delta", "-1"], ["delta must be >= 0"]),
-        (["--sweep-delta", "0,x"], ["sweep-delta must be a number"]),
-        (["--model", "nope.npz"], ["model file not found"]),
+        (["--h", "-1e-5"], ["'--h': must be in (0, 0.1], got -1e-05"]),
+        (["--h", "0"], ["'--h': must be in (0, 0.1]"]),
+        (["--h", "5"], ["'--h': must be in (0, 0.1], got 5"]),
+        (["--delta", "1e308", "--checks", "1"], ["the loss is inf", "--delta 1e+308", 1]),
+        (["--coord", "99999,0"], ["coordinate (99999, 0) is outside W, which is 3073 x 10", 1]),
+        (["--coord", "1,2,3"], ["'--coord': must be d,c"]),
+        (["--tol", "0"], ["'--tol': must be > 0"]),
+        (["--delta", "-1"], ["'--delta': must be >= 0"]),
+        (["--sweep-delta", "0,x"], ["'--sweep-delta': '0,x' is not a number"]),
+        (["--model", "nope.npz"], ["model file not found", 1]),
     ],
 )
 def test_gradcheck_bad_options(args, fragments):
-    one_line_error(run("gradcheck", "--data", "synthetic", *args), *fragments)
+    code = fragments.pop() if isinstance(fragments[-1], int) else 2
+    one_line_error(run("gradcheck", "--data", "synthetic", *args), *fragments, code=code)
 
 
 def test_download_bad_options(tmp_path):
     one_line_error(
-        run("download", "--data-dir", str(tmp_path), "--format", "zip"), "format must be"
-    )
-    one_line_error(run("download", "--data-dir", str(tmp_path), "--md5", "xyz"), "md5 must be 32")
+        run("download", "--data-dir", str(tmp_path), "--format", "zip"),
+        "'--format': 'zip' is not one of binary or python", code=2,
+    )  # fmt: skip
+    one_line_error(
+        run("download", "--data-dir", str(tmp_path), "--md5", "xyz"),
+        "'--md5': must be 32", code=2,
+    )  # fmt: skip
     one_line_error(
         run("download", "--data-dir", str(tmp_path), "--from-file", str(tmp_path / "no.tgz")),
         "no such file",
@@ -488,11 +500,13 @@ def test_init_scale_zero_starts_at_the_hinges_c_minus_1(tmp_path):
     assert payload["loss_history"] == [9.0]  # every margin is delta = 1, for 9 wrong classes
     assert payload["settings"]["init_scale"] == 0.0
     one_line_error(
-        run("train", "--data", "synthetic", "--init-scale", "-1"), "init_scale must be >= 0"
-    )
+        run("train", "--data", "synthetic", "--init-scale", "-1"),
+        "'--init-scale': must be >= 0", code=2,
+    )  # fmt: skip
     one_line_error(
-        run("train", "--data", "synthetic", "--print-every", "-5"), "print_every must be >= 0"
-    )
+        run("train", "--data", "synthetic", "--print-every", "-5"),
+        "'--print-every': must be >= 0", code=2,
+    )  # fmt: skip
 
 
 def test_grid_loss_lines_name_each_configuration(tmp_path):
@@ -549,7 +563,10 @@ def test_keras_layout_sorted_by_label_trains_on_everything_with_a_stratified_val
     _, model, payload = fashion_model
     # 600 images: 60 validate (6 per class, although the file is sorted by label),
     # the other 540 all train.
-    assert payload["sizes"] == {"train": 540, "val": 60, "test": 100, "split": "stratified"}
+    assert payload["sizes"] == {
+        "train": 540, "val": 60, "test": 100, "split": "stratified",
+        "split_description": "stratified val, seed 0",
+    }  # fmt: skip
     assert payload["warnings"] == []
     assert payload["metrics"]["val_accuracy"] > 0.5  # chance is 0.1; by position it was 0
     loaded = model_io.load(model)
@@ -564,7 +581,9 @@ def test_keras_layout_sorted_by_label_trains_on_everything_with_a_stratified_val
     assert "on 100 images (the whole test set)" in test.stdout
     first = run("evaluate", "--model", str(model), "--num-test", "40")
     assert "on 40 images (the first 40 of 100 test images)" in first.stdout
-    one_line_error(run("evaluate", "--model", str(model), "--num-test", "101"), "1..100")
+    more = run("evaluate", "--model", str(model), "--num-test", "101")
+    assert more.exit_code == 0 and "on 100 images (the whole test set)" in more.stdout
+    assert "--num-test 101 asks for more than the 100 test images there are" in more.stderr
 
     Image.fromarray(np.full((50, 40, 3), 200, np.uint8)).save(tmp_path / "photo.png")
     predicted = run("predict", str(tmp_path / "photo.png"), "--model", str(model))
@@ -651,7 +670,8 @@ def test_the_model_remembers_its_data_folder(tmp_path, tiny, monkeypatch):
     assert result.exit_code == 0, result.output
     settings = model_io.load(tmp_path / "m.npz").settings
     assert settings["data_dir"] == str(folder.resolve()) and settings["split"] == "cs231n"
-    assert "CS231n's split" in result.stdout
+    # A tiny folder: CS231n's rule (by position), not its sizes.
+    assert "54 train, 6 val (by position: the first 54 and the last 6 of 60" in result.stdout
 
     monkeypatch.chdir(tmp_path)  # elsewhere, and $SVMTOOL_DATA_DIR holds nothing
     evaluated = run("evaluate", "--model", "m.npz", "--json")

@@ -296,7 +296,11 @@ def read_only(monkeypatch):
 
 
 @pytest.mark.parametrize("exists", [False, True], ids=["no-cache-yet", "cache-folder"])
-def test_read_only_data_folder_goes_on_without_the_cache(npz, tmp_path, read_only, exists):
+def test_read_only_data_folder_goes_on_without_the_cache(
+    npz, tmp_path, read_only, exists, monkeypatch
+):
+    # The cache in a folder of its own, which is made read-only (the model's is not).
+    monkeypatch.setenv("SVMTOOL_CACHE_DIR", str(tmp_path / "read-only" / "cache"))
     clean = tmp_path / "clean.npz"
     train(npz, clean, "--features", "hog", "--no-cache")
     data_dir = cache_root().parent

@@ -141,7 +141,7 @@ def test_feature_cache_is_reused_and_invalidated_by_a_setting(npz, tmp_path):
     assert "feature cache" not in uncached.output
 
     # A damaged entry is a miss, and the next run replaces it.
-    cache = tmp_path / "default-data" / "feature-cache"
+    cache = tmp_path / "cache"  # $SVMTOOL_CACHE_DIR (conftest)
     for meta in cache.glob("*/meta.json"):
         meta.write_text("{broken")
     again = train(npz, tmp_path / "f.npz", "--features", "kmeans", *KMEANS_SMALL)
@@ -207,15 +207,15 @@ def test_damaged_feature_pipelines_are_refused(tmp_path, npz, change, message):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (("--features", "sift"), "features must be"),
-        (("--features", "kmeans", "--centroids", "0"), "centroids must be >= 1"),
-        (("--features", "kmeans", "--centroids", "50", "--patches", "10"), "patches must be"),
-        (("--features", "hog", "--lr-decay", "0"), "lr-decay must be in (0, 1]"),
+        (("--features", "sift"), "'--features': 'sift' is not one of"),
+        (("--features", "kmeans", "--centroids", "0"), "'--centroids': must be >= 1"),
+        (("--features", "kmeans", "--centroids", "50", "--patches", "10"), "'--patches': must"),
+        (("--features", "hog", "--lr-decay", "0"), "'--lr-decay': must be in (0, 1]"),
     ],
 )
 def test_bad_feature_options(npz, tmp_path, args, fragment):
     result = run("train", "--data", str(npz), "--model", str(tmp_path / "m.npz"), *args)
-    assert result.exit_code == 1 and fragment in result.output, result.output
+    assert result.exit_code == 2 and fragment in result.output, result.output
 
 
 def test_kmeans_needs_six_pixels(tmp_path):

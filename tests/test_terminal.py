@@ -244,9 +244,11 @@ def test_help_shows_metavars_and_the_tol_default():
 def test_negative_seed_is_one_line(command):
     result = run(command, "--data", "synthetic", "--seed", "-1", "--iters" if command == "train"
                  else "--checks", "5")  # fmt: skip
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert lines == ["Error: seed must be >= 0, got -1"]
+    assert lines == [
+        f"Error: Invalid value for '--seed': must be >= 0, got -1 (see 'root {command} --help')"
+    ]
 
 
 # --- no Python warning reaches the user ------------------------------------------------

@@ -76,22 +76,31 @@ def _per_column(values: np.ndarray, c: int) -> np.ndarray:
     return np.repeat(values, c)
 
 
+class SettingError(ValueError):
+    """A hyperparameter out of range; ``name`` is the argument ("lr", "batch_size")."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name} {problem}")
+        self.name = name
+        self.problem = problem
+
+
 def check_settings(
     lrs: Sequence[float], regs: Sequence[float], delta: float, iters: int, batch_size: int
 ) -> None:
     """Validate hyperparameters, naming the argument and the value received."""
     for lr in lrs:
         if not (lr > 0 and np.isfinite(lr)):
-            raise ValueError(f"lr must be > 0, got {lr}")
+            raise SettingError("lr", f"must be > 0, got {lr}")
     for reg in regs:
         if not (reg >= 0 and np.isfinite(reg)):
-            raise ValueError(f"reg must be >= 0, got {reg}")
+            raise SettingError("reg", f"must be >= 0, got {reg}")
     if not (delta >= 0 and np.isfinite(delta)):
-        raise ValueError(f"delta must be >= 0, got {delta}")
+        raise SettingError("delta", f"must be >= 0, got {delta}")
     if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
+        raise SettingError("iters", f"must be >= 1, got {iters}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise SettingError("batch_size", f"must be >= 1, got {batch_size}")
 
 
 def sgd_grid(

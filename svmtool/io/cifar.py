@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from svmtool.errors import DataNotFound, SvmtoolError
+from svmtool.errors import BadValue, DataNotFound, SvmtoolError, check_choice
 from svmtool.io.data import Dataset, class_names_problem
-from svmtool.io.download import ProgressFn, RetryFn, fetch, safe_extract, verify_md5
+from svmtool.io.download import ProgressFn, RetryFn, fetch, md5_of, safe_extract, verify_md5
 from svmtool.io.files import (
     disk_error,
     is_regular_file,
@@ -593,12 +593,11 @@ def download(
     ``md5``, either official archive is recognised by its checksum and used.
     A failed run removes the folders it created.
     """
-    if fmt not in ARCHIVES:
-        raise SvmtoolError(f"format must be binary or python, got {fmt!r}")
+    check_choice("--format", fmt, ARCHIVES, "binary or python")
     if md5 is not None and (
         len(md5) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in md5)
     ):
-        raise SvmtoolError(f"md5 must be 32 hexadecimal digits, got {md5!r}")
+        raise BadValue("--md5", f"must be 32 hexadecimal digits, got {md5!r}")
     if data_dir.exists() and not data_dir.is_dir():
         raise SvmtoolError(f"--data-dir {data_dir} exists and is not a folder")
     if from_file is not None and not os.path.exists(from_file):
@@ -689,6 +688,39 @@ def _exclusive(data_dir: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def refuse_non_archive(path: Path, trusted: bool = False) -> None:
+    """Say what ``path`` is when it is not a CIFAR-10 .tar.gz at all (an .npz, a
+    zip, a text file), before its checksum is taken. Reads the first tar header only.
+    ``trusted`` (the user gave its --md5): any .tar.gz goes on to extraction's checks."""
+    import tarfile
+    import zlib
+
+    with open_regular(path, "archive") as f:
+        magic = f.read(4)
+        f.seek(0)
+        first = None
+        if magic[:2] == b"\x1f\x8b":
+            with (
+                contextlib.suppress(tarfile.TarError, OSError, EOFError, zlib.error),
+                tarfile.open(fileobj=f, mode="r|gz") as tar,
+            ):
+                member = tar.next()
+                first = member.name if member is not None else None
+    if first is not None and ("cifar-10-batches" in first or trusted):
+        return
+    if magic == b"PK\x03\x04" and path.suffix.lower() == ".npz":
+        raise SvmtoolError(f"{path} is not a CIFAR-10 archive; train with --data {path}")
+    what = (
+        f"a .tar.gz whose first entry is {first!r}"
+        if first is not None
+        else ("a zip file" if magic == b"PK\x03\x04" else "not a .tar.gz")
+    )
+    raise SvmtoolError(
+        f"{path} is not a CIFAR-10 archive ({what}); download accepts"
+        " cifar-10-binary.tar.gz or cifar-10-python.tar.gz"
+    )
+
+
 def _download_locked(
     data_dir: Path,
     fmt: str,
@@ -715,7 +747,14 @@ def _download_locked(
         accepted = {spec.md5: fmt} | {a.md5: a.format for a in ARCHIVES.values()}
     archive = data_dir / spec.filename
     if from_file is not None:
-        got = verify_md5(from_file, accepted, delete=False)
+        refuse_non_archive(from_file, trusted=md5 is not None)
+        got = md5_of(from_file)
+        if got not in accepted:
+            raise SvmtoolError(
+                f"checksum mismatch for {from_file}: expected md5 {' or '.join(accepted)}, got"
+                f" {got}; it is not an official CIFAR-10 archive: if you trust it (a copy"
+                f" repacked by a course, say), pass --md5 {got} to use it"
+            )
         source = from_file
     else:
         part = archive.with_name(archive.name + ".part")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svmtool.errors import SvmtoolError
+from svmtool.errors import BadValue, SvmtoolError, did_you_mean
 from svmtool.io.npzfile import read_npz
 
 DATA_DIR_ENV = "SVMTOOL_DATA_DIR"
@@ -185,6 +185,15 @@ def _image_fix(name: str, images: np.ndarray) -> str | None:
 def _check_images(path: Path, name: str, images: np.ndarray) -> np.ndarray:
     """``images`` as uint8 (N, H, W, C); (N, H, W) gains a channel axis (Keras' layout).
     Any other layout is one line saying exactly what to save instead."""
+    if images.dtype.kind in "fc" and images.ndim >= 1 and images.size:
+        finite = np.isfinite(images.reshape(images.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise SvmtoolError(
+                f"{path}: {name} ({images.dtype} {images.shape}) holds NaN or infinite pixels"
+                f" in {bad.size} of {images.shape[0]} images (the first is image {bad[0]});"
+                " fix or drop those images, then save uint8 pixels"
+            )
     if images.dtype == np.uint8 and images.ndim == 3:
         images = images[..., None]  # a view: no copy
     if (
@@ -220,6 +229,63 @@ def _check_images(path: Path, name: str, images: np.ndarray) -> np.ndarray:
     raise SvmtoolError(f"{found}; {wanted}")
 
 
+def _label_column(path: Path, name: str, labels: np.ndarray, count: int) -> np.ndarray:
+    """``labels`` as (count,): a column (N, 1) is read as it is; one-hot rows (N, K)
+    are refused with the expression that turns them into class numbers."""
+    if labels.ndim == 2 and labels.shape == (count, 1):
+        return labels[:, 0]
+    if (
+        labels.ndim == 2
+        and labels.shape[0] == count
+        and labels.shape[1] >= 2
+        and labels.dtype.kind in "biuf"
+        and labels.size
+        and bool(np.all((labels == 0) | (labels == 1)))
+        and bool(np.all(labels.sum(axis=1) == 1))
+    ):
+        raise SvmtoolError(
+            f"{path}: {name} is one-hot ({labels.dtype} {labels.shape}); svmtool reads one"
+            f" class number per image: save {name}={name}.argmax(axis=1)"
+        )
+    return labels
+
+
+def _string_labels(
+    path: Path, labels: dict[str, np.ndarray], names: list[str] | None
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Labels that are class names ('cat', 'dog'): numbered in the order of
+    ``class_names`` when the file has it, else in sorted order."""
+    text = {}
+    for part, values in labels.items():
+        if values.dtype.kind not in "US":
+            raise SvmtoolError(
+                f"{path}: y_train and y_test must both hold class numbers or both names;"
+                f" y_{part} is {values.dtype}"
+            )
+        try:
+            text[part] = values.astype(str)
+        except UnicodeDecodeError:
+            raise SvmtoolError(f"{path}: y_{part} holds bytes that are not text") from None
+    if names is None:
+        found = np.unique(np.concatenate([text["train"], text["test"]]))
+        if found.size > MAX_CLASSES:
+            raise SvmtoolError(f"{path}: {found.size} different labels; at most {MAX_CLASSES}")
+        names = [str(n) for n in found]
+    order = np.array(names)
+    sorter = np.argsort(order, kind="stable")
+    numbered = {}
+    for part, values in text.items():
+        at = np.searchsorted(order, values, sorter=sorter).clip(0, order.size - 1)
+        index = sorter[at]
+        unknown = order[index] != values
+        if unknown.any():
+            raise SvmtoolError(
+                f"{path}: label {str(values[unknown][0])!r} in y_{part} is not one of class_names"
+            )
+        numbered[part] = index.astype(np.int64)
+    return numbered, names
+
+
 def _check_labels(path: Path, name: str, labels: np.ndarray, count: int) -> np.ndarray:
     """``labels`` as int64 (count,), each in 0..MAX_CLASSES-1."""
     if labels.ndim != 1 or labels.shape[0] != count:
@@ -242,67 +308,109 @@ def _check_labels(path: Path, name: str, labels: np.ndarray, count: int) -> np.n
     return labels.astype(np.int64)
 
 
+NPZ_OBJECT_FIXES = {
+    "class_names": "save class_names=np.array(class_names, dtype=str)",
+    "y_train": "save class numbers, y_train=np.asarray(y_train, dtype=np.int64), or names,"
+    " y_train=np.asarray(y_train, dtype=str)",
+    "y_test": "save class numbers, y_test=np.asarray(y_test, dtype=np.int64), or names,"
+    " y_test=np.asarray(y_test, dtype=str)",
+}
+
+
+def _class_names(path: Path, names: np.ndarray | None) -> list[str] | None:
+    if names is None:
+        return None
+    if names.size > MAX_CLASSES:
+        raise SvmtoolError(f"{path}: {names.size} class_names; at most {MAX_CLASSES}")
+    if names.ndim != 1 or names.dtype.kind not in "US":
+        raise SvmtoolError(
+            f"{path}: class_names must be a list of strings, got {names.dtype} {names.shape}"
+        )
+    class_names = [str(n) for n in names]
+    problem = class_names_problem(class_names)
+    if problem:
+        raise SvmtoolError(f"{path}: class_names {problem}")
+    return class_names
+
+
 def load_npz(path: Path) -> Dataset:
     """A user's dataset: X_train, y_train, X_test, y_test (uint8 N x H x W x C or
-    N x H x W images, integer labels 0..K-1), optional class_names. Never unpickles.
+    N x H x W images, labels 0..K-1 or class names), optional class_names. Never
+    unpickles. Keras' lower-case x_train and x_test are read as X_train and X_test;
+    labels of shape (N, 1) as (N,).
 
-    Other layouts (flat rows, floats, channel-first) are refused with the exact
-    numpy expression that converts them.
+    Other layouts (flat rows, floats, channel-first, one-hot labels) are refused
+    with the exact numpy expression that converts them.
     """
-    content = read_npz(path, "dataset")
+    content = read_npz(path, "dataset", NPZ_OBJECT_FIXES)
+    for part in ("train", "test"):
+        # keras.datasets.*.load_data() names them x_train, x_test.
+        if f"X_{part}" not in content and f"x_{part}" in content:
+            content[f"X_{part}"] = content.pop(f"x_{part}")
     missing = [k for k in NPZ_KEYS if k not in content]
     if missing:
         raise SvmtoolError(f"{path} lacks {', '.join(missing)} (needs {', '.join(NPZ_KEYS)})")
-    images, labels = {}, {}
+    images, raw = {}, {}
     for part in ("train", "test"):
         images[part] = _check_images(path, f"X_{part}", content[f"X_{part}"])
-        labels[part] = _check_labels(path, f"y_{part}", content[f"y_{part}"], len(images[part]))
+        raw[part] = _label_column(path, f"y_{part}", content[f"y_{part}"], len(images[part]))
     if images["train"].shape[1:] != images["test"].shape[1:]:
         raise SvmtoolError(
             f"{path}: X_train images are {images['train'].shape[1:]},"
             f" X_test images {images['test'].shape[1:]}"
         )
-    if labels["train"].size == 0:
+    if images["train"].shape[0] == 0:
         raise SvmtoolError(f"{path}: X_train is empty")
-    low = min(int(labels["train"].min()), int(labels["test"].min(initial=MAX_CLASSES)))
-    top = max(int(labels["train"].max()), int(labels["test"].max(initial=0)))
-    names = content.get("class_names")
-    if names is not None:
-        if names.size > MAX_CLASSES:
-            raise SvmtoolError(f"{path}: {names.size} class_names; at most {MAX_CLASSES}")
-        if names.ndim != 1 or names.dtype.kind not in "US":
-            raise SvmtoolError(
-                f"{path}: class_names must be a list of strings, got {names.dtype} {names.shape}"
-            )
-        class_names = [str(n) for n in names]
+    names = _class_names(path, content.get("class_names"))
+    if any(v.dtype.kind in "US" for v in raw.values()):
+        for part in ("train", "test"):
+            if raw[part].ndim != 1 or raw[part].shape[0] != len(images[part]):
+                raise SvmtoolError(
+                    f"{path}: y_{part} has shape {raw[part].shape}, expected ({len(images[part])},)"
+                )
+        labels, class_names = _string_labels(path, raw, names)
         problem = class_names_problem(class_names)
         if problem:
-            raise SvmtoolError(f"{path}: class_names {problem}")
-        if top >= len(class_names):
-            hint = (
-                f": labels run {low}..{top}; if they count from 1, save y_train=y_train - 1"
-                " and y_test=y_test - 1"
-                if low >= 1 and top == len(class_names)
-                else ""
-            )
-            raise SvmtoolError(
-                f"{path}: label {top} is out of range for {len(class_names)} class_names{hint}"
-            )
+            raise SvmtoolError(f"{path}: the labels (class names) {problem}")
     else:
-        if low >= 1:
-            # Labels 1..K would make a class 0 with no image at all: a phantom class
-            # that still gets a column of W and a row of the confusion matrix.
-            raise SvmtoolError(
-                f"{path}: the labels run {low}..{top} and no image is labelled 0; classes are"
-                f" numbered from 0: save y_train=y_train - {low} and y_test=y_test - {low}"
-                " (or add class_names, one name for each of 0..{top})".replace("{top}", str(top))
-            )
-        class_names = [f"class{k}" for k in range(top + 1)]
+        labels = {
+            part: _check_labels(path, f"y_{part}", raw[part], len(images[part]))
+            for part in ("train", "test")
+        }
+        class_names = _numbered_class_names(path, labels, names)
     if len(class_names) < 2:
         raise SvmtoolError(f"{path}: needs at least 2 classes, got {len(class_names)}")
     return Dataset(
         images["train"], labels["train"], images["test"], labels["test"], class_names, str(path)
     )
+
+
+def _numbered_class_names(
+    path: Path, labels: dict[str, np.ndarray], names: list[str] | None
+) -> list[str]:
+    """class_names for labels 0..K-1: the file's, or class0..classK-1."""
+    low = min(int(labels["train"].min()), int(labels["test"].min(initial=MAX_CLASSES)))
+    top = max(int(labels["train"].max()), int(labels["test"].max(initial=0)))
+    if names is not None:
+        if top >= len(names):
+            hint = (
+                f": labels run {low}..{top}; if they count from 1, save y_train=y_train - 1"
+                " and y_test=y_test - 1"
+                if low >= 1 and top == len(names)
+                else ""
+            )
+            raise SvmtoolError(
+                f"{path}: label {top} is out of range for {len(names)} class_names{hint}"
+            )
+        return names
+    if low >= 1:
+        # Labels 1..K would make a class 0 with no image at all: a phantom class
+        # that still gets a column of W and a row of the confusion matrix.
+        raise SvmtoolError(
+            f"{path}: the labels run {low}..{top} and no image is labelled 0; classes are"
+            f" numbered from 0: save y_train=y_train - {low} and y_test=y_test - {low}"
+        )
+    return [f"class{k}" for k in range(top + 1)]
 
 
 def load_dataset(
@@ -347,10 +455,20 @@ def load_dataset(
         )
     if Path(source).exists():
         return load_npz(Path(source))
-    raise SvmtoolError(
-        f"--data must be {', '.join(NAMED_DATASETS)}, a path to an .npz file or an image"
-        f" folder, got {source!r}"
-    )
+    raise unknown_data(source)
+
+
+def unknown_data(source: str) -> BadValue:
+    """--data that is neither a name nor a file: the closest name, or the .npz file
+    beside it that the user probably meant (``fashion`` for ``fashion.npz``)."""
+    # A file the user has beats a name that looks alike (fashion.npz, not fashion-mnist).
+    if Path(source + ".npz").is_file():
+        hint = f" (did you mean {source}.npz?)"
+    else:
+        hint = did_you_mean(source, NAMED_DATASETS)
+    names = ", ".join(NAMED_DATASETS)
+    problem = f"{source!r} is not a dataset name ({names}), an .npz file or an image folder"
+    return BadValue("--data", problem + hint)
 
 
 # --- split ---------------------------------------------------------------------
@@ -375,6 +493,19 @@ class Split:
     dev: np.ndarray
     rule: str = CS231N_RULE
     warnings: list[str] = field(default_factory=list)
+    description: str = ""  # the rule in words, for the train summary
+
+
+CIFAR10_TRAIN_IMAGES = 50_000
+
+
+def describe_split(rule: str, num_train: int, num_val: int, total: int, seed: int) -> str:
+    """The split rule as it was applied, in words: 'CS231n's split' only when it is."""
+    if rule == STRATIFIED_RULE:
+        return f"stratified val, seed {seed}"
+    if (total, num_train, num_val) == (CIFAR10_TRAIN_IMAGES, 49_000, 1_000):
+        return "CS231n's split"
+    return f"by position: the first {num_train} and the last {num_val} of {total} images"
 
 
 def split_sizes(
@@ -399,17 +530,17 @@ def split_sizes(
         num_test = n_test_images
     if num_dev is None:
         num_dev = min(500, num_train)
-    for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+    for name, value in (("--num-train", num_train), ("--num-val", num_val)):
         if value < 0:
-            raise SvmtoolError(f"{name} must be >= 0, got {value}")
+            raise BadValue(name, f"must be >= 0, got {value}")
     if num_train < 1:
-        raise SvmtoolError(f"num_train must be >= 1, got {num_train}")
+        raise BadValue("--num-train", f"must be >= 1, got {num_train}")
     if num_train + num_val > n_train_images:
         raise SvmtoolError(
-            f"num_train + num_val = {num_train + num_val} exceeds the"
-            f" {n_train_images} training images"
+            f"--num-train {num_train} + --num-val {num_val} = {num_train + num_val} exceeds"
+            f" the {n_train_images} training images"
         )
-    if num_test > n_test_images:
+    if not 0 <= num_test <= n_test_images:
         raise SvmtoolError(f"num_test = {num_test} exceeds the {n_test_images} test images")
     if not 0 <= num_dev <= num_train:
         raise SvmtoolError(f"num_dev must be in 0..{num_train}, got {num_dev}")
@@ -538,6 +669,7 @@ def split(dataset: Dataset, seed: int = 0, **sizes: int | None) -> Split:
         dev = np.sort(rng.choice(train, num_dev, replace=False))
     parts = Split(train=train, val=val, test=np.arange(num_test), dev=dev, rule=rule)
     parts.warnings = split_warnings(dataset, parts)
+    parts.description = describe_split(rule, num_train, num_val, n, seed)
     return parts
 
 

@@ -12,6 +12,9 @@ naming exactly the arrays the caller expects, and every array exactly the
 shape and dtype the key implies (not only what meta.json says), with no NaN or
 infinity. Anything else is a miss, and the next store replaces the entry.
 
+The cache lives in the user's cache folder (``$SVMTOOL_CACHE_DIR``, else the
+platform's, e.g. ~/.cache/svmtool/features), never in a dataset's folder.
+
 Entries are built in a scratch folder (``.<digest>.XXXX``) and renamed into
 place. A store holds a shared lock on ``<root>/.lock``; scratch folders are
 cleared only under the exclusive lock, so a SIGKILLed run's scratch goes and a
@@ -29,6 +32,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +43,7 @@ from svmtool.io.files import new_folder_mode, open_own, open_regular, remove_tre
 from svmtool.io.npzfile import map_npy
 
 CACHE_FORMAT = 1
-DIRNAME = "feature-cache"
+CACHE_DIR_ENV = "SVMTOOL_CACHE_DIR"
 LOCK_NAME = ".lock"
 MAX_META_BYTES = 1 << 20  # a key and a few shapes: a few kB
 # Scratch folders: ".<32 hex digits of an entry>.<mkdtemp suffix>".
@@ -52,6 +56,16 @@ Expected = dict[str, tuple[tuple[int, ...], np.dtype | type]]
 
 class CacheNotWritten(SvmtoolError):
     """The cache could not take an entry; the caller goes on without it."""
+
+
+def default_cache_dir() -> Path:
+    """``$SVMTOOL_CACHE_DIR``, else the platform's user cache folder + ``features``."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("svmtool")) / "features"
 
 
 def fingerprint(images: np.ndarray, rows: np.ndarray | None = None, chunk: int = 4096) -> str:
@@ -217,8 +231,9 @@ class FeatureCache:
             " it (--no-cache skips it)"
         )
 
-    def store(self, key: dict, arrays: dict[str, np.ndarray]) -> Path:
-        """Write an entry atomically: a scratch folder renamed into place.
+    def store(self, key: dict, arrays: dict[str, np.ndarray], about: str = "") -> Path:
+        """Write an entry atomically: a scratch folder renamed into place. ``about``
+        says what it is, for ``svmtool cache list``.
 
         A cache that cannot take it (read-only, full, a planted link) raises
         ``CacheNotWritten`` with one line saying so; nothing is left behind.
@@ -227,7 +242,7 @@ class FeatureCache:
             self.root.mkdir(parents=True, exist_ok=True)
             self.clear_scratch()
             with self.storing():
-                return self._store_locked(key, arrays)
+                return self._store_locked(key, arrays, about)
         except CacheNotWritten:
             raise
         except OSError as exc:
@@ -235,7 +250,7 @@ class FeatureCache:
         except SvmtoolError as exc:
             raise CacheNotWritten(self._not_written(str(exc))) from None
 
-    def _store_locked(self, key: dict, arrays: dict[str, np.ndarray]) -> Path:
+    def _store_locked(self, key: dict, arrays: dict[str, np.ndarray], about: str = "") -> Path:
         final = self.path(key)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
         old = None
@@ -247,6 +262,7 @@ class FeatureCache:
                 "cache_format": CACHE_FORMAT,
                 "key": key,
                 "arrays": {n: [list(a.shape), str(np.asarray(a).dtype)] for n, a in arrays.items()},
+                "about": about,
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             try:
@@ -273,3 +289,87 @@ class FeatureCache:
             if old is not None:
                 remove_tree(old)
         return final
+
+
+# --- listing and clearing: only our own entries, never through a link ---------------
+
+_ENTRY = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass
+class Entry:
+    """One entry of the cache: its folder, bytes on disk, seconds since it was
+    stored, and what it is (from its meta.json; outside text, print it literally)."""
+
+    path: Path
+    bytes: int
+    age_seconds: float
+    about: str
+
+
+def _folder_bytes(folder: Path) -> int:
+    # Entries are flat: their own regular files, links counted as links.
+    total = 0
+    with os.scandir(folder) as listing:
+        for item in listing:
+            total += item.stat(follow_symlinks=False).st_size
+    return total
+
+
+def _about(folder: Path) -> str | None:
+    """What the entry says it is, or None if its meta.json is not one of ours."""
+    meta_path = folder / "meta.json"
+    try:
+        info = os.lstat(meta_path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_META_BYTES:
+            return None
+        meta = json.loads(meta_path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict) or meta.get("cache_format") != CACHE_FORMAT:
+        return None
+    about = meta.get("about")
+    if isinstance(about, str) and about:
+        return about
+    key = meta.get("key") if isinstance(meta.get("key"), dict) else {}
+    parts = [str(key.get(k)) for k in ("what", "kind") if isinstance(key.get(k), str)]
+    return " ".join(parts) or "an entry"
+
+
+def entries(root: Path, now: float | None = None) -> list[Entry]:
+    """The cache's entries (and unfinished ones) under ``root``, oldest first.
+    Anything else there (a link, a file, a folder of another name or without our
+    meta.json) is not ours and is not listed."""
+    now = time.time() if now is None else now
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        finished = bool(_ENTRY.fullmatch(child.name))
+        if not (finished or _SCRATCH.fullmatch(child.name)):
+            continue
+        try:
+            info = os.lstat(child)
+            if not stat.S_ISDIR(info.st_mode):
+                continue  # a link or a file: never followed, never ours
+            about = _about(child) if finished else "an unfinished entry (an interrupted run)"
+            if about is None:
+                continue
+            meta = child / "meta.json"
+            stamp = os.lstat(meta).st_mtime if finished else info.st_mtime
+            found.append(Entry(child, _folder_bytes(child), max(now - stamp, 0.0), about))
+        except OSError:
+            continue
+    return sorted(found, key=lambda e: -e.age_seconds)
+
+
+def remove(entry: Entry) -> None:
+    """Delete one entry. rmtree removes a link inside as a link, never what it
+    points to; the entry itself was checked to be a real folder. A scratch
+    folder goes only under the cache's exclusive lock (a running store keeps its)."""
+    if _SCRATCH.fullmatch(entry.path.name):
+        FeatureCache(entry.path.parent).clear_scratch()
+        return
+    if os.path.islink(entry.path) or not entry.path.is_dir():
+        return
+    remove_tree(entry.path)

@@ -70,10 +70,10 @@ def _arrays(model: Model) -> dict[str, np.ndarray]:
         "mean_image": model.mean_image,
         "image_shape": np.array(model.image_shape, dtype=np.int64),
         "class_names": np.array(model.class_names, dtype=str),
-        "settings": np.array(json.dumps(model.settings)),
-        "metrics": np.array(json.dumps(model.metrics)),
+        "settings": np.array(_strict_json(model.settings)),
+        "metrics": np.array(_strict_json(model.metrics)),
         "loss_history": np.asarray(model.loss_history, dtype=np.float64),
-        "grid": np.array(json.dumps(model.grid)),
+        "grid": np.array(_strict_json(model.grid)),
         "features": np.array(
             json.dumps({"kind": model.features.kind, "params": model.features.params})
         ),
@@ -83,10 +83,40 @@ def _arrays(model: Model) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def _strict_json(value) -> str:
+    """JSON text with NaN and infinities as null: an undefined metric (no validation
+    split) is null in the file, as in --json, never the non-standard NaN."""
+    return json.dumps(_finite_or_null(value), allow_nan=False)
+
+
 def save(model: Model, path: Path | PendingFile) -> Path:
     """Write the model to ``path`` atomically; given a ``PendingFile``, write it
-    there and leave the move into place to the caller."""
+    there and leave the move into place to the caller.
+
+    The arrays to be written are first checked by the rules ``load`` applies, so
+    a model that is written is a model that loads; anything else is refused and
+    nothing is written.
+    """
     arrays = _arrays(model)
+    target = path.path if isinstance(path, PendingFile) else Path(path)
+    try:
+        loaded = _from_arrays(arrays, target, _damaged(target))
+        if loaded.class_names != list(model.class_names):
+            raise SvmtoolError("a class name does not survive the file unchanged")
+    except SvmtoolError as exc:
+        raise SvmtoolError(
+            f"refusing to write {target}: the model would not load ({exc})"
+        ) from None
     if isinstance(path, PendingFile):
         path.write(lambda f: np.savez(f, **arrays))
         return path.path
@@ -193,11 +223,19 @@ def load(path: Path) -> Model:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise SvmtoolError(f"model file not found: {path} (train one with: svmtool train)")
-    raw = read_npz(path, "model")
+    return _from_arrays(read_npz(path, "model"), path, _damaged(path))
 
+
+def _damaged(path: Path):
     def damaged(problem: str) -> SvmtoolError:
         return SvmtoolError(f"{path} is not a usable svmtool model: {problem}")
 
+    return damaged
+
+
+def _from_arrays(raw: dict[str, np.ndarray], path: Path, damaged) -> Model:
+    """The model the arrays of a model file describe, every field checked (the rules
+    of ``load``, which ``save`` applies too)."""
     if "format_version" in raw:
         version = raw["format_version"]
         if version.shape != () or version.dtype.kind not in "iu":

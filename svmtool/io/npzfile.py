@@ -70,14 +70,17 @@ def npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
         raise ValueError(f"damaged .npy header ({type(exc).__name__}: {exc})") from None
 
 
-def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> int:
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, fix: str = "") -> int:
     """Refuse a member whose header does not describe exactly the bytes it holds;
-    return how many bytes its array needs."""
+    return how many bytes its array needs. ``fix``: what to save instead of an
+    array of Python objects."""
     with zf.open(info) as f:
         shape, _, dtype = npy_header(f)
         header_size = f.tell()
     if dtype.hasobject:
-        raise SvmtoolError(f"{where} holds Python objects; refusing to unpickle it")
+        raise SvmtoolError(
+            f"{where} holds Python objects; refusing to unpickle it" + (f": {fix}" if fix else "")
+        )
     needed = math.prod(shape) * dtype.itemsize
     held = info.file_size - header_size
     if needed != held:
@@ -88,8 +91,9 @@ def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> in
     return needed
 
 
-def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
-    """All arrays of the .npz at ``path``; ``what`` names it in errors ("model", "dataset")."""
+def read_npz(path: Path, what: str, fixes: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """All arrays of the .npz at ``path``; ``what`` names it in errors ("model", "dataset").
+    ``fixes``: per member name, what to save instead of Python objects."""
     path = Path(path)
     with open_regular(path, f"{what} file") as f:
         if f.read(4) != ZIP_MAGIC:
@@ -114,7 +118,8 @@ def read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
                             f"{where} uses compression method {info.compress_type}, which"
                             " svmtool cannot read (numpy writes stored or deflate)"
                         )
-                    total += _member_header(zf, info, where)
+                    fix = (fixes or {}).get(name[: -len(".npy")], "")
+                    total += _member_header(zf, info, where, fix)
                 memory = physical_memory()
                 if memory is not None and total > memory:
                     # A deflated member can expand 1000-fold: a small file must not

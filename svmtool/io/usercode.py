@@ -50,6 +50,7 @@ class UserCodeError(SvmtoolError):
         self.details = details
         self.hint = hint
         self.out_of_memory = False  # it raised MemoryError (the --memory limit, in a child)
+        self.brief = summary  # the summary without the message, when a traceback shows it
 
 
 class BadReturn(SvmtoolError):
@@ -173,10 +174,14 @@ def error_from(
         text = ""
     message = text.splitlines()[0] if text else ""
     summary = f"{doing}: {type(exc).__name__}" + (f": {message}" if message else "")
+    brief = f"{doing}: {type(exc).__name__}"
     if where:
         summary += f" ({where})"
+        brief += f" ({where})"
     error = UserCodeError(summary, details, python2_hint(exc, source))
     error.out_of_memory = isinstance(exc, MemoryError)
+    if details.rstrip().endswith(message):
+        error.brief = brief  # the traceback's last line already says the message
     return error
 
 
