@@ -129,7 +129,8 @@ def end_to_end(args) -> None:
               " (50,000 train + 10,000 test images, 32 x 32 x 3)")  # fmt: skip
         print(f"  {load()}")
         cli = [sys.executable, "-m", "svmtool"]
-        common = ["--data-dir", str(tmp / "data")]
+        # The feature cache in the scratch folder too: it is removed with it.
+        common = ["--data-dir", str(tmp / "data"), "--cache-dir", str(tmp / "cache")]
         model = str(tmp / "km.npz")
         seconds, result = run(
             "train --features kmeans (49,000 + 1,000 val)",

@@ -933,6 +933,10 @@ def evaluate(
     from svmtool.io import model as model_io
     from svmtool.pipeline import evaluate as run_evaluate
 
+    # What the command line cannot accept is said before any file is read.
+    check_choice("--split", split, ("val", "train", "test"), "val, train or test")
+    if num_test is not None and num_test < 1:
+        raise BadValue("--num-test", f"must be >= 1, got {num_test}")
     model = model_io.load(model_path)
     notes: list[str] = []
     with feature_progress() as progress:

@@ -193,6 +193,17 @@ def test_values_the_command_line_cannot_accept_are_usage_errors(
     usage_error(run(*args), args[0], option, *fragments)
 
 
+def test_usage_errors_come_before_any_file_is_read(tmp_path):
+    # No model file here: the value is refused first, as click refuses --iters five.
+    for args, option in [
+        (["evaluate", "--split", "validation"], "--split"),
+        (["evaluate", "--num-test", "0"], "--num-test"),
+        (["predict", "x.png", "--top", "0"], "--top"),
+        (["visualize", "--scale", "local"], "--scale"),
+    ]:
+        usage_error(run(*args, "--model", str(tmp_path / "none.npz")), args[0], option)
+
+
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("m") / "m.npz"

@@ -221,6 +221,7 @@ def test_the_cache_notices_a_changed_file_and_ignores_a_touch(folder, tmp_path):
         lambda e: (e / "meta.json").write_text("{"),
         lambda e: (e / "test_labels.npy").unlink(),
         lambda e: np.save(e / "train_labels.npy", np.full(24, 99, np.int64)),
+        lambda e: (e / "files.json").write_text("[[1, 2"),
     ],
 )
 def test_a_damaged_cache_entry_is_rebuilt_not_trusted(folder, tmp_path, damage):
@@ -228,6 +229,10 @@ def test_a_damaged_cache_entry_is_rebuilt_not_trusted(folder, tmp_path, damage):
     first = imagefolder.load(folder, cache)
     entry = Path(first.report["cache_entry"])
     damage(entry)
+    # A touched file makes the per-file list (files.json) the judge.
+    target = folder / "cat" / "000.png"
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     again = imagefolder.load(folder, cache)
     assert again.report["cache"] == "built"
     assert any("cannot be used" in n and "rebuilding" in n for n in again.notes)

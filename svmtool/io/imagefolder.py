@@ -5,13 +5,14 @@ Every image is read by predict's reader (``images.read_image``: EXIF orientation
 16-bit, alpha over white, PNG and JPEG only, Pillow's pixel limit), in parallel
 worker processes, and the result is cached as uint8 .npy files that load memory-mapped.
 
-The cache. An entry is named by the folder's absolute path and the size asked for,
-and records, for every file, its relative name, size, mtime_ns and a BLAKE2b digest
-of its bytes taken when the entry was built. The next run lists the folder (one
-lstat per file, no file is opened) and uses the entry when every (name, size,
-mtime_ns) matches. A file whose mtime changed but whose size did not is hashed
-again, and the entry still serves if the digest is unchanged (a touched or copied
-file). Anything else rebuilds the entry. What is not checked: a file rewritten
+The cache. One entry per folder (by its absolute path) records, for every file, its
+relative name, size, mtime_ns and a BLAKE2b digest of its bytes taken when the entry
+was built (files.json), and one SHA-256 of all the (name, size, mtime_ns) triples
+(meta.json). The next run lists the folder (one lstat per file, no file is opened)
+and uses the entry when that digest matches. Otherwise files.json is compared file
+by file: a file whose mtime changed but whose size did not is hashed again, and the
+entry still serves if its digest is unchanged (a touched or copied file). Anything
+else rebuilds the entry. What is not checked: a file rewritten
 with the same size within the same mtime tick (as make, rsync and git's racy
 check), and bit flips inside the cached pixel arrays (their headers, shapes and
 labels are checked; a damaged entry is rebuilt, never trusted).
@@ -31,7 +32,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,7 +46,7 @@ from svmtool.io.npzfile import map_npy, physical_memory, write_npy_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_DIRNAME = "image-folder-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the (name, size, mtime_ns) digest in meta.json, files.json beside it
 CACHE_FILES = ("train_images", "train_labels", "test_images", "test_labels")
 DEFAULT_SIZE = (32, 32)
 SMALL_SIDE = 64  # all images at most this wide and high: keep their most common size
@@ -60,8 +63,7 @@ CHUNK = 128
 ProgressFn = Callable[[str, int, int], None]
 
 
-@dataclass
-class FileEntry:
+class FileEntry(NamedTuple):
     rel: str  # relative to the root, '/'-separated
     part: str  # 'train', 'test' or 'all' (flat layout)
     label: int
@@ -103,6 +105,9 @@ def parse_image_size(text: str) -> tuple[int, int]:
 # --- listing -----------------------------------------------------------------------
 
 
+_NAME = attrgetter("name")
+
+
 def _count(ignored: dict[str, int], what: str) -> None:
     ignored[what] = ignored.get(what, 0) + 1
 
@@ -111,20 +116,16 @@ def _walk(folder: Path, rel: str, depth: int, ignored: dict[str, int], found: li
     """Image files under ``folder`` as (rel, size, mtime_ns), sorted; links never followed."""
     try:
         with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = sorted(it, key=_NAME)
     except OSError as exc:
         raise SvmtoolError(f"cannot list {folder}: {exc.strerror or exc}") from None
+    append = found.append
+    # This loop is the second run's cost (one lstat per file): the common case first.
     for entry in entries:
         name = entry.name
-        if name.startswith("."):
+        if name[0] == ".":
             _count(ignored, "hidden")
-        elif entry.is_symlink():
-            _count(ignored, "links")
-        elif entry.is_dir(follow_symlinks=False):
-            if depth >= MAX_DEPTH:
-                raise SvmtoolError(f"{folder / name}: folders nested deeper than {MAX_DEPTH}")
-            _walk(folder / name, f"{rel}{name}/", depth + 1, ignored, found)
-        elif entry.is_file(follow_symlinks=False):
+        elif entry.is_file(follow_symlinks=False):  # a link is never a file here
             if not name.lower().endswith(IMAGE_SUFFIXES):
                 _count(ignored, "not PNG/JPEG")
                 continue
@@ -133,11 +134,17 @@ def _walk(folder: Path, rel: str, depth: int, ignored: dict[str, int], found: li
             except OSError:  # gone (or unreadable) since the listing
                 _count(ignored, "vanished")
                 continue
-            found.append((f"{rel}{name}", st.st_size, st.st_mtime_ns))
-            if len(found) > MAX_FILES:
-                raise SvmtoolError(f"{folder}: more than {MAX_FILES:,} image files")
+            append((rel + name, st.st_size, st.st_mtime_ns))
+        elif entry.is_symlink():
+            _count(ignored, "links")
+        elif entry.is_dir(follow_symlinks=False):
+            if depth >= MAX_DEPTH:
+                raise SvmtoolError(f"{folder / name}: folders nested deeper than {MAX_DEPTH}")
+            _walk(folder / name, f"{rel}{name}/", depth + 1, ignored, found)
         else:
             _count(ignored, "special files")
+    if len(found) > MAX_FILES:
+        raise SvmtoolError(f"{folder}: more than {MAX_FILES:,} image files")
 
 
 def _class_folders(folder: Path, ignored: dict[str, int]) -> list[str]:
@@ -201,7 +208,8 @@ def scan(root: Path) -> Scan:
         for name in names:
             found: list = []
             _walk(base / name, f"{prefix}{name}/", 1, ignored, found)
-            files.extend(FileEntry(rel, part, index[name], size, mt) for rel, size, mt in found)
+            label = index[name]
+            files.extend([FileEntry(rel, part, label, size, mt) for rel, size, mt in found])
     if len(classes) < 2:
         where = f"{root}/train" if layout == "train-test" else str(root)
         raise SvmtoolError(
@@ -344,7 +352,8 @@ def choose_shape(
 
 def cache_key(root: Path) -> str:
     """One entry per folder (another size replaces it)."""
-    return hashlib.sha256(json.dumps([str(root), CACHE_VERSION]).encode()).hexdigest()[:24]
+    # 1, not CACHE_VERSION: an entry of an older format is replaced in place, not orphaned.
+    return hashlib.sha256(json.dumps([str(root), 1]).encode()).hexdigest()[:24]
 
 
 def _serves(meta: dict, request: list) -> bool:
@@ -363,11 +372,22 @@ def _stat_list(scan_: Scan) -> list[list]:
     return [[f.rel, f.size, f.mtime_ns] for f in scan_.files]
 
 
+def stat_digest(scan_: Scan) -> str:
+    """One digest of every file's (name, size, mtime_ns): the second run's whole check
+    when nothing changed (the per-file list in files.json is read only otherwise)."""
+    text = "\n".join([f"{f.rel}\t{f.size}\t{f.mtime_ns}" for f in scan_.files])
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _read_json(path: Path, limit: int):
+    with open_regular(path, "cache file", follow=False) as f:
+        return json.loads(f.read(limit + 1))
+
+
 def _read_meta(folder: Path, limit: int) -> dict:
-    with open_regular(folder / "meta.json", "cache file", follow=False) as f:
-        meta = json.loads(f.read(limit + 1))
-    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
-        raise ValueError("its format version is not this svmtool's")
+    meta = _read_json(folder / "meta.json", limit)
+    if not isinstance(meta, dict):
+        raise ValueError("meta.json is not an object")
     return meta
 
 
@@ -378,13 +398,18 @@ def _open_entry(folder: Path, scan_: Scan, request: list) -> tuple[Dataset, dict
     try:
         if not _is_real_dir(folder):
             return "it is not a folder"
-        meta = _read_meta(folder, 256 * len(scan_.files) + (1 << 20))
+        meta = _read_meta(folder, 1 << 22)
+        if meta.get("version") != CACHE_VERSION:
+            found = f"{meta.get('version')!r:.20}"
+            return f"it is of format {found}, this svmtool writes {CACHE_VERSION}"
         if meta.get("root") != str(scan_.root) or not _serves(meta, request):
             return "stale"
-        files = meta.get("files")
-        if not isinstance(files, list) or len(files) != len(scan_.files):
+        current_digest = stat_digest(scan_)
+        same = meta.get("stat_digest") == current_digest
+        files = [] if same else _read_json(folder / "files.json", 256 * len(scan_.files) + 4096)
+        if not same and (not isinstance(files, list) or len(files) != len(scan_.files)):
             return "stale"
-        current = _stat_list(scan_)
+        current = [] if same else _stat_list(scan_)
         touched = []
         for k, (was, now) in enumerate(zip(files, current, strict=True)):
             if not (isinstance(was, list) and len(was) == 4):
@@ -393,6 +418,8 @@ def _open_entry(folder: Path, scan_: Scan, request: list) -> tuple[Dataset, dict
                 if was[0] != now[0] or was[1] != now[1]:
                     return "stale"
                 touched.append(k)
+        if not same and not touched:
+            return "its file list does not match its meta.json"
         for k in touched:
             # Same name and size, new mtime: the bytes decide.
             try:
@@ -422,14 +449,15 @@ def _open_entry(folder: Path, scan_: Scan, request: list) -> tuple[Dataset, dict
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         return f"it is damaged ({type(exc).__name__}: {exc})"
     if touched:
-        meta["files"] = files
+        meta["stat_digest"] = current_digest
         with contextlib.suppress(OSError, SvmtoolError):
+            _write_json_atomic(folder / "files.json", files)
             _write_json_atomic(folder / "meta.json", meta)
     dataset = Dataset(**arrays, class_names=list(names), source=str(scan_.root))
     return dataset, meta
 
 
-def _write_json_atomic(path: Path, value: dict) -> None:
+def _write_json_atomic(path: Path, value) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".meta.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -598,14 +626,15 @@ def _build(
         "skipped": skipped,
         "decode_seconds": round(decode_seconds, 3),
         "workers": workers if len(paths) >= POOL_MIN_FILES else 1,
-        "files": [[f.rel, f.size, f.mtime_ns, digests.get(k)] for k, f in enumerate(listing.files)],
+        "stat_digest": stat_digest(listing),
     }
+    files = [[f.rel, f.size, f.mtime_ns, digests.get(k)] for k, f in enumerate(listing.files)]
     notes = [why_rebuilt] if why_rebuilt else []
     stored = "built"
     if use_cache:
         try:
             _clear_scratch(entry.parent)
-            write_npy_folder(entry, arrays, meta)
+            write_npy_folder(entry, arrays, meta, {"files.json": files})
         except (OSError, SvmtoolError) as exc:
             notes.append(f"the image cache could not be written ({exc}); nothing was cached")
             stored = "not written"

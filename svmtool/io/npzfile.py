@@ -204,8 +204,11 @@ def read_npy(path: Path, what: str) -> np.ndarray:
             raise SvmtoolError(f"cannot read {what} {path}: {exc}") from None
 
 
-def write_npy_folder(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
-    """A cache folder: one NAME.npy per array plus meta.json, built in a scratch
+def write_npy_folder(
+    folder: Path, arrays: dict[str, np.ndarray], meta: dict, extra: dict | None = None
+) -> Path:
+    """A cache folder: one NAME.npy per array plus meta.json (and ``extra``: file
+    name -> a value written as JSON), built in a scratch
     folder beside ``folder`` and moved into place last, so a killed process never
     leaves a folder that looks complete. Whatever was at ``folder`` (an old entry,
     a file, a link) is replaced, never written through."""
@@ -229,11 +232,12 @@ def write_npy_folder(folder: Path, arrays: dict[str, np.ndarray], meta: dict) ->
                 np.save(target, np.ascontiguousarray(array))
             except OSError as exc:
                 raise disk_error(exc, target) or exc from None
-        target = tmp / "meta.json"
-        try:
-            target.write_text(json.dumps(meta), encoding="utf-8")
-        except OSError as exc:
-            raise disk_error(exc, target) or exc from None
+        for name, value in {**(extra or {}), "meta.json": meta}.items():
+            target = tmp / name
+            try:
+                target.write_text(json.dumps(value), encoding="utf-8")
+            except OSError as exc:
+                raise disk_error(exc, target) or exc from None
         if os.path.lexists(folder):
             if stat.S_ISDIR(os.lstat(folder).st_mode):
                 old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=parent))
