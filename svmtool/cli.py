@@ -360,11 +360,10 @@ def download(
     from svmtool.io.data import DOWNLOADABLE
 
     where = resolve_data_dir(data_dir)
-    if dataset not in DOWNLOADABLE:
-        raise SvmtoolError(f"--dataset must be one of {', '.join(DOWNLOADABLE)}, got {dataset!r}")
+    check_choice("--dataset", dataset, DOWNLOADABLE)
     if dataset != "cifar10":
         if format != "binary":
-            raise SvmtoolError(f"--format applies to cifar10, not {dataset}")
+            raise BadValue("--format", f"applies to cifar10, not {dataset}")
         result = fetch_cifar(
             where, dataset=dataset, url=url, md5=md5, from_file=from_file, force=force,
             keep_archive=keep_archive,
@@ -1544,9 +1543,9 @@ def loss_specs(loss: list[str]) -> list[str]:
 
 def check_loss_options(specs, loss, timeout, jobs, plot, csv_path) -> None:
     if not (timeout > 0 and math.isfinite(timeout)):
-        raise fail(f"--timeout must be > 0 seconds, got {timeout:g}", EXIT_USAGE)
+        raise BadValue("--timeout", f"must be > 0 seconds, got {timeout:g}")
     if jobs is not None and jobs < 1:
-        raise fail(f"--jobs must be >= 1, got {jobs}", EXIT_USAGE)
+        raise BadValue("--jobs", f"must be >= 1, got {jobs}")
     if plot is not None and (len(specs) > 1 or _has_folder(loss)):
         raise fail("--plot draws one file's kink: give one --loss file with it", EXIT_USAGE)
     if csv_path is not None:
@@ -1560,10 +1559,7 @@ def check_loss_options(specs, loss, timeout, jobs, plot, csv_path) -> None:
 def sandbox_limits(timeout: float, memory: str, jobs: int | None, files: int):
     from svmtool import sandbox
 
-    try:
-        size = sandbox.parse_memory(memory)
-    except SvmtoolError as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+    size = sandbox.parse_memory(memory)  # a BadValue: a usage error, exit 2
     cores = sandbox.available_cores()
     return sandbox.Limits(timeout, size, min(files, jobs or cores))
 

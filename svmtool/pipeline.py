@@ -478,7 +478,16 @@ def build_features(
             "params": params,
         }
         found = cache.load(key, dictionary_layout(request, dataset.image_shape)) if cache else None
-        if found is not None and dictionary_problem(found) is None:
+        if found is not None and dictionary_problem(found) is not None:
+            problem = dictionary_problem(found)
+            notes.append(
+                f"the feature cache entry {cache.path(key)} is damaged (whiten {problem});"
+                " learning the dictionary again"
+            )
+            found = None
+        elif found is None and cache is not None and cache.damage:
+            notes.append(f"{cache.damage}; learning the dictionary again")
+        if found is not None:
             arrays = {k: np.array(v) for k, v in found.items()}
             notes.append(f"k-means dictionary read from the feature cache ({cache.path(key)})")
         else:
@@ -552,6 +561,8 @@ def cached_raw_features(
     if cache is not None:
         width = F.feature_dim(features, tuple(images.shape[1:]))
         found = cache.load(key, {"raw": ((int(rows.size), width), np.float32)})
+        if found is None and cache.damage:
+            notes.append(f"{cache.damage}; computing the features again")
         if found is not None:
             where = cache.path(key)
             notes.append(f"features of {rows.size} images read from the feature cache ({where})")

@@ -101,14 +101,14 @@ def available_cores() -> int:
 
 def parse_memory(text: str) -> int:
     """'2G', '512M', '1.5GiB', '0' (no limit) -> bytes."""
-    from svmtool.errors import SvmtoolError
+    from svmtool.errors import BadValue
 
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
     if not match:
-        raise SvmtoolError(f"--memory must be a size such as 2G or 512M, got {text!r}")
+        raise BadValue("--memory", f"must be a size such as 2G or 512M, got {text!r}")
     value = float(match.group(1)) * 1024 ** " kmgt".index(match.group(2) or " ")
     if value != 0 and value < 64 * 2**20:
-        raise SvmtoolError(f"--memory must be at least 64M (Python alone needs it), got {text}")
+        raise BadValue("--memory", f"must be at least 64M (Python alone needs it), got {text}")
     return int(value)
 
 

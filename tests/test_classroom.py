@@ -196,10 +196,10 @@ def test_usage_errors_of_the_new_options(tmp_path, small_npz):
     path = write(tmp_path, "a.py", vectorized_with())
     data = ["--data", str(small_npz)]
     for args, fragment in [
-        (["--timeout", "0"], "--timeout must be > 0"),
-        (["--memory", "lots"], "--memory must be a size"),
+        (["--timeout", "0"], "'--timeout': must be > 0"),
+        (["--memory", "lots"], "'--memory': must be a size"),
         (["--memory", "1M"], "at least 64M"),
-        (["--jobs", "0"], "--jobs must be >= 1"),
+        (["--jobs", "0"], "'--jobs': must be >= 1"),
         (["--loss", str(tmp_path), "--plot", str(tmp_path / "k.png")], "one --loss file"),
     ]:
         result = check("--loss", str(path), *data, *args)

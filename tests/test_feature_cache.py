@@ -103,6 +103,7 @@ def test_damaged_raw_features_are_recomputed_exactly(npz, tmp_path, damage):
     shutil.copy(clean, again)
     result = train(npz, again, "--features", "hog")
     assert "read from the feature cache" not in result.output
+    assert f"the feature cache entry {entry} is damaged" in result.output
     assert val_accuracy(again) == val_accuracy(clean)
     np.testing.assert_array_equal(model_io.load(again).W, model_io.load(clean).W)
     # and not permanent: the entry was replaced, the next run reads it
@@ -124,8 +125,11 @@ def test_damaged_features_in_evaluate_are_recomputed(npz, tmp_path):
     assert json.loads(result.stdout)["accuracy"] == before["accuracy"]
 
 
-@pytest.mark.parametrize("name", ["centroids", "whiten_mean", "whiten"])
-@pytest.mark.parametrize("fault", ["nan", "shape", "dtype"])
+@pytest.mark.parametrize(
+    ("name", "fault"),
+    [(n, f) for n in ("centroids", "whiten_mean", "whiten") for f in ("nan", "shape", "dtype")]
+    + [("whiten", "singular")],
+)
 def test_damaged_kmeans_dictionary_is_relearned(npz, tmp_path, name, fault):
     clean = tmp_path / "clean.npz"
     train(npz, clean, "--features", "kmeans", *KMEANS_TINY)
@@ -136,12 +140,15 @@ def test_damaged_kmeans_dictionary_is_relearned(npz, tmp_path, name, fault):
         array.flat[0] = np.nan
     elif fault == "shape":
         array = array[:-1]
-    else:
+    elif fault == "dtype":
         array = array.astype(np.float16)
+    else:
+        array = np.zeros_like(array)
     rewrite_entry(entry, **{name: array})
     again = tmp_path / "again.npz"
     result = train(npz, again, "--features", "kmeans", *KMEANS_TINY)
     assert "k-means dictionary read from" not in result.output
+    assert "is damaged" in result.output
     assert val_accuracy(again) == val_accuracy(clean)
 
 

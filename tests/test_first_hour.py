@@ -181,6 +181,9 @@ def test_a_partial_cifar_folder_says_its_real_split_and_scores_the_test_images_t
         (["gradcheck", "--h", "5"], "--h", ["(0, 0.1]"]),
         (["gradcheck", "--sweep-delta", "0,x"], "--sweep-delta", ["'0,x'"]),
         (["gradcheck", "--coord", "1,2,3"], "--coord", ["d,c"]),
+        (["download", "--dataset", "minst"], "--dataset", ["did you mean mnist?"]),
+        (["download", "--dataset", "mnist", "--format", "python"], "--format", ["cifar10"]),
+        (["train", "--image-size", "axb"], "--image-size", ["WIDTHxHEIGHT"]),
     ],
 )
 def test_values_the_command_line_cannot_accept_are_usage_errors(

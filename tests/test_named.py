@@ -281,4 +281,4 @@ def test_md5_is_refused_for_four_file_datasets(tmp_path):
 
 def test_an_unknown_dataset_is_one_line(tmp_path):
     result = runner.invoke(app, ["download", "--dataset", "svhn", "--data-dir", "d"])
-    assert result.exit_code != 0 and "--dataset must be one of" in result.output
+    assert result.exit_code == 2 and "'--dataset': 'svhn' is not one of" in result.output

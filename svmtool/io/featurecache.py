@@ -110,26 +110,28 @@ def all_finite(array: np.ndarray, chunk_bytes: int = 1 << 24) -> bool:
     return all(np.isfinite(array[s : s + step]).all() for s in range(0, array.shape[0], step))
 
 
-def _meta_matches(meta, key: dict, expected: Expected) -> bool:
-    """meta.json parsed: the right format, this key, exactly the expected arrays."""
+def _meta_problem(meta, key: dict, expected: Expected) -> str | None:
+    """What is wrong with a parsed meta.json (None: the right format, this key,
+    exactly the expected arrays)."""
     if not isinstance(meta, dict):
-        return False
+        return "meta.json is not a JSON object"
     version = meta.get("cache_format")
     if type(version) is not int or version != CACHE_FORMAT:
-        return False
+        return f"meta.json has cache format {version!r:.20}, not {CACHE_FORMAT}"
     # Compared as canonical text: in Python True == 1 and 1 == 1.0.
     try:
         if json.dumps(meta.get("key"), sort_keys=True) != json.dumps(key, sort_keys=True):
-            return False
+            return "meta.json names another key"
     except (TypeError, ValueError):
-        return False
+        return "meta.json names another key"
     arrays = meta.get("arrays")
     if not isinstance(arrays, dict) or set(arrays) != set(expected):
-        return False
+        return f"meta.json does not list exactly the arrays {', '.join(sorted(expected))}"
     for name, (shape, dtype) in expected.items():
-        if arrays[name] != [list(shape), str(np.dtype(dtype))]:
-            return False
-    return True
+        want = [list(shape), str(np.dtype(dtype))]
+        if arrays[name] != want:
+            return f"meta.json says {name} is {arrays[name]!r:.60}, expected {want}"
+    return None
 
 
 class FeatureCache:
@@ -144,28 +146,45 @@ class FeatureCache:
     def load(self, key: dict, expected: Expected) -> dict[str, np.ndarray] | None:
         """The entry's arrays (memory-mapped, read-only), or None if it is missing
         or does not check out against ``key`` and ``expected`` (a damaged entry is
-        a miss; the next store replaces it)."""
+        a miss, and ``self.damage`` then says why; the next store replaces it)."""
         self.clear_scratch()
         folder = self.path(key)
-        try:
-            if not stat.S_ISDIR(os.lstat(folder).st_mode):
-                return None  # a file, a link, a FIFO where the entry goes
-            with open_regular(folder / "meta.json", "feature cache file", follow=False) as f:
-                if os.fstat(f.fileno()).st_size > MAX_META_BYTES:
-                    return None
-                meta = json.loads(f.read(MAX_META_BYTES + 1))
-            if not _meta_matches(meta, key, expected):
-                return None
-            arrays = {}
-            for name, (shape, dtype) in expected.items():
-                # Never through a link, never a FIFO, the header checked against the size.
-                a = map_npy(folder / f"{name}.npy", "feature cache file")
-                if a.shape != tuple(shape) or a.dtype != np.dtype(dtype) or not all_finite(a):
-                    return None
-                arrays[name] = a
-            return arrays
-        except (OSError, ValueError, TypeError, RecursionError, SvmtoolError):
+        self.damage: str | None = None
+        if not os.path.lexists(folder):
             return None
+        try:
+            found = self._read_entry(folder, key, expected)
+        except (OSError, ValueError, TypeError, RecursionError, SvmtoolError) as exc:
+            found = (
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, SvmtoolError) else str(exc)
+            )
+        if isinstance(found, str):
+            self.damage = f"the feature cache entry {folder} is damaged ({found})"
+            return None
+        return found
+
+    def _read_entry(self, folder: Path, key: dict, expected: Expected) -> dict | str:
+        """The arrays, or what is wrong with the entry."""
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return "not a folder"  # a file, a link, a FIFO where the entry goes
+        with open_regular(folder / "meta.json", "feature cache file", follow=False) as f:
+            if os.fstat(f.fileno()).st_size > MAX_META_BYTES:
+                return f"meta.json is larger than {MAX_META_BYTES} bytes"
+            meta = json.loads(f.read(MAX_META_BYTES + 1))
+        problem = _meta_problem(meta, key, expected)
+        if problem:
+            return problem
+        arrays = {}
+        for name, (shape, dtype) in expected.items():
+            # Never through a link, never a FIFO, the header checked against the size.
+            a = map_npy(folder / f"{name}.npy", "feature cache file")
+            want = (tuple(shape), np.dtype(dtype))
+            if (a.shape, a.dtype) != want:
+                return f"{name}.npy is {a.dtype} {a.shape}, expected {want[1]} {want[0]}"
+            if not all_finite(a):
+                return f"{name}.npy holds NaN or infinite values"
+            arrays[name] = a
+        return arrays
 
     @contextlib.contextmanager
     def _lock(self, exclusive: bool, wait: float) -> Iterator[bool]:

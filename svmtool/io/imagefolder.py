@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from svmtool.errors import SvmtoolError
+from svmtool.errors import BadValue, SvmtoolError
 from svmtool.io.data import Dataset, content_order, stratified_sample
 from svmtool.io.files import open_regular
 from svmtool.io.images import probe_image, read_image
@@ -93,12 +93,12 @@ def parse_image_size(text: str) -> tuple[int, int]:
         else:
             raise ValueError
     except ValueError:
-        raise SvmtoolError(
-            f"--image-size must be N or WIDTHxHEIGHT (such as 32 or 64x48), got {text!r}"
+        raise BadValue(
+            "--image-size", f"must be N or WIDTHxHEIGHT (such as 32 or 64x48), got {text!r}"
         ) from None
     for name, value in (("width", width), ("height", height)):
         if not 1 <= value <= MAX_SIDE:
-            raise SvmtoolError(f"--image-size {name} must be in 1..{MAX_SIDE}, got {value}")
+            raise BadValue("--image-size", f"{name} must be in 1..{MAX_SIDE}, got {value}")
     return height, width
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svmtool.errors import DataNotFound, SvmtoolError
+from svmtool.errors import BadValue, DataNotFound, SvmtoolError
 from svmtool.io.data import CIFAR100, FASHION_MNIST, MNIST, Dataset
 from svmtool.io.download import (
     DownloadFailed,
@@ -354,7 +354,7 @@ def write_cache(spec: Spec, parsed: Dataset | dict, data_dir: Path) -> Path:
 
 def _dataset(spec: Spec, arrays: dict, names: dict, labels: str) -> Dataset:
     if labels not in LABELS:
-        raise SvmtoolError(f"--labels must be fine or coarse, got {labels!r}")
+        raise BadValue("--labels", f"must be fine or coarse, got {labels!r}")
     if labels == "coarse":
         if "coarse" not in names:
             raise SvmtoolError(f"--labels coarse applies to cifar100, not {spec.name}")
