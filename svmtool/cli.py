@@ -1671,6 +1671,22 @@ def _convention_short(text: str) -> str:
     return "" if not text or text == "unknown" else text
 
 
+def _common_folder(specs: list[str]) -> str:
+    """The folder every spec's file is under ("" when none, or for module specs)."""
+    paths = []
+    for spec in specs:
+        head, sep, tail = spec.rpartition(":")
+        path = head if sep and tail.isidentifier() else spec
+        if not path.endswith(".py"):
+            return ""
+        paths.append(os.path.dirname(path) or ".")
+    try:
+        common = os.path.commonpath(paths) if len(paths) > 1 else ""
+    except ValueError:  # absolute and relative paths mixed
+        return ""
+    return "" if common in ("", ".", os.sep) else common
+
+
 def _short_reason(verdict: str, text: str, width: int = 70) -> str:
     """The table's reason: without the verdict it repeats, cut to ``width``."""
     for prefix in (f"{verdict}: ", f"{verdict} "):
@@ -1781,9 +1797,12 @@ def run_many_files(
     text_column(table, "regularization")
     number_column(table, "worst rel error")
     styles = {"right": "green", "wrong": "bold red"}
+    folder = _common_folder(specs)
+    if folder:
+        out.print(literal(f"files under {folder}{os.sep}:"), soft_wrap=True)
     for row in rows:
         table.add_row(
-            literal(row.file),
+            literal(os.path.relpath(row.file, folder) if folder else row.file),
             literal(row.function),
             literal(row.verdict, styles.get(row.verdict, "bold yellow")),
             literal(_short_reason(row.verdict, row.mistake)),
