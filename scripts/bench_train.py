@@ -1,38 +1,54 @@
-"""Training speed, side by side: svmtool against a straightforward CS231n-style loop.
+"""Training speed, side by side: svmtool against a straightforward CS231n-style pipeline.
 
-Run: python scripts/bench_train.py [--repeats 5] [--configs 16]
+Run: python scripts/bench_train.py [--workdir DIR] [--repeats 3] [--configs 16] [--busy]
+                                   [--sections losses,preprocessing,loop,end-to-end,grid]
 
-On CIFAR-shaped data the script generates (49,000 x 3073 rows, 10 classes):
-  1. loss + gradient on 500 rows, naive against vectorized, and on 49,000 rows;
-  2. the default training run (1500 iterations, batch 200) against a baseline
-     written here: float64, np.random.choice with replacement, fancy-index
-     gather, the textbook vectorized loss;
-  3. a grid of configurations trained together against the same
+The script writes full-size CIFAR-format data into --workdir (the six python
+batches and svmtool's uint8 cache, about 460 MB; kept there for the next run),
+then times, alternately in the same run, medians of --repeats rounds:
+  1. a float32 matrix product's rate, and loss + gradient, naive against vectorized;
+  2. preprocessing: the cache to float32 rows against the notebook's float64 rows,
+     and the floor of writing the output once;
+  3. the training loop (1500 steps of 200 rows): its floor (the step's two
+     products alone, one and two BLAS threads and svmtool's own split over the
+     cores, on one batch in cache and on a new batch from memory every step),
+     svmtool's loop, the same loop on BLAS's own threads (as before the split
+     was chosen by measurement), and CS231n's LinearSVM.train loop (float64,
+     np.random.choice batches, fancy-index gather, the textbook loss);
+  4. end to end, each as a fresh process: `svmtool train` with the defaults
+     against the CS231n-style pipeline (unpickle, float64, mean subtraction,
+     bias column, LinearSVM.train, train and validation accuracy);
+  5. with --busy: the same with another process holding one core (a Python
+     busy loop), alternated with the idle runs;
+  6. a grid of --configs configurations trained together against the same
      configurations trained one after another.
-Every pair is timed alternately in the same run; the medians' ratios are the result.
+The machine may be shared: the load average is printed with every section.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
-from benchlib import alternate, environment, fmt
+from bench_data import cs231n_notebook, write_python_batches
+from benchlib import alternate, busy_core, cpu_model, environment, fmt, load
 
+from svmtool.core import threads, train
 from svmtool.core.loss import svm_loss, svm_loss_naive
-from svmtool.core.train import sgd_grid
-from svmtool.io.data import mean_image, preprocess
+from svmtool.core.threads import SplitSteps
+from svmtool.io import cifar
+from svmtool.io.data import mean_image, preprocess, split
 
-N_TRAIN, SHAPE, C = 49_000, (32, 32, 3), 10
-
-
-def cifar_shaped(seed: int = 0):
-    """uint8 images with some class structure, and labels."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, C, N_TRAIN)
-    templates = rng.normal(0, 30, (C, *SHAPE))
-    images = np.clip(128 + templates[labels] + rng.normal(0, 50, (N_TRAIN, *SHAPE)), 0, 255)
-    return images.astype(np.uint8), labels
+ITERS, BATCH, C = 1500, 200, 10
+LR, REG = 1e-7, 2.5e4
+DATA_BYTES = 500 * 2**20  # what the generated data takes on disk, bounded
 
 
 # --- the baseline: what a CS231n student writes -----------------------------------
@@ -53,7 +69,8 @@ def textbook_svm_loss_vectorized(W, X, y, reg):
     return loss, dW
 
 
-def baseline_train(X, y, lr=1e-7, reg=2.5e4, iters=1500, batch_size=200, seed=0):
+def baseline_train(X, y, lr=LR, reg=REG, iters=ITERS, batch_size=BATCH, seed=0):
+    """CS231n's LinearClassifier.train for LinearSVM: sampling with replacement."""
     np.random.seed(seed)  # noqa: NPY002 (the legacy API, as CS231n uses it)
     num_train, dim = X.shape
     W = 0.001 * np.random.randn(dim, C)  # noqa: NPY002 (LinearClassifier.train)
@@ -67,112 +84,353 @@ def baseline_train(X, y, lr=1e-7, reg=2.5e4, iters=1500, batch_size=200, seed=0)
     return W, history
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--configs", type=int, default=16)
-    args = parser.parse_args()
-    print(environment())
+def cs231n_pipeline(root: Path) -> None:
+    """The whole notebook run: load, preprocess, train, predict train and val."""
+    X_train, y_train, X_val, y_val = cs231n_notebook(root / "cifar-10-batches-py")
+    W, _ = baseline_train(X_train, y_train)
+    train_acc = np.mean(np.argmax(X_train.dot(W), axis=1) == y_train)
+    val_acc = np.mean(np.argmax(X_val.dot(W), axis=1) == y_val)
+    print(f"train accuracy {train_acc:.4f}, val accuracy {val_acc:.4f}")
 
-    images, labels = cifar_shaped()
-    order = np.random.default_rng(0).permutation(N_TRAIN)
-    mean = mean_image(images)
-    X32 = preprocess(images, mean, order, np.float32)  # svmtool: shuffled once, float32
-    y_order = labels[order]
-    X64 = preprocess(images, mean, None, np.float64)  # the baseline: float64, file order
-    print(f"data: {X32.shape[0]} x {X32.shape[1]} rows, {C} classes\n")
 
-    # 1. loss + gradient
+# --- helpers -----------------------------------------------------------------------
+
+
+def make_data(workdir: Path) -> Path:
+    """Full-size CIFAR-format data in workdir/data (written once, then reused)."""
+    data = workdir / "data"
+    if (data / "cifar-10-cache").is_dir() and (data / "cifar-10-batches-py").is_dir():
+        return data
+    if shutil.disk_usage(workdir).free < 4 * DATA_BYTES:
+        sys.exit(f"Error: less than {4 * DATA_BYTES >> 20} MiB free in {workdir}")
+    shutil.rmtree(data, ignore_errors=True)
+    dataset = write_python_batches(data / "cifar-10-batches-py", np.random.default_rng(0))
+    cifar.write_cache(dataset, data)
+    return data
+
+
+def blas_threads(n: int):
+    """BLAS held to n threads (threadpoolctl)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(n, user_api="blas")
+
+
+class Unsplit:
+    """What the loop did before: no split of its own, BLAS's default threads."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def __enter__(self) -> Unsplit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def next(self) -> None:
+        pass
+
+    matmul = staticmethod(np.matmul)
+
+
+class Recording(SplitSteps):
+    """SplitSteps that keeps itself where the benchmark can read its decisions."""
+
+    seen: ClassVar[list[SplitSteps]] = []
+
+    def __enter__(self) -> SplitSteps:
+        Recording.seen.append(self)
+        return super().__enter__()
+
+
+def decisions_line() -> str:
+    """How svmtool's loops split their products in this run (all cores vs one)."""
+    picks = [d for steps in Recording.seen if steps.choice for d in steps.choice.decisions]
+    Recording.seen.clear()
+    if not picks:
+        return "no choice to make (one core)"
+    top = max(picks)
+    return f"probes chose {top} cores {picks.count(top)} times of {len(picks)}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x"
+
+
+# --- the sections ----------------------------------------------------------------------
+
+
+def matmul_rate(repeats: int) -> float:
+    a = np.ones((2048, 2048), np.float32)
+    t = alternate({"matmul": lambda: a @ a}, max(3, repeats))["matmul"]
+    return 2 * 2048**3 / t / 1e9
+
+
+def losses(X64, labels, X32, y32, repeats: int) -> None:
     rng = np.random.default_rng(1)
     W64 = 1e-4 * rng.standard_normal((X64.shape[1], C))
     small, ys = X64[:500], labels[:500]
     t = alternate(
         {
-            "naive": lambda: svm_loss_naive(W64, small, ys, 2.5e4),
-            "vectorized": lambda: svm_loss(W64, small, ys, 2.5e4),
+            "naive": lambda: svm_loss_naive(W64, small, ys, REG),
+            "vectorized": lambda: svm_loss(W64, small, ys, REG),
         },
-        args.repeats,
+        repeats,
     )
-    print("loss + gradient, 500 rows (float64)")
+    print(f"loss + gradient, 500 rows (float64)   {load()}")
     print(f"  naive       {fmt(t['naive'])}")
-    print(f"  vectorized  {fmt(t['vectorized'])}   {t['naive'] / t['vectorized']:.0f}x faster")
+    print(f"  vectorized  {fmt(t['vectorized'])}   {ratio(t['naive'], t['vectorized'])} faster")
     W32 = W64.astype(np.float32)
     t = alternate(
         {
-            "textbook64": lambda: textbook_svm_loss_vectorized(W64, X64, labels, 2.5e4),
-            "svm_loss64": lambda: svm_loss(W64, X64, labels, 2.5e4),
-            "svm_loss32": lambda: svm_loss(W32, X32, y_order, 2.5e4),
+            "textbook64": lambda: textbook_svm_loss_vectorized(W64, X64, labels, REG),
+            "svm_loss32": lambda: svm_loss(W32, X32, y32, REG),
         },
-        args.repeats,
+        repeats,
     )
     print("loss + gradient, 49,000 rows")
     print(f"  textbook vectorized, float64  {fmt(t['textbook64'])}")
-    print(f"  svm_loss, float64             {fmt(t['svm_loss64'])}")
     print(f"  svm_loss, float32             {fmt(t['svm_loss32'])}\n")
 
-    # 2. the default training run
+
+def preprocessing(data: Path, repeats: int) -> None:
+    dataset = cifar.load(data)
+    parts = split(dataset, seed=0)
+
     def ours():
-        return sgd_grid(X32, y_order, C, [1e-7], [2.5e4], rng=np.random.default_rng(0))
-
-    batch, coeff = X32[:200].copy(), np.ones((200, C), np.float32)
-
-    def products_only():
-        # The floor: the two float32 products of every step, on one cached batch.
-        for _ in range(1500):
-            batch @ W32
-            batch.T @ coeff
+        mean = mean_image(dataset.train_images, parts.train)
+        preprocess(dataset.train_images, mean, parts.train)
+        preprocess(dataset.train_images, mean, parts.val)
 
     t = alternate(
-        {"baseline": lambda: baseline_train(X64, labels), "svmtool": ours, "floor": products_only},
-        args.repeats,
+        {
+            "svmtool": ours,
+            "notebook": lambda: cs231n_notebook(data / "cifar-10-batches-py"),
+            "floor": lambda: np.ones((49_000 + 1_000, 3073), np.float32),
+        },
+        repeats,
     )
-    ratio = t["baseline"] / t["svmtool"]
-    print("default training run (1500 iterations, batch 200)")
-    print(f"  CS231n-style baseline (float64, choice + gather)  {fmt(t['baseline'])}")
-    print(f"  svmtool sgd_grid (float32, strided views)         {fmt(t['svmtool'])}")
-    print(f"  floor: 1500 x the two float32 products, warm      {fmt(t['floor'])}")
-    print(f"  ratio: svmtool is {ratio:.2f}x faster (target >= 5x);")
-    print(f"         baseline / floor = {t['baseline'] / t['floor']:.2f}x\n")
+    print(f"preprocessing, 49,000 + 1,000 rows   {load()}")
+    print(f"  svmtool: uint8 cache -> mean, float32 rows + bias   {fmt(t['svmtool'])}")
+    print(f"  CS231n: unpickle -> float64, mean, hstack bias       {fmt(t['notebook'])}")
+    print(f"  floor: write 50,000 x 3,073 float32 once (np.ones)   {fmt(t['floor'])}")
+    print(f"  svmtool / floor = {ratio(t['svmtool'], t['floor'])}")
+    print(f"  CS231n / svmtool = {ratio(t['notebook'], t['svmtool'])}\n")
 
-    # 3. a grid trained together against one configuration at a time
-    k = args.configs
-    side = int(np.sqrt(k))
+
+def product_floors(X32, W32) -> dict[str, object]:
+    """The step's two float32 products alone, 1500 times, in every arrangement."""
+    hot, coeff = X32[:BATCH].copy(), np.ones((BATCH, C), np.float32)
+    views = list(train.minibatches(X32.shape[0], BATCH, ITERS, np.random.default_rng(0)))
+
+    def plain(batches):
+        for b in batches:
+            b @ W32
+            b.T @ coeff
+
+    def split_over_cores(batches):
+        with SplitSteps(threads.ThreadChoice([threads.cores()], probe=1)) as steps:
+            for b in batches:
+                steps.next()
+                steps.matmul(b, W32)
+                steps.matmul(b.T, coeff)
+
+    def hot_batches():
+        return (hot for _ in range(ITERS))
+
+    def memory_batches():
+        return (X32[rows] for rows in views)
+
+    def at(n, fn, batches):
+        def run():
+            with blas_threads(n):
+                fn(batches())
+
+        return run
+
+    return {
+        "hot, 1 BLAS thread": at(1, plain, hot_batches),
+        "hot, 2 BLAS threads": at(2, plain, hot_batches),
+        "hot, svmtool's split": at(1, split_over_cores, hot_batches),
+        "memory, 1 BLAS thread": at(1, plain, memory_batches),
+        "memory, 2 BLAS threads": at(2, plain, memory_batches),
+        "memory, svmtool's split": at(1, split_over_cores, memory_batches),
+    }
+
+
+def ours_loop(X32, y32, k: int = 1):
+    def run():
+        train.sgd_grid(X32, y32, C, [LR] * k, [REG] * k, rng=np.random.default_rng(0))
+
+    return run
+
+
+def before_loop(X32, y32):
+    def run():
+        train.SplitSteps = Unsplit
+        try:
+            train.sgd_grid(X32, y32, C, [LR], [REG], rng=np.random.default_rng(0))
+        finally:
+            train.SplitSteps = Recording
+
+    return run
+
+
+def training_loop(X32, y32, X64, labels, repeats: int) -> dict[str, float]:
+    W32 = (0.001 * np.random.default_rng(0).standard_normal((X32.shape[1], C))).astype(np.float32)
+    floors = product_floors(X32, W32)
+    contenders = {
+        **floors,
+        "svmtool": ours_loop(X32, y32),
+        "before": before_loop(X32, y32),
+        "cs231n": lambda: baseline_train(X64, labels),
+    }
+    t = alternate(contenders, repeats)
+    chose = decisions_line()
+    best = min(floors, key=lambda name: t[name])
+    best_memory = min((n for n in floors if n.startswith("memory")), key=lambda n: t[n])
+    print(f"training loop, {ITERS} steps of {BATCH} rows   {load()}")
+    print("  floor: the step's two float32 products alone")
+    for name in floors:
+        print(f"    {name:28s} {fmt(t[name])}   {1e3 * t[name] / ITERS:.3f} ms/step")
+    print(f"  svmtool sgd_grid (float32, split chosen by timing)  {fmt(t['svmtool'])}")
+    print(f"      {chose}")
+    print(f"  the same loop on BLAS's own threads (before)        {fmt(t['before'])}")
+    print(f"  CS231n LinearSVM.train (float64, choice + gather)   {fmt(t['cs231n'])}")
+    print(f"  svmtool / best floor ({best}) = {ratio(t['svmtool'], t[best])}")
+    memory_ratio = ratio(t["svmtool"], t[best_memory])
+    print(f"  svmtool / best floor from memory ({best_memory}) = {memory_ratio}")
+    print(f"  CS231n / svmtool = {ratio(t['cs231n'], t['svmtool'])}")
+    print(f"  before / svmtool = {ratio(t['before'], t['svmtool'])}\n")
+    return t
+
+
+def end_to_end(workdir: Path, data: Path, repeats: int, busy: bool) -> None:
+    script = Path(__file__).resolve()
+
+    def svmtool_train():
+        command = [sys.executable, "-m", "svmtool", "train", "--data-dir", str(data),
+                   "--model", str(workdir / "bench_model.npz")]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True)
+
+    def notebook():
+        command = [sys.executable, str(script), "--cs231n-pipeline", str(data)]
+        subprocess.run(command, check=True, capture_output=True)
+
+    contenders = {"svmtool": svmtool_train, "cs231n": notebook}
+    around = {}
+    if busy:
+        contenders["svmtool, busy core"] = svmtool_train
+        around["svmtool, busy core"] = busy_core
+    t = alternate(contenders, repeats, around)
+    print(f"end to end, each a new process   {load()}")
+    print(f"  svmtool train (defaults: cache -> rows, 1500 steps, accuracies, model file)"
+          f"  {fmt(t['svmtool'])}")  # fmt: skip
+    print(f"  CS231n-style (unpickle, float64, mean, bias, LinearSVM.train, accuracies)"
+          f"  {fmt(t['cs231n'])}")  # fmt: skip
+    print(f"  CS231n / svmtool = {ratio(t['cs231n'], t['svmtool'])} (target >= 5x)")
+    if busy:
+        print(f"  svmtool train, another process holding a core    {fmt(t['svmtool, busy core'])}")
+        print(f"  busy / idle = {ratio(t['svmtool, busy core'], t['svmtool'])} (target <= 1.5x)")
+    print()
+
+
+def busy_loops(X32, y32, repeats: int) -> None:
+    contenders = {
+        "svmtool": ours_loop(X32, y32),
+        "svmtool, busy core": ours_loop(X32, y32),
+        "before": before_loop(X32, y32),
+        "before, busy core": before_loop(X32, y32),
+    }
+    around = {"svmtool, busy core": busy_core, "before, busy core": busy_core}
+    t = alternate(contenders, repeats, around)
+    chose = decisions_line()
+    print(f"training loop, another process holding one core (alternated)   {load()}")
+    print(f"  svmtool, idle core          {fmt(t['svmtool'])}")
+    slower = ratio(t["svmtool, busy core"], t["svmtool"])
+    print(f"  svmtool, busy core          {fmt(t['svmtool, busy core'])}")
+    print(f"  busy / idle = {slower} (target <= 1.5x)")
+    print(f"      {chose} (idle and busy runs together)")
+    print(f"  before (BLAS's threads), idle  {fmt(t['before'])}")
+    print(f"  before (BLAS's threads), busy  {fmt(t['before, busy core'])}"
+          f"   busy / idle = {ratio(t['before, busy core'], t['before'])}\n")  # fmt: skip
+
+
+def grid(X32, y32, configs: int, repeats: int) -> None:
+    side = int(np.sqrt(configs))
     lrs = np.geomspace(5e-8, 5e-7, side).tolist()
-    regs = np.geomspace(5e3, 5e4, k // side).tolist()
+    regs = np.geomspace(5e3, 5e4, configs // side).tolist()
     pairs = [(lr, reg) for lr in lrs for reg in regs]
 
     def together():
-        return sgd_grid(
-            X32, y_order, C, [p[0] for p in pairs], [p[1] for p in pairs],
-            rng=np.random.default_rng(0),
-        )  # fmt: skip
+        train.sgd_grid(X32, y32, C, [p[0] for p in pairs], [p[1] for p in pairs],
+                       rng=np.random.default_rng(0))  # fmt: skip
 
     def one_by_one():
-        return [
-            sgd_grid(X32, y_order, C, [lr], [reg], rng=np.random.default_rng(0))
-            for lr, reg in pairs
-        ]
+        for lr, reg in pairs:
+            train.sgd_grid(X32, y32, C, [lr], [reg], rng=np.random.default_rng(0))
 
-    wide = np.tile(W32, (1, len(pairs)))
-    wide_coeff = np.ones((200, wide.shape[1]), np.float32)
-
-    def grid_products_only():
-        # The floor of the grid: its two products per step, on one cached batch.
-        for _ in range(1500):
-            batch @ wide
-            batch.T @ wide_coeff
-
-    t = alternate(
-        {"sequential": one_by_one, "together": together, "floor": grid_products_only},
-        max(3, args.repeats // 2),
-    )
-    ratio = t["sequential"] / t["together"]
-    print(f"grid of {len(pairs)} configurations (1500 iterations, batch 200 each)")
+    t = alternate({"sequential": one_by_one, "together": together}, repeats)
+    chose = decisions_line()
+    print(f"grid of {len(pairs)} configurations ({ITERS} steps of {BATCH} rows each)   {load()}")
     print(f"  one after another   {fmt(t['sequential'])}")
     print(f"  together, one pass  {fmt(t['together'])}")
-    print(f"  floor: 1500 x the two {wide.shape[1]}-column products, warm  {fmt(t['floor'])}")
-    print(f"  ratio: together is {ratio:.2f}x faster (target >= 4x);")
-    print(f"         sequential / floor = {t['sequential'] / t['floor']:.2f}x")
+    print(f"      {chose} (both contenders)")
+    print(f"  sequential / together = {ratio(t['sequential'], t['together'])} (target >= 4x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--configs", type=int, default=16)
+    parser.add_argument("--workdir", type=Path, help="where the data goes (default: a temp dir)")
+    parser.add_argument("--busy", action="store_true", help="also time with one core busy")
+    parser.add_argument(
+        "--sections",
+        default="losses,preprocessing,loop,end-to-end,grid",
+        help="which sections to run, comma-separated (default: all)",
+    )
+    parser.add_argument("--cs231n-pipeline", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cs231n_pipeline:
+        cs231n_pipeline(args.cs231n_pipeline)
+        return
+    train.SplitSteps = Recording
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        print(environment())
+        print(cpu_model())
+        print(load())
+        start = time.perf_counter()
+        data = make_data(workdir)
+        rate = matmul_rate(args.repeats)
+        print(f"float32 matmul 2048^3 (BLAS's default threads): {rate:.1f} GFLOP/s\n")
+
+        dataset = cifar.load(data)
+        parts = split(dataset, seed=0)
+        mean = mean_image(dataset.train_images, parts.train)
+        X32 = preprocess(dataset.train_images, mean, parts.train)  # svmtool: shuffled once
+        y32 = np.asarray(dataset.train_labels)[parts.train]
+        X64, labels, _, _ = cs231n_notebook(data / "cifar-10-batches-py")
+        print(f"data: {X32.shape[0]} x {X32.shape[1]} rows, {C} classes, in {data}\n")
+
+        sections = set(args.sections.split(","))
+        if "losses" in sections:
+            losses(X64, labels, X32, y32, args.repeats)
+        if "preprocessing" in sections:
+            preprocessing(data, args.repeats)
+        if "loop" in sections:
+            training_loop(X32, y32, X64, labels, args.repeats)
+        del X64
+        if "end-to-end" in sections:
+            end_to_end(workdir, data, args.repeats, args.busy)
+        if args.busy:
+            busy_loops(X32, y32, args.repeats)
+        if "grid" in sections:
+            grid(X32, y32, args.configs, args.repeats)
+        print(f"\n{load()}; the whole run took {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

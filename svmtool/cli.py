@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -409,6 +410,12 @@ def _features_text(features) -> str:
     size = features.arrays["mean"].shape[0]
     if features.kind == "kmeans":
         return f"kmeans (K = {features.arrays['centroids'].shape[0]}, {size} values)"
+    if features.kind == "hog":
+        from svmtool.core.features import hog_cell
+
+        cell = hog_cell(features)
+        colour = ", cell colours" if features.params.get("colour") else ""
+        return f"hog ({cell}x{cell}-pixel cells{colour}, {size} values)"
     return f"{features.kind} ({size} values)"
 
 
@@ -492,6 +499,11 @@ def TimingColumn(**options):
 
     return Timing(**options)
 
+
+_LOSS_TEXT = {
+    "hinge": "multi-class hinge",
+    "squared-hinge": "squared hinge, one-vs-rest (L2-SVM)",
+}
 
 _CAUSE_SHORT = {
     "delta": "--delta too large for the arithmetic",
@@ -583,6 +595,15 @@ def train(
         " kmeans 0.95).",
         metavar="FLOAT",
     ),
+    loss: str | None = typer.Option(
+        None, "--loss", help="hinge, or squared-hinge (the L2-SVM).", metavar="hinge|squared-hinge"
+    ),
+    solver: str | None = typer.Option(
+        None, "--solver", help="sgd, or lbfgs (full batch, no --lr).", metavar="sgd|lbfgs"
+    ),
+    tune: bool = typer.Option(
+        False, "--tune", help="Choose reg (and lr with sgd) on the validation split."
+    ),
     features: str = typer.Option(
         "pixels",
         "--features",
@@ -655,12 +676,12 @@ def train(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Train a linear SVM (multi-class hinge, L2) with minibatch SGD.
+    """Train a linear SVM: minibatch SGD, or the L2-SVM solved by L-BFGS.
 
-    A comma-separated --lr and/or --reg trains every pair in one pass and
-    saves the best by validation accuracy. --features hog or kmeans trains on
-    image features; the model keeps the whole pipeline, and the features are
-    cached (svmtool cache list).
+    Pixels: CS231n's recipe. hog, kmeans (no --lr/--reg) and --tune: the
+    L2-SVM, reg chosen on validation (docs/accuracy.md). A comma-separated
+    --lr and/or --reg trains every pair and saves the best by validation
+    accuracy. Features are cached (svmtool cache list).
 
     Split: CIFAR-10 keeps CS231n's (the last 1,000 training images validate);
     other data validates on a seeded, stratified sample. The test set is left
@@ -668,26 +689,28 @@ def train(
 
     Example: svmtool train --lr 1e-7,5e-7 --reg 2.5e4,5e4
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-    from rich.table import Column
 
     from svmtool.io import model as model_io
     from svmtool.io.imagefolder import parse_image_size
     from svmtool.pipeline import (
         TRAIN_DEFAULTS,
         TrainRequest,
-        parse_floats,
         prepare_training,
-        run_training,
+        reg_path,
+        train_plan,
     )
 
     if features not in TRAIN_DEFAULTS:
         check_choice("--features", features, TRAIN_DEFAULTS)
     defaults = TRAIN_DEFAULTS[features]
-    iters = defaults["iters"] if iters is None else iters
+    plan = train_plan(features, lr, reg, loss, solver, tune)
+    iters = plan["iters"] if iters is None else iters
     request = TrainRequest(
-        lrs=parse_floats(lr, "lr") if lr is not None else [defaults["lr"]],
-        regs=parse_floats(reg, "reg") if reg is not None else [defaults["reg"]],
+        lrs=plan["lrs"],
+        regs=plan["regs"],
+        loss=plan["loss"],
+        solver=plan["solver"],
+        tune=plan["tune"],
         delta=delta,
         iters=iters,
         batch_size=batch_size,
@@ -748,6 +771,144 @@ def train(
         say(note)
     for warning in prepared.warnings:
         say(f"Warning: {warning}")
+    if request.solver == "lbfgs":
+        outcome = _train_full_batch(request, prepared, reg_path(request, prepared.X_train))
+    else:
+        outcome = _train_sgd(request, prepared, iters, print_every)
+    grid = outcome.grid
+    if outcome.model is None:
+        at = min(g["diverged_at"] for g in grid)
+        raise SvmtoolError(
+            f"training diverged (loss became inf or NaN by iteration {at}): "
+            + _why_diverged(grid, delta, dtype)
+            + ". No model was saved."
+        )
+    model_io.save(outcome.model, pending)
+    best = grid[outcome.best]
+    if as_json:
+        print_json(
+            {
+                "model": str(model_path),
+                "settings": outcome.model.settings,
+                "metrics": outcome.model.metrics,
+                "sizes": outcome.sizes,
+                "grid": grid,
+                # SGD: the best configuration's minibatch loss before each step (null
+                # once diverged); lbfgs: the objective before each iteration.
+                "loss_history": outcome.model.loss_history.tolist(),
+                "selection": outcome.selection,
+                "warnings": outcome.warnings,
+                "data": prepared.data_report,
+            }
+        )
+        pending.commit()
+        return
+    full_batch = request.solver == "lbfgs"
+    if full_batch and len(grid) > 1:
+        how = "warm starts, stops 2 regs past the best" if request.tune else "warm starts"
+        table = Table(title=f"reg path (L-BFGS to convergence, {how})")
+        for name in ("reg", "iterations", "objective", "train acc", "val acc", "seconds"):
+            number_column(table, name)
+        text_column(table, "", justify="right")
+        for g in grid:
+            table.add_row(
+                f"{g['reg']:.3g}",
+                str(g["iterations"]) + ("" if g["converged"] else "+"),
+                f"{g['objective']:.6g}",
+                _fmt(g["train_accuracy"]),
+                _fmt(g["val_accuracy"]),
+                f"{g['seconds']:.1f}",
+                "chosen" if g.get("best") else "",
+                style="bold" if g.get("best") else None,
+            )
+        print_table(out, table)
+    elif len(grid) > 1:
+        table = Table(title="grid search (same seed, same batches)")
+        for name in ("lr", "reg", "train acc", "val acc", "final loss"):
+            number_column(table, name)
+        text_column(table, "", justify="right")
+        for g in grid:
+            mark = "best" if g.get("best") else ("diverged" if g["diverged"] else "")
+            table.add_row(
+                f"{g['lr']:g}",
+                f"{g['reg']:g}",
+                _fmt(g["train_accuracy"]),
+                _fmt(g["val_accuracy"]),
+                _fmt(g["final_loss"]),
+                mark,
+                style="bold" if g.get("best") else None,
+            )
+        print_table(out, table)
+    timings = outcome.timings
+    summary = Table(title="training result", show_header=False)
+    text_column(summary, "")
+    text_column(summary, "", justify="right")
+    sizes = outcome.sizes
+    summary.add_row("data", literal(data))  # a path the user typed: never markup
+    summary.add_row(
+        "split", f"{sizes['train']} train, {sizes['val']} val ({sizes['split_description']})"
+    )
+    summary.add_row("test set", f"{sizes['test']} images (for svmtool evaluate)")
+    summary.add_row("features", _features_text(outcome.model.features))
+    plain_pixels = request.features == "pixels" and not request.tune and not full_batch
+    if not plain_pixels or request.loss != "hinge":
+        summary.add_row("loss", _LOSS_TEXT[request.loss])
+    metrics = outcome.model.metrics
+    if full_batch:
+        state = "converged" if metrics["converged"] else "stopped at --iters"
+        summary.add_row(
+            "solver", f"L-BFGS, full batch: {state} in {outcome.model.settings['iterations']}"
+        )
+        summary.add_row("reg", f"{best['reg']:.3g}")
+    else:
+        summary.add_row("lr, reg", f"{best['lr']:g}, {best['reg']:g}")
+    if outcome.selection and outcome.selection["method"] == "regularization path":
+        sel = outcome.selection
+        summary.add_row(
+            "chosen on val",
+            f"{sel['tried']} regs in {sel['seconds']:.1f} s"
+            f" (range {sel['range'][0]:.3g} .. {sel['range'][1]:.3g})",
+        )
+    summary.add_row("train accuracy", _fmt(best["train_accuracy"]))
+    summary.add_row("val accuracy", _fmt(best["val_accuracy"]))
+    if full_batch:
+        summary.add_row("objective (train split)", f"{metrics['objective']:.6g}")
+    else:
+        summary.add_row("final loss", _fmt(best["final_loss"]))
+        if not plain_pixels:
+            summary.add_row("objective (train split)", f"{metrics['objective']:.6g}")
+    summary.add_row("loading + preprocessing", f"{timings['load_seconds']:.2f} s")
+    if outcome.model.features.kind != "pixels":
+        summary.add_row("features (learn + extract)", f"{timings['feature_seconds']:.2f} s")
+    summary.add_row("training time", f"{timings['train_seconds']:.2f} s")
+    if not full_batch:
+        summary.add_row("iterations/s", f"{timings['iterations_per_second']:.0f}")
+    cifar_settings = plain_pixels and lr is None and reg is None and data != "cifar10"
+    if cifar_settings:
+        summary.add_row("settings", "CS231n's for CIFAR-10, not chosen for this data")
+    print_table(out, summary)
+    if cifar_settings:
+        say(
+            "lr 1e-7 and reg 2.5e4 are CS231n's settings for CIFAR-10; to choose them for this"
+            f" data on its validation split, run: svmtool train --data {shlex.quote(data)} --tune"
+        )
+    for g in grid:
+        if g["diverged"]:
+            say(
+                f"lr={g['lr']:g}, reg={g['reg']:g} diverged at iteration {g['diverged_at']}"
+                f" ({_CAUSE_SHORT[g['diverged_because']]})"
+            )
+    pending.commit()
+    say(f"model written to {model_path}")
+
+
+def _train_sgd(request, prepared, iters: int, print_every: int):
+    """SGD over every (lr, reg) pair with the progress bar; returns the outcome."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Column
+
+    from svmtool.pipeline import run_training
+
     pairs = [(lr_k, reg_k) for lr_k in request.lrs for reg_k in request.regs]
     # Only the bar shrinks with the terminal; the text that would not fit is left out.
     width = err.width
@@ -784,78 +945,42 @@ def train(
         # The bar needs a report every 10 steps; --print-every N needs one every N.
         every = math.gcd(10, print_every) if print_every else 10
         outcome = run_training(request, prepared, on_step, report_every=every)
-    grid = outcome.grid
-    if outcome.model is None:
-        at = min(g["diverged_at"] for g in grid)
-        raise SvmtoolError(
-            f"training diverged (loss became inf or NaN by iteration {at}): "
-            + _why_diverged(grid, delta, dtype)
-            + ". No model was saved."
-        )
-    model_io.save(outcome.model, pending)
-    best = grid[outcome.best]
-    if as_json:
-        print_json(
-            {
-                "model": str(model_path),
-                "settings": outcome.model.settings,
-                "metrics": outcome.model.metrics,
-                "sizes": outcome.sizes,
-                "grid": grid,
-                # The best configuration's minibatch loss before each step (null once diverged).
-                "loss_history": outcome.model.loss_history.tolist(),
-                "warnings": outcome.warnings,
-                "data": prepared.data_report,
-            }
-        )
-        pending.commit()
-        return
-    if len(grid) > 1:
-        table = Table(title="grid search (same seed, same batches)")
-        for name in ("lr", "reg", "train acc", "val acc", "final loss"):
-            number_column(table, name)
-        text_column(table, "", justify="right")
-        for g in grid:
-            mark = "best" if g.get("best") else ("diverged" if g["diverged"] else "")
-            table.add_row(
-                f"{g['lr']:g}",
-                f"{g['reg']:g}",
-                _fmt(g["train_accuracy"]),
-                _fmt(g["val_accuracy"]),
-                _fmt(g["final_loss"]),
-                mark,
-                style="bold" if g.get("best") else None,
-            )
-        print_table(out, table)
-    timings = outcome.timings
-    summary = Table(title="training result", show_header=False)
-    text_column(summary, "")
-    text_column(summary, "", justify="right")
-    sizes = outcome.sizes
-    summary.add_row("data", literal(data))  # a path the user typed: never markup
-    summary.add_row(
-        "split", f"{sizes['train']} train, {sizes['val']} val ({sizes['split_description']})"
-    )
-    summary.add_row("test set", f"{sizes['test']} images (for svmtool evaluate)")
-    summary.add_row("features", _features_text(outcome.model.features))
-    summary.add_row("lr, reg", f"{best['lr']:g}, {best['reg']:g}")
-    summary.add_row("train accuracy", _fmt(best["train_accuracy"]))
-    summary.add_row("val accuracy", _fmt(best["val_accuracy"]))
-    summary.add_row("final loss", _fmt(best["final_loss"]))
-    summary.add_row("loading + preprocessing", f"{timings['load_seconds']:.2f} s")
-    if outcome.model.features.kind != "pixels":
-        summary.add_row("features (learn + extract)", f"{timings['feature_seconds']:.2f} s")
-    summary.add_row("training time", f"{timings['train_seconds']:.2f} s")
-    summary.add_row("iterations/s", f"{timings['iterations_per_second']:.0f}")
-    print_table(out, summary)
-    for g in grid:
-        if g["diverged"]:
-            say(
-                f"lr={g['lr']:g}, reg={g['reg']:g} diverged at iteration {g['diverged_at']}"
-                f" ({_CAUSE_SHORT[g['diverged_because']]})"
-            )
-    pending.commit()
-    say(f"model written to {model_path}")
+    return outcome
+
+
+def _train_full_batch(request, prepared, regs: list[float]):
+    """L-BFGS along the reg path with a progress bar over the regs; returns the outcome."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Column
+
+    from svmtool.pipeline import run_training
+
+    fixed = functools.partial(Column, no_wrap=True)
+    title = "L-BFGS" if len(regs) == 1 else f"reg path of {len(regs)}"
+    with Progress(
+        TextColumn(title if err.width >= 50 else "", table_column=fixed()),
+        BarColumn(bar_width=None, table_column=Column(max_width=40)),
+        MofNCompleteColumn(table_column=fixed()),
+        TextColumn("{task.fields[state]}", table_column=fixed()),
+        console=err,
+    ) as progress:
+        task = progress.add_task("train", total=len(regs), state="")
+        current = {"reg": regs[0], "done": 0}
+
+        def on_iteration(it: int, value: float) -> None:
+            if it % 5 == 0:
+                state = f"reg {current['reg']:g}: iteration {it}, objective {value:.6g}"
+                progress.update(task, state=state)
+
+        def on_point(point) -> None:
+            current["done"] += 1
+            if current["done"] < len(regs):
+                current["reg"] = regs[current["done"]]
+            progress.update(task, completed=current["done"])
+
+        outcome = run_training(request, prepared, on_point=on_point, on_iteration=on_iteration)
+        progress.update(task, completed=len(regs))
+    return outcome
 
 
 def loss_lines(it: int, iters: int, losses, pairs: list[tuple[float, float]]) -> list[str]:
@@ -2044,13 +2169,17 @@ def visualize(
             files[f"{i:02d}_{images.safe_filename(name)}.png"] = tile
         files["templates.png"] = images.montage(tiles, model.class_names)
     elif kind == "hog":
+        from svmtool.core.features import hog_cell
+
+        cell = hog_cell(model.features)
         say(
             "a hog model has no image template: W weighs HOG cells and hue bins, not"
-            " pixels. Writing each class's weight per 8x8 cell (sum over the 9 orientations;"
-            " red for, blue against the class, one scale for all classes) instead."
+            f" pixels. Writing each class's weight per {cell}x{cell} cell (sum over the 9"
+            " orientations; red for, blue against the class, one scale for all classes)"
+            " instead."
         )
-        maps = images.diverging(images.hog_cell_maps(model.W, model.image_shape))
-        cell_zoom = zoom * 8
+        maps = images.diverging(images.hog_cell_maps(model.W, model.image_shape, cell))
+        cell_zoom = zoom * cell
         tiles = [images.to_pil(m, cell_zoom) for m in maps]
         for i, (tile, name) in enumerate(zip(tiles, model.class_names, strict=True)):
             files[f"{i:02d}_{images.safe_filename(name)}_hog_cells.png"] = tile

@@ -55,6 +55,21 @@ TRAIN_DEFAULTS = {
 }
 KMEANS_DEFAULTS = {"centroids": 1600, "patches": 400_000, "kmeans_iters": 50}
 
+SOLVERS = ("sgd", "lbfgs")
+# Model selection (``--tune``, and hog/kmeans without --lr/--reg): the loss and
+# the top of the reg path per feature set, from measurements on real data
+# (docs/accuracy.md). The top is ``REG_TOP * mean(|x|^2) / N``: reg scales with
+# the square of the rows' size and, for a fixed amount of overfitting, with
+# 1 / N, so one factor fits 4,000 and 50,000 images. The path walks down from
+# there half a decade at a time, at most ``REG_DECADES`` decades.
+TUNE_DEFAULTS = {
+    "pixels": {"loss": "squared-hinge", "reg_top": 10.0},
+    "hog": {"loss": "squared-hinge", "reg_top": 300.0},
+    "kmeans": {"loss": "squared-hinge", "reg_top": 10.0},
+}
+REG_DECADES = 6
+LBFGS_MAX_ITERS = 500
+
 ProgressFn = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` while features are learned or extracted;
 stage is 'k-means' (iterations) or 'features' (images)."""
@@ -82,6 +97,9 @@ class TrainRequest:
     kmeans_iters: int = KMEANS_DEFAULTS["kmeans_iters"]
     use_cache: bool = True
     lr_decay: float = 1.0
+    loss: str = "hinge"
+    solver: str = "sgd"  # sgd (minibatches, lr) or lbfgs (full batch, to convergence)
+    tune: bool = False  # choose reg (lbfgs) or lr and reg (sgd) on the validation split
     cache_dir: Path | None = None  # the feature cache (default: the user's cache folder)
     image_size: tuple[int, int] | None = None  # (height, width) an image folder is read at
     labels: str = "fine"  # cifar100: fine (100 classes) or coarse (20 superclasses)
@@ -98,6 +116,7 @@ class TrainOutcome:
     sizes: dict
     diverged: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    selection: dict | None = None  # how the settings were chosen (lbfgs path / tuned grid)
 
 
 def option_name(name: str) -> str:
@@ -119,6 +138,72 @@ def parse_floats(text: str, name: str) -> list[float]:
     if len(set(values)) != len(values):
         raise BadValue(option_name(name), f"{text!r} lists a value twice")
     return values
+
+
+def log_between(values: list[float], count: int = 3) -> list[float]:
+    """``count`` log-spaced values from min(values) to max(values); one if they agree."""
+    lo, hi = min(values), max(values)
+    if lo <= 0 or lo == hi:
+        return sorted(set(values))
+    return [float(v) for v in np.logspace(np.log10(lo), np.log10(hi), count)]
+
+
+def train_plan(
+    features: str,
+    lr: str | None,
+    reg: str | None,
+    loss: str | None,
+    solver: str | None,
+    tune: bool,
+) -> dict:
+    """What ``train`` does with the options as typed (None: not given).
+
+    Returns lrs, regs (for the solver to try), loss, solver, tune and the
+    default iteration budget. The rules: pixels without --tune keep CS231n's
+    recipe (SGD, hinge, lr 1e-7, reg 2.5e4); --lr means SGD; otherwise L-BFGS.
+    With neither --lr nor --reg, hog and kmeans (and --tune anywhere) choose
+    their settings on the validation split; --lr/--reg given with --tune bound it.
+    """
+    from svmtool.core.loss import LOSSES
+
+    check_choice("--features", features, TRAIN_DEFAULTS)
+    if solver is not None:
+        check_choice("--solver", solver, SOLVERS)
+    if loss is not None:
+        check_choice("--loss", loss, LOSSES)
+    defaults = TRAIN_DEFAULTS[features]
+    lrs = parse_floats(lr, "lr") if lr is not None else None
+    regs = parse_floats(reg, "reg") if reg is not None else None
+    if solver is None:
+        solver = "sgd" if lr is not None or (features == "pixels" and not tune) else "lbfgs"
+    if solver == "lbfgs" and lrs is not None:
+        raise BadValue("--lr", "applies to --solver sgd: lbfgs (full batch) has no learning rate")
+    selecting = tune or (lr is None and reg is None and (features != "pixels" or solver == "lbfgs"))
+    if loss is None:
+        # SGD keeps the notes' hinge (its default learning rates are tuned for it;
+        # the squared hinge's larger gradients make them overshoot).
+        loss = TUNE_DEFAULTS[features]["loss"] if solver == "lbfgs" else "hinge"
+    if solver == "lbfgs":
+        return {
+            "lrs": [],
+            "regs": regs or [],
+            "loss": loss,
+            "solver": solver,
+            "tune": selecting,
+            "iters": LBFGS_MAX_ITERS,
+        }
+    if selecting:
+        # A one-pass SGD grid around the defaults (or between the given bounds).
+        lrs = log_between(lrs) if lrs else [defaults["lr"] * f for f in (1 / 3, 1, 3)]
+        regs = log_between(regs) if regs else [defaults["reg"] * f for f in (0.1, 1, 10)]
+    return {
+        "lrs": lrs or [defaults["lr"]],
+        "regs": regs or [defaults["reg"]],
+        "loss": loss,
+        "solver": solver,
+        "tune": selecting,
+        "iters": defaults["iters"],
+    }
 
 
 def check_seed(seed: int) -> None:
@@ -211,6 +296,12 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
         raise BadValue(option_name(exc.name), exc.problem) from None
     if not 0 < request.lr_decay <= 1:
         raise BadValue("--lr-decay", f"must be in (0, 1], got {request.lr_decay}")
+    from svmtool.core.loss import LOSSES
+
+    if request.loss not in LOSSES:
+        raise BadValue("--loss", f"must be {' or '.join(LOSSES)}, got {request.loss!r}")
+    if request.solver not in SOLVERS:
+        raise BadValue("--solver", f"must be {' or '.join(SOLVERS)}, got {request.solver!r}")
     check_seed(request.seed)
     if not (request.init_scale >= 0 and np.isfinite(request.init_scale)):
         raise BadValue("--init-scale", f"must be >= 0, got {request.init_scale}")
@@ -291,7 +382,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
     prepared.data_report = dataset.report
     n = prepared.X_train.shape[0]
     prepared.batch_size = min(request.batch_size, n)
-    if request.batch_size > n:
+    if request.batch_size > n and request.solver == "sgd":
         prepared.notes.append(
             f"--batch-size {request.batch_size} is larger than the {n} training images:"
             f" every step uses all {n} (full-batch gradient descent)"
@@ -387,7 +478,7 @@ def feature_cache(cache_dir: Path | None = None):
     return FeatureCache(cache_dir if cache_dir is not None else default_cache_dir())
 
 
-def feature_params(request: TrainRequest) -> dict:
+def feature_params(request: TrainRequest, image_shape: tuple[int, ...] = (32, 32, 3)) -> dict:
     """The settings that define a feature pipeline (and key its cache entries)."""
     from svmtool.core import features as F
     from svmtool.core import kmeans as K
@@ -395,7 +486,9 @@ def feature_params(request: TrainRequest) -> dict:
     if request.features == "hog":
         return {
             "orientations": F.ORIENTATIONS,
-            "cell": F.CELL,
+            "cell": F.hog_cell_size(image_shape[:2]),
+            "power": F.HOG_POWER,
+            "colour": True,
             "hue_bins": F.HUE_BINS,
             "unsigned": True,
             "std_eps": F.HOG_STD_EPS,
@@ -462,7 +555,7 @@ def build_features(
     from svmtool.io.featurecache import fingerprint
 
     _check_feature_request(request, dataset.image_shape)
-    params = feature_params(request)
+    params = feature_params(request, dataset.image_shape)
     cache = feature_cache(request.cache_dir) if request.use_cache else None
     source = data_source_name(request.data)
     notes: list[str] = []
@@ -623,13 +716,19 @@ def run_training(
     prepared: PreparedData | None = None,
     on_step: StepFn | None = None,
     report_every: int = 10,
+    on_point=None,
+    on_iteration=None,
 ) -> TrainOutcome:
     """Train every (lr, reg) pair together on prepared data, then evaluate.
 
     ``on_step(iteration, losses)`` is called every ``report_every`` steps and at the last.
+    With ``request.solver == 'lbfgs'`` the regs are solved by ``run_full_batch``
+    instead (``on_point``/``on_iteration`` report its progress).
     """
     if prepared is None:
         prepared = prepare_training(request)
+    if request.solver == "lbfgs":
+        return run_full_batch(request, prepared, on_point, on_iteration)
     X_train, y_train = prepared.X_train, prepared.y_train
     X_val, y_val = prepared.X_val, prepared.y_val
     t1 = time.perf_counter()
@@ -651,6 +750,7 @@ def run_training(
         init_scale=request.init_scale,
         on_step=on_step,
         lr_decay=request.lr_decay,
+        loss=request.loss,
         X_val=X_val,
         y_val=y_val,
         report_every=report_every,
@@ -731,7 +831,11 @@ def run_training(
             "init_scale": request.init_scale,
             "features": prepared.features.kind,
             "lr_decay": request.lr_decay,
+            "loss": request.loss,
+            "solver": "sgd",
         }
+        from svmtool.core.solver import objective
+
         model = Model(
             W=result.weights[best],
             mean_image=prepared.mean,  # float64: exactly what training subtracted
@@ -741,6 +845,16 @@ def run_training(
                 "train_accuracy": grid[best]["train_accuracy"],
                 "val_accuracy": grid[best]["val_accuracy"],
                 "final_loss": grid[best]["final_loss"],
+                # The objective on the whole training split at the saved W (the
+                # minibatch losses above are noisy estimates of it).
+                "objective": objective(
+                    result.weights[best],
+                    X_train,
+                    y_train,
+                    grid[best]["reg"],
+                    loss=request.loss,
+                    delta=request.delta,
+                ),
                 **timings,
             },
             loss_history=result.losses[:, best],
@@ -756,6 +870,159 @@ def run_training(
         sizes=sizes,
         diverged=[k for k, g in enumerate(grid) if g["diverged"]],
         warnings=list(prepared.warnings),
+    )
+
+
+def reg_path(request: TrainRequest, X_train: np.ndarray) -> list[float]:
+    """The regs the full-batch solver tries, largest first: ``request.regs`` as
+    given, or with ``request.tune`` a half-decade path between their ends (the
+    feature set's default range when the request has no regs)."""
+    from svmtool.core.solver import reg_range
+
+    if not request.tune:
+        return sorted(request.regs, reverse=True)
+    if request.regs:
+        top, bottom = max(request.regs), min(request.regs)
+        if top == bottom:
+            return [top]
+        return reg_range(top, bottom)
+    n = X_train.shape[0]
+    sq = float(np.einsum("ij,ij->", X_train, X_train, dtype=np.float64)) / max(n, 1)
+    top = TUNE_DEFAULTS[request.features]["reg_top"] * sq / max(n, 1)
+    return reg_range(top, top * 10.0**-REG_DECADES)
+
+
+def run_full_batch(
+    request: TrainRequest, prepared: PreparedData, on_point=None, on_iteration=None
+) -> TrainOutcome:
+    """Solve the objective exactly (L-BFGS on all training rows) for each reg of
+    ``reg_path``, warm-starting each from the last, and keep the best by
+    validation accuracy. With ``request.tune`` the path stops once validation
+    accuracy has not improved for 2 regs in a row; without it every reg is solved.
+    """
+    from svmtool.core.solver import regularization_path
+
+    X_train, y_train = prepared.X_train, prepared.y_train
+    X_val, y_val = prepared.X_val, prepared.y_val
+    num_classes = len(prepared.class_names)
+    if y_train.max(initial=0) >= num_classes:
+        raise SvmtoolError(f"labels go up to {y_train.max()} but there are {num_classes} classes")
+    regs = reg_path(request, X_train)
+    if len(regs) > 1 and X_val.shape[0] == 0:
+        raise SvmtoolError("choosing reg needs a validation split; give --num-val or one --reg")
+    t1 = time.perf_counter()
+    try:
+        path = regularization_path(
+            X_train,
+            y_train,
+            num_classes,
+            regs,
+            X_val if X_val.shape[0] else X_train,
+            y_val if X_val.shape[0] else y_train,
+            loss=request.loss,
+            delta=request.delta,
+            max_iters=request.iters,
+            patience=2 if request.tune else len(regs),
+            on_point=on_point,
+            on_iteration=on_iteration,
+        )
+    except ValueError as exc:
+        raise SvmtoolError(str(exc)) from None
+    t2 = time.perf_counter()
+    grid = []
+    for k, point in enumerate(path.points):
+        grid.append(
+            {
+                "lr": None,
+                "reg": point.reg,
+                "diverged": False,
+                "diverged_at": None,
+                "diverged_because": None,
+                "train_accuracy": point.train_accuracy,
+                "val_accuracy": point.val_accuracy if X_val.shape[0] else None,
+                "final_loss": point.objective,
+                "objective": point.objective,
+                "iterations": point.iterations,
+                "converged": point.converged,
+                "seconds": point.seconds,
+                **({"best": True} if k == path.best else {}),
+            }
+        )
+    best = path.best
+    solution = path.solution
+    train_seconds = t2 - t1
+    timings = {
+        "load_seconds": prepared.load_seconds,
+        "feature_seconds": prepared.feature_seconds,
+        **prepared.feature_timings,
+        "train_seconds": train_seconds,
+        "evaluate_seconds": 0.0,  # accuracies are measured along the path
+        "iterations_per_second": (
+            sum(p.iterations for p in path.points) / train_seconds if train_seconds > 0 else None
+        ),
+    }
+    sizes = {
+        "train": int(X_train.shape[0]),
+        "val": int(X_val.shape[0]),
+        "test": prepared.test_count,
+        "split": prepared.split_rule,
+        "split_description": prepared.split_description,
+    }
+    selection = {
+        "method": "regularization path" if request.tune else "given regs",
+        "range": [regs[0], regs[-1]],
+        "tried": len(path.points),
+        "skipped": path.skipped,
+        "chosen_reg": path.points[best].reg,
+        "seconds": train_seconds,
+    }
+    settings = {
+        "reg": path.points[best].reg,
+        "delta": request.delta,
+        "iters": request.iters,
+        "iterations": path.points[best].iterations,  # its probe's and the polish's
+        "batch_size": sizes["train"],
+        "seed": request.seed,
+        "dtype": request.dtype,
+        "data": data_source_name(request.data),
+        "data_dir": str(prepared.data_dir) if prepared.data_dir else None,
+        "split": prepared.split_rule,
+        "num_train": sizes["train"],
+        "num_val": sizes["val"],
+        "sampling": "full batch",
+        "features": prepared.features.kind,
+        "loss": request.loss,
+        "solver": "lbfgs",
+        "tune": request.tune,
+    }
+    model = Model(
+        W=solution.W,
+        mean_image=prepared.mean,
+        class_names=prepared.class_names,
+        settings=settings,
+        metrics={
+            "train_accuracy": grid[best]["train_accuracy"],
+            "val_accuracy": grid[best]["val_accuracy"],
+            "final_loss": solution.objective,
+            "objective": solution.objective,
+            "converged": solution.converged,
+            "gradient_ratio": solution.grad_ratio,
+            **timings,
+        },
+        loss_history=solution.history,
+        grid=grid if len(grid) > 1 else [],
+        svmtool_version=__version__,
+        features=prepared.features,
+    )
+    model.settings["selection"] = selection
+    return TrainOutcome(
+        grid=grid,
+        best=best,
+        model=model,
+        timings=timings,
+        sizes=sizes,
+        warnings=list(prepared.warnings),
+        selection=selection,
     )
 
 

@@ -59,9 +59,14 @@ def test_hog_end_to_end(npz, tmp_path):
     train(npz, model_path, "--features", "hog")
     model = model_io.load(model_path)
     assert model.features.kind == "hog"
-    assert model.W.shape == (2 * 2 * 9 + 10 + 1, 3)  # 4 cells x 9 bins, 10 hue bins, bias
-    # the hog defaults, not the pixel ones (--iters 300 given)
-    assert model.settings["lr"] == 1e-2 and model.settings["lr_decay"] == 0.95
+    # 4 cells x 9 bins, 10 hue bins, 4 cells x 3 colour means, bias
+    assert model.W.shape == (2 * 2 * 9 + 10 + 2 * 2 * 3 + 1, 3)
+    # the hog defaults, not the pixel ones: the L2-SVM, reg chosen on validation
+    settings = model.settings
+    assert settings["solver"] == "lbfgs" and settings["loss"] == "squared-hinge"
+    assert settings["selection"]["method"] == "regularization path"
+    assert settings["reg"] == settings["selection"]["chosen_reg"] and "lr" not in settings
+    assert settings["features"] == "hog" and model.features.params["cell"] == 8
     assert model.metrics["val_accuracy"] > 0.8  # chance is 1/3
     evaluated = json.loads(run("evaluate", "--model", str(model_path), "--json").stdout)
     assert evaluated["count"] == 30 and evaluated["accuracy"] > 0.8
@@ -158,7 +163,8 @@ def test_grayscale_six_by_six_works_with_every_feature_set(tmp_path):
         model_path = tmp_path / f"{features}.npz"
         train(path, model_path, "--features", features, "--centroids", "4", "--patches", "500")
         model = model_io.load(model_path)
-        expected = 9 + 1 if features == "hog" else 4 * 4 + 1  # grayscale: no hue bins
+        # grayscale: no hue bins; hog: one cell, its 9 bins and its mean
+        expected = 9 + 1 + 1 if features == "hog" else 4 * 4 + 1
         assert model.W.shape == (expected, 3)
         assert run("evaluate", "--model", str(model_path)).exit_code == 0
         Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "p.png")

@@ -102,3 +102,24 @@ def test_standardization_over_chosen_rows():
     np.testing.assert_allclose(X[:, [0, 1, 3]].std(0), 1, rtol=1e-4)
     _, eps_scale = F.standardization(raw, eps=0.01, rows=rows)
     np.testing.assert_allclose(eps_scale[0], np.sqrt(raw[rows][:, 0].var() + 0.01), rtol=1e-5)
+
+
+def test_cell_size_fits_the_image():
+    assert F.hog_cell_size((32, 32)) == 8  # CS231n's, 4 x 4 cells
+    assert F.hog_cell_size((28, 28)) == 7  # 4 x 4 cells; 8 would leave 4 pixels per side
+    assert F.hog_cell_size((30, 30)) == 6  # 5 x 5 cells, none unused
+    assert F.hog_cell_size((64, 48)) == 8
+    assert F.hog_cell_size((5, 5)) == 8  # one cell across a small image, as before
+    assert F.hog_cells((28, 28), 7) == (4, 4, 7, 7)
+
+
+def test_power_and_cell_colours():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    plain = F.hog_features(images)
+    rooted = F.hog_features(images, power=0.5, colour=True)
+    assert rooted.shape == (3, F.hog_dim((16, 16, 3), colour=True)) == (3, 2 * 2 * 9 + 10 + 12)
+    np.testing.assert_allclose(rooted[:, : plain.shape[1]], np.sqrt(plain), rtol=1e-6)
+    # the colour part: each 8 x 8 cell's mean of each channel, / 255, not rooted
+    first = images[0, :8, :8].reshape(-1, 3).mean(axis=0) / 255
+    np.testing.assert_allclose(rooted[0, plain.shape[1] : plain.shape[1] + 3], first, rtol=1e-6)

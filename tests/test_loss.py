@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svmtool.core.loss import hinge, margins, svm_loss, svm_loss_naive
+from svmtool.core.loss import (
+    hinge,
+    l2svm_loss_naive,
+    loss_and_gradient,
+    margins,
+    squared_hinge,
+    svm_loss,
+    svm_loss_naive,
+)
 
 
 def problem(n: int, d: int, c: int, seed: int = 0, scale: float = 1.0):
@@ -158,3 +166,52 @@ def test_stacked_scores_match_one_at_a_time():
         lk, ck = hinge(scores[:, k, :], y, 1.0)
         assert float(loss[k]) == pytest.approx(float(lk))
         np.testing.assert_allclose(coeff[:, k, :], ck)
+
+
+# --- the L2-SVM: one-vs-rest squared hinge ----------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "d", "c"), [(1, 1, 2), (7, 4, 10), (33, 17, 7)])
+@pytest.mark.parametrize("delta", [0.0, 1.0, 2.5])
+@pytest.mark.parametrize("reg", [0.0, 0.3])
+def test_squared_hinge_matches_naive(n, d, c, delta, reg):
+    W, X, y = problem(n, d, c, seed=n * 10 + d)
+    loss_v, grad_v = loss_and_gradient(W, X, y, reg, delta, loss="squared-hinge")
+    loss_n, grad_n = l2svm_loss_naive(W, X, y, reg, delta)
+    assert relative(loss_v, loss_n) < 1e-12
+    assert relative(grad_v, grad_n) < 1e-12
+
+
+def test_squared_hinge_gradient_against_finite_differences():
+    # Smooth (C^1) everywhere, so centered differences agree with the analytic
+    # gradient in every coordinate, kinks or not.
+    W, X, y = problem(40, 6, 4, seed=3, scale=0.5)
+    reg, h = 0.2, 1e-6
+    _, grad = loss_and_gradient(W, X, y, reg, loss="squared-hinge")
+    numeric = np.zeros_like(W)
+    for index in np.ndindex(*W.shape):
+        step = np.zeros_like(W)
+        step[index] = h
+        up = loss_and_gradient(W + step, X, y, reg, loss="squared-hinge")[0]
+        down = loss_and_gradient(W - step, X, y, reg, loss="squared-hinge")[0]
+        numeric[index] = (up - down) / (2 * h)
+    assert relative(grad, numeric) < 1e-7
+    # The notes' hinge is a different loss: the check would notice a mix-up.
+    assert relative(svm_loss(W, X, y, reg)[1], numeric) > 1e-2
+
+
+def test_squared_hinge_side_by_side_equals_one_at_a_time():
+    W, X, y = problem(20, 5, 3, seed=4)
+    scores = X @ W
+    both = np.stack([scores, 3 * scores], axis=1)  # (N, K=2, C)
+    loss2, coeff2 = squared_hinge(both, y, 1.0)
+    for k, factor in enumerate((1, 3)):
+        loss1, coeff1 = squared_hinge(factor * scores, y, 1.0)
+        assert loss2[k] == pytest.approx(float(loss1), rel=1e-12)
+        np.testing.assert_allclose(coeff2[:, k], coeff1, rtol=1e-12)
+
+
+def test_unknown_loss_is_named():
+    W, X, y = problem(3, 2, 2)
+    with pytest.raises(ValueError, match="loss must be hinge or squared-hinge, got 'l1'"):
+        loss_and_gradient(W, X, y, 0.1, loss="l1")

@@ -1,8 +1,13 @@
-"""The multi-class hinge loss with L2 regularization (pure numpy, no IO).
+"""The multi-class hinge loss with L2 regularization, and the L2-SVM (pure numpy, no IO).
 
 Conventions (../shared/DESIGN.md): scores ``S = X @ W``; margins
 ``M[n, j] = S[n, j] - S[n, y_n] + delta`` for ``j != y_n``; loss
 ``(1/N) sum max(0, M) + reg * sum(W * W)``; a margin of exactly 0 is inactive.
+
+Beside it, the L2-SVM of liblinear and Coates, Lee & Ng ('squared-hinge'):
+one-vs-rest, class c a binary problem with targets ``t[n, c] = +1`` if
+``y_n == c`` else -1, loss ``(1/N) sum_n sum_c max(0, delta - t S)^2 +
+reg * sum(W * W)``. Either way the prediction is ``argmax(S)``.
 """
 
 from __future__ import annotations
@@ -53,6 +58,37 @@ def hinge(scores: np.ndarray, y: np.ndarray, delta: float) -> tuple[np.ndarray, 
     return data_loss, coeff
 
 
+def squared_hinge(scores: np.ndarray, y: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Data loss and score coefficients of the one-vs-rest squared hinge (the L2-SVM).
+
+    scores: (N, C) or (N, K, C); y: (N,). Same contract as ``hinge``: returns
+    ``(data_loss, coeff)`` with ``dL/dW = X.T @ coeff`` for the data term; here
+    ``coeff = -2 t max(0, delta - t S) / N``.
+    """
+    n = scores.shape[0]
+    rows = np.arange(n)
+    # slack = delta - t * S: delta + S for the other classes, delta - S for the true one.
+    slack = scores + delta
+    slack[rows, ..., y] = delta - scores[rows, ..., y]
+    np.maximum(slack, 0, out=slack)
+    data_loss = (slack * slack).sum(axis=0).sum(axis=-1) / n
+    coeff = slack * (2 / n)
+    coeff[rows, ..., y] *= -1
+    return data_loss, coeff
+
+
+LOSSES = {"hinge": hinge, "squared-hinge": squared_hinge}
+"""The data terms by name; each ``fn(scores, y, delta) -> (data_loss, coeff)``."""
+
+
+def data_term(loss: str):
+    """The data term called ``loss`` (a key of ``LOSSES``)."""
+    try:
+        return LOSSES[loss]
+    except KeyError:
+        raise ValueError(f"loss must be {' or '.join(LOSSES)}, got {loss!r}") from None
+
+
 def _check_inputs(W: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
     if W.ndim != 2 or X.ndim != 2 or y.ndim != 1:
         raise ValueError(
@@ -78,6 +114,52 @@ def svm_loss(
     dW = X.T @ coeff
     dW += (2 * reg) * W
     return loss, dW
+
+
+def loss_and_gradient(
+    W: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    reg: float,
+    delta: float = 1.0,
+    loss: str = "hinge",
+) -> tuple[float, np.ndarray]:
+    """The objective ``loss`` names (hinge or squared-hinge) and its gradient.
+
+    W: (D, C); X: (N, D); y: (N,). ``svm_loss`` is the hinge case.
+    """
+    _check_inputs(W, X, y)
+    data_loss, coeff = data_term(loss)(X @ W, y, delta)
+    value = float(data_loss) + reg * float(np.vdot(W, W))
+    dW = X.T @ coeff
+    dW += (2 * reg) * W
+    return value, dW
+
+
+def l2svm_loss_naive(
+    W: np.ndarray, X: np.ndarray, y: np.ndarray, reg: float, delta: float = 1.0
+) -> tuple[float, np.ndarray]:
+    """Loop-based one-vs-rest squared hinge: the oracle for ``squared_hinge``.
+
+    W: (D, C); X: (N, D); y: (N,).
+    """
+    _check_inputs(W, X, y)
+    num_train, num_classes = X.shape[0], W.shape[1]
+    dW = np.zeros_like(W)
+    loss = 0.0
+    for i in range(num_train):
+        scores = X[i] @ W
+        for c in range(num_classes):
+            target = 1.0 if c == y[i] else -1.0
+            slack = delta - target * scores[c]
+            if slack > 0:
+                loss += slack * slack
+                dW[:, c] += -2 * target * slack * X[i]
+    loss /= max(num_train, 1)
+    dW /= max(num_train, 1)
+    loss += reg * float(np.sum(W * W))
+    dW += 2 * reg * W
+    return float(loss), dW
 
 
 def svm_loss_naive(

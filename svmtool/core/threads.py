@@ -62,10 +62,11 @@ class ThreadChoice:
     in the last one) is dropped from the probe: it is clearly worse, and its
     slow steps are what a probe costs. The winner then runs ``window`` steps;
     the window doubles up to ``max_window`` each time a probe confirms the
-    choice and is reset when it changes. When the median of the last ``probe``
+    choice and is reset when it changes. When the median of the last ``recent``
     steps of a window exceeds ``drift`` times the winner's probe median (load
     arrived), the next probe starts at once; load that leaves is noticed at the
-    end of the window.
+    end of the window. (A median over several steps, so that the noise of a
+    shared machine, one slow step here and there, does not start probes.)
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class ThreadChoice:
         max_window: int = 1024,
         give_up: float = 3.0,
         drift: float = 1.5,
+        recent: int = 8,
     ) -> None:
         if not counts or min(counts) < 1:
             raise ValueError(f"thread counts must be >= 1, got {list(counts)}")
@@ -84,7 +86,7 @@ class ThreadChoice:
             raise ValueError("probe, window >= 1 and max_window >= window required")
         self.counts = sorted(set(counts))
         self.probe, self.first_window, self.max_window = probe, window, max_window
-        self.give_up, self.drift = give_up, drift
+        self.give_up, self.drift, self.recent = give_up, drift, max(1, recent)
         self.window = window
         self.choice = self.counts[0]
         self.reference: float | None = None  # the choice's median in the last probe
@@ -128,16 +130,15 @@ class ThreadChoice:
 
     def _record_window(self, seconds: float) -> None:
         self._steps_left -= 1
-        self._recent = [*self._recent[1 - self.probe :], seconds] if self.probe > 1 else [seconds]
+        self._recent.append(seconds)
+        if len(self._recent) > self.recent:
+            del self._recent[0]
         slowed = (
             self.reference is not None
-            and len(self._recent) == self.probe
+            and len(self._recent) == self.recent
             and statistics.median(self._recent) > self.drift * self.reference
         )
-        if slowed:
-            self.window = self.first_window
-            self._start_probe()
-        elif self._steps_left <= 0:
+        if slowed or self._steps_left <= 0:
             self._start_probe()
 
     def _decide(self) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from svmtool.core.loss import hinge
+from svmtool.core.loss import data_term
 from svmtool.core.threads import SplitSteps
 
 StepFn = Callable[[int, np.ndarray, int], None]
@@ -122,6 +122,7 @@ def sgd_grid(
     X_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
     val_checks: int = 10,
+    loss: str = "hinge",
 ) -> GridResult:
     """Train K = len(lrs) linear SVMs side by side; configuration k uses lrs[k], regs[k].
 
@@ -146,6 +147,7 @@ def sgd_grid(
         raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
     if decay_every < 1:
         raise ValueError(f"decay_every must be >= 1, got {decay_every}")
+    data_loss_fn = data_term(loss)
     n, d = X.shape
     k, c = lr.size, num_classes
     dtype = X.dtype
@@ -180,7 +182,7 @@ def sgd_grid(
             labels = y[rows]
             ka = alive.size
             scores = cores.matmul(batch, W).reshape(batch.shape[0], ka, c)
-            data_loss, coeff = hinge(scores, labels, delta)
+            data_loss, coeff = data_loss_fn(scores, labels, delta)
             # reg * sum(W^2) per configuration: column sums of squares (one
             # pass, float32-accurate), then summed per configuration in float64.
             sq = np.einsum("ij,ij->j", W, W).reshape(ka, c).sum(axis=1, dtype=np.float64)

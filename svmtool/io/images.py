@@ -146,7 +146,8 @@ def grid_heatmap(grid: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lrs = sorted({g["lr"] for g in grid})
+    # The full-batch solver has no lr (null): its regs form one row.
+    lrs = sorted({g["lr"] for g in grid}, key=lambda v: -1.0 if v is None else v)
     regs = sorted({g["reg"] for g in grid})
     acc = np.full((len(lrs), len(regs)), np.nan)
     for g in grid:
@@ -155,7 +156,7 @@ def grid_heatmap(grid: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.2 * len(regs) + 2.5, 0.6 * len(lrs) + 2), dpi=100)
     im = ax.imshow(acc, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(regs)), [f"{r:g}" for r in regs])
-    ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    ax.set_yticks(range(len(lrs)), ["full batch" if lr is None else f"{lr:g}" for lr in lrs])
     ax.set_xlabel("reg")
     ax.set_ylabel("lr")
     ax.set_title("validation accuracy")
@@ -525,7 +526,7 @@ def patch_montage(patches: np.ndarray, zoom: int = 4, columns: int | None = None
     return sheet
 
 
-def hog_cell_maps(W: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+def hog_cell_maps(W: np.ndarray, image_shape: tuple[int, ...], cell: int = 8) -> np.ndarray:
     """Each class's weight per HOG cell: the sum of its 9 orientation weights.
 
     W: (F+1, C) of a hog model (HOG cells first, then the hue bins, bias last).
@@ -533,7 +534,7 @@ def hog_cell_maps(W: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
     """
     from svmtool.core.features import ORIENTATIONS, hog_cells
 
-    rows, cols, _, _ = hog_cells(image_shape[:2])
+    rows, cols, _, _ = hog_cells(image_shape[:2], cell)
     cells = np.asarray(W[: rows * cols * ORIENTATIONS], dtype=np.float64)
     return cells.T.reshape(-1, rows, cols, ORIENTATIONS).sum(axis=3)
 

@@ -54,6 +54,11 @@ class Model:
     def num_classes(self) -> int:
         return self.W.shape[1]
 
+    @property
+    def loss(self) -> str:
+        """The loss W was trained on; files from before the option are hinge models."""
+        return self.settings.get("loss", "hinge")
+
 
 def reserve(path: Path) -> PendingFile:
     """A temporary file beside ``path``, created now: a folder that cannot take
@@ -149,6 +154,8 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "reg": _NUMBER,
     "delta": _NUMBER,
     "init_scale": _NUMBER,
+    "loss": (str,),
+    "solver": (str,),
 }
 
 
@@ -202,13 +209,20 @@ def _check_settings(settings: dict, damaged) -> None:
             raise damaged(f"setting {key} is {value!r}, not a finite number")
         if isinstance(value, int) and key not in ("lr", "reg", "delta") and value < 0:
             raise damaged(f"setting {key} is {value}, which is negative")
+    from svmtool.core.loss import LOSSES
+
+    if settings.get("loss", "hinge") not in LOSSES:
+        raise damaged(f"setting loss is {settings['loss']!r:.40}, not {' or '.join(LOSSES)}")
 
 
-def _check_grid(grid: list, damaged) -> None:
+def _check_grid(grid: list, damaged, full_batch: bool = False) -> None:
     for i, entry in enumerate(grid):
         if not isinstance(entry, dict):
             raise damaged(f"grid entry {i} is not an object")
-        if not (_finite_number(entry.get("lr")) and _finite_number(entry.get("reg"))):
+        # lr is null for the full-batch solver (lbfgs), which has none.
+        lr = entry.get("lr")
+        lr_ok = lr is None if full_batch else _finite_number(lr)
+        if not (lr_ok and _finite_number(entry.get("reg"))):
             raise damaged(f"grid entry {i} lacks a finite lr and reg")
         accuracy = entry.get("val_accuracy")
         if accuracy is not None and not _finite_number(accuracy):
@@ -287,7 +301,7 @@ def _from_arrays(raw: dict[str, np.ndarray], path: Path, damaged) -> Model:
     metrics = _json(raw, "metrics", dict, damaged)
     grid = _json(raw, "grid", list, damaged)
     _check_settings(settings, damaged)
-    _check_grid(grid, damaged)
+    _check_grid(grid, damaged, full_batch=settings.get("solver") == "lbfgs")
     return Model(
         W=W,
         mean_image=mean_image,

@@ -1,0 +1,363 @@
+"""A full-batch solver that converges, and model selection along a regularization path.
+
+Pure numpy. The objective ``data(X @ W) + reg * sum(W * W)`` (either loss of
+``svmtool.core.loss``) is convex, so L-BFGS on the whole training set reaches
+its minimum; minibatch SGD with a fixed budget of steps does not. Each
+iteration costs two products with X: ``X @ p`` (the scores of the search
+direction) and ``X.T @ coeff`` (the gradient). The line search moves along
+``S + t * (X @ p)``, which costs O(N C) per trial point, so it is solved
+almost exactly at no extra product.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from svmtool.core.loss import data_term
+
+IterationFn = Callable[[int, float], None]
+"""Called as ``on_iteration(iteration, objective)`` after every L-BFGS iteration."""
+
+GTOL = 1e-4  # stop when |gradient| <= GTOL * |gradient at W = 0|
+FTOL = 1e-7  # ... or when the objective fell by less than FTOL (relative) 3 times in a row
+PROBE_GTOL = 1e-3  # the reg path ranks regs at this tolerance, then polishes the chosen one
+MAX_ITERS = 500
+MEMORY = 10
+
+
+@dataclass
+class Solution:
+    """What L-BFGS reached.
+
+    W: (D, C) in X's dtype; objective: the full objective at that W;
+    history: (iterations + 1,) the objective at the start and after each
+    iteration; grad_ratio: |gradient| / |gradient at W = 0| at the end.
+    """
+
+    W: np.ndarray
+    objective: float
+    iterations: int
+    converged: bool
+    grad_ratio: float
+    history: np.ndarray
+
+
+def objective(
+    W: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    reg: float,
+    *,
+    loss: str = "hinge",
+    delta: float = 1.0,
+    chunk: int = 8192,
+) -> float:
+    """The full training objective ``data(X @ W) + reg * sum(W * W)``, in float64.
+
+    W: (D, C); X: (N, D); y: (N,). Computed in row blocks (bounded memory).
+    """
+    fn = data_term(loss)
+    n = X.shape[0]
+    total = 0.0
+    W_x = W.astype(X.dtype, copy=False)
+    for s in range(0, n, chunk):
+        scores = (X[s : s + chunk] @ W_x).astype(np.float64)
+        data, _ = fn(scores, y[s : s + chunk], delta)
+        total += float(data) * scores.shape[0]
+    w = W.astype(np.float64, copy=False)
+    return total / max(n, 1) + reg * float(np.vdot(w, w))
+
+
+def _line_search(phi, f0: float, slope0: float, t0: float, trials: int = 40):
+    """Minimize the convex phi(t) for t > 0, given phi(0) = f0 and phi'(0) = slope0 < 0.
+
+    phi(t) -> (value, derivative, extra). Brackets the minimum by growing t,
+    then narrows it by secant steps on the derivative (bisection when a step
+    would leave the bracket), until the derivative is 1% of the initial one.
+    Returns ``(t, value, extra)`` of the lowest point seen; t = 0 if none fell.
+    """
+    best_t, best_v, best_extra = 0.0, f0, None
+    lo, d_lo = 0.0, slope0
+    hi, d_hi = None, None
+    t = t0
+    for _ in range(trials):
+        v, dv, extra = phi(t)
+        if v < best_v:
+            best_t, best_v, best_extra = t, v, extra
+        if abs(dv) <= 0.01 * abs(slope0) and v <= f0 + 1e-4 * t * slope0:
+            return t, v, extra
+        if dv < 0 and v <= f0:
+            lo, d_lo = t, dv
+        else:
+            hi, d_hi = t, dv
+        if hi is None:
+            t *= 4
+            continue
+        # Secant on the derivative, kept inside the bracket's middle 80%.
+        width = hi - lo
+        if d_hi is not None and d_hi > d_lo:
+            t = lo - d_lo * width / (d_hi - d_lo)
+        else:
+            t = lo + width / 2
+        if not lo + 0.1 * width <= t <= hi - 0.1 * width:
+            t = lo + width / 2
+    return best_t, best_v, best_extra
+
+
+def lbfgs(
+    X: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    reg: float,
+    *,
+    loss: str = "squared-hinge",
+    delta: float = 1.0,
+    W0: np.ndarray | None = None,
+    max_iters: int = MAX_ITERS,
+    gtol: float = GTOL,
+    ftol: float = FTOL,
+    memory: int = MEMORY,
+    on_iteration: IterationFn | None = None,
+) -> Solution:
+    """Minimize ``data(X @ W) + reg * sum(W * W)`` over W by L-BFGS on all rows.
+
+    X: (N, D) float32 or float64; y: (N,) ints in [0, num_classes); W0: (D, C)
+    warm start (zeros if None). The products with X run in X's dtype; W, the
+    scores and the L-BFGS memory are float64. Stops when the gradient is
+    ``gtol`` times its size at W = 0, when the objective stops falling
+    (``ftol``; the hinge is not smooth, so its gradient never vanishes), or
+    after ``max_iters`` iterations.
+    """
+    if not (reg >= 0 and np.isfinite(reg)):
+        raise ValueError(f"reg must be >= 0, got {reg}")
+    if max_iters < 1:
+        raise ValueError(f"iters must be >= 1, got {max_iters}")
+    fn = data_term(loss)
+    n, d = X.shape
+    dtype = X.dtype
+    y = np.asarray(y)
+
+    def gradient(coeff: np.ndarray, W: np.ndarray) -> np.ndarray:
+        g = (X.T @ coeff.astype(dtype)).astype(np.float64)
+        g += (2 * reg) * W
+        return g
+
+    zero_coeff = fn(np.zeros((n, num_classes)), y, delta)[1]
+    g_zero = float(np.linalg.norm(gradient(zero_coeff, np.zeros((d, num_classes)))))
+    if W0 is None:
+        W = np.zeros((d, num_classes))
+        S = np.zeros((n, num_classes))
+    else:
+        W = np.array(W0, dtype=np.float64)
+        S = (X @ W.astype(dtype)).astype(np.float64)
+    data, coeff = fn(S, y, delta)
+    f = float(data) + reg * float(np.vdot(W, W))
+    g = gradient(coeff, W)
+    history = [f]
+    pairs: deque = deque(maxlen=memory)
+    converged, flat, it = False, 0, 0
+    for it in range(1, max_iters + 1):
+        g_norm = float(np.linalg.norm(g))
+        if g_norm <= gtol * max(g_zero, 1e-300):
+            converged, it = True, it - 1
+            break
+        p = _direction(g, pairs)
+        slope = float(np.vdot(g, p))
+        if slope >= 0:  # not a descent direction (rounding): restart from the gradient
+            pairs.clear()
+            p, slope = -g, -g_norm * g_norm
+        Sp = (X @ p.astype(dtype)).astype(np.float64)
+        ww, wp, pp = float(np.vdot(W, W)), float(np.vdot(W, p)), float(np.vdot(p, p))
+
+        def phi(t: float, S=S, Sp=Sp, ww=ww, wp=wp, pp=pp):
+            data_t, coeff_t = fn(S + t * Sp, y, delta)
+            value = float(data_t) + reg * (ww + 2 * t * wp + t * t * pp)
+            slope_t = float(np.vdot(coeff_t, Sp)) + 2 * reg * (wp + t * pp)
+            return value, slope_t, coeff_t
+
+        t0 = 1.0 if pairs else 1.0 / max(g_norm, 1e-300)
+        t, f_new, coeff_new = _line_search(phi, f, slope, t0)
+        if t == 0.0:
+            if pairs:  # the curvature memory misled: forget it and try the gradient
+                pairs.clear()
+                continue
+            converged, it = True, it - 1  # no decrease even along -g: at rounding level
+            break
+        W += t * p
+        S += t * Sp
+        g_new = gradient(coeff_new, W)
+        step, change = t * p, g_new - g
+        sy = float(np.vdot(step, change))
+        if sy > 1e-12 * float(np.vdot(change, change)):
+            pairs.append((step, change, 1.0 / sy))
+        flat = flat + 1 if f - f_new <= ftol * max(abs(f_new), 1e-300) else 0
+        f, g = f_new, g_new
+        history.append(f)
+        if on_iteration:
+            on_iteration(it, f)
+        if flat >= 3:
+            converged = True
+            break
+    W_out = W.astype(dtype)
+    return Solution(
+        W=W_out,
+        objective=objective(W_out, X, y, reg, loss=loss, delta=delta),
+        iterations=len(history) - 1,
+        converged=converged,
+        grad_ratio=float(np.linalg.norm(g)) / max(g_zero, 1e-300),
+        history=np.asarray(history),
+    )
+
+
+def _direction(g: np.ndarray, pairs: deque) -> np.ndarray:
+    """-H g by the L-BFGS two-loop recursion over the stored (step, change, 1/step.change)."""
+    q = g.copy()
+    alphas = []
+    for s, yv, rho in reversed(pairs):
+        a = rho * float(np.vdot(s, q))
+        q -= a * yv
+        alphas.append(a)
+    if pairs:
+        s, yv, _ = pairs[-1]
+        q *= float(np.vdot(s, yv)) / float(np.vdot(yv, yv))
+    for (s, yv, rho), a in zip(pairs, reversed(alphas), strict=True):
+        b = rho * float(np.vdot(yv, q))
+        q += (a - b) * s
+    return -q
+
+
+# --- model selection ----------------------------------------------------------------------
+
+
+@dataclass
+class PathPoint:
+    """One reg on the path: its solution's objective, iterations, accuracies, time."""
+
+    reg: float
+    objective: float
+    iterations: int
+    converged: bool
+    train_accuracy: float
+    val_accuracy: float
+    seconds: float
+
+
+@dataclass
+class PathResult:
+    """The points solved (largest reg first), the chosen one, and its solution.
+
+    best: index into points; skipped: regs of the range not solved because
+    validation accuracy had stopped improving.
+    """
+
+    points: list[PathPoint]
+    best: int
+    solution: Solution
+    skipped: list[float] = field(default_factory=list)
+    polish_iterations: int = 0  # L-BFGS iterations from the chosen probe to ``gtol``
+
+
+PointFn = Callable[[PathPoint], None]
+
+
+def reg_range(top: float, bottom: float, per_decade: int = 2) -> list[float]:
+    """Log-spaced regs from ``top`` down to ``bottom`` (both included), ``per_decade`` a decade."""
+    if not (top > 0 and bottom > 0 and np.isfinite(top) and np.isfinite(bottom)):
+        raise ValueError(f"a reg range needs positive finite ends, got {top} and {bottom}")
+    hi, lo = np.log10(max(top, bottom)), np.log10(min(top, bottom))
+    steps = max(int(np.ceil((hi - lo) * per_decade - 1e-9)), 0)
+    return [float(v) for v in np.logspace(hi, lo, steps + 1)]
+
+
+def regularization_path(
+    X: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    regs: Sequence[float],
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    loss: str = "squared-hinge",
+    delta: float = 1.0,
+    max_iters: int = MAX_ITERS,
+    patience: int = 2,
+    probe_gtol: float = PROBE_GTOL,
+    gtol: float = GTOL,
+    on_point: PointFn | None = None,
+    on_iteration: IterationFn | None = None,
+) -> PathResult:
+    """Choose reg on the validation split: solve from the largest reg down, each
+    solution warm-starting the next, and stop once validation accuracy has not
+    improved for ``patience`` points in a row.
+
+    The points are solved to ``probe_gtol`` (enough to rank them: validation
+    accuracy no longer moves), and the chosen one is then solved on to ``gtol``
+    from where its probe ended; its accuracies are measured again there.
+
+    X: (N, D), y: (N,); X_val: (M, D), y_val: (M,), M >= 1. The largest regs
+    are the cheapest (their optimum is near W = 0 and well conditioned) and
+    each warm start begins near the next optimum, so the path costs a few
+    single runs, not one per reg. Ties go to the larger reg (the simpler model).
+    """
+    from svmtool.core.train import accuracy
+
+    order = sorted(set(float(r) for r in regs), reverse=True)
+    if not order:
+        raise ValueError("the reg range is empty")
+    if X_val.shape[0] == 0:
+        raise ValueError("selection needs a validation split")
+    points: list[PathPoint] = []
+    best, best_solution, worse = -1, None, 0
+    W = None
+    for reg in order:
+        t0 = time.perf_counter()
+        solution = lbfgs(
+            X, y, num_classes, reg, loss=loss, delta=delta, W0=W, max_iters=max_iters,
+            gtol=max(probe_gtol, gtol), on_iteration=on_iteration,
+        )  # fmt: skip
+        W = solution.W
+        point = PathPoint(
+            reg=reg,
+            objective=solution.objective,
+            iterations=solution.iterations,
+            converged=solution.converged,
+            train_accuracy=float(accuracy(W, X, y)),
+            val_accuracy=float(accuracy(W, X_val, y_val)),
+            seconds=time.perf_counter() - t0,
+        )
+        points.append(point)
+        if on_point:
+            on_point(point)
+        if best < 0 or point.val_accuracy > points[best].val_accuracy:
+            best, best_solution, worse = len(points) - 1, solution, 0
+        else:
+            worse += 1
+            if worse >= patience:
+                break
+    assert best_solution is not None
+    polish = 0
+    if probe_gtol > gtol and not best_solution.grad_ratio <= gtol:
+        chosen = points[best]
+        t0 = time.perf_counter()
+        final = lbfgs(
+            X, y, num_classes, chosen.reg, loss=loss, delta=delta, W0=best_solution.W,
+            max_iters=max_iters, gtol=gtol, on_iteration=on_iteration,
+        )  # fmt: skip
+        polish = final.iterations
+        # The chosen point now describes the final model.
+        points[best] = PathPoint(
+            reg=chosen.reg,
+            objective=final.objective,
+            iterations=chosen.iterations + final.iterations,
+            converged=final.converged,
+            train_accuracy=float(accuracy(final.W, X, y)),
+            val_accuracy=float(accuracy(final.W, X_val, y_val)),
+            seconds=chosen.seconds + time.perf_counter() - t0,
+        )
+        best_solution = final
+    return PathResult(points, best, best_solution, order[len(points) :], polish)
