@@ -62,13 +62,24 @@ SOLVERS = ("sgd", "lbfgs")
 # the square of the rows' size and, for a fixed amount of overfitting, with
 # 1 / N, so one factor fits 4,000 and 50,000 images. The path walks down from
 # there half a decade at a time, at most ``REG_DECADES`` decades.
+# free_bias: the full-batch solver leaves the bias (the rows' last column of
+# ones) out of the penalty, as scikit-learn's lbfgs models do. Raw pixels of
+# +-100 beside a bias of 1 otherwise pin it near 0; on the standardized
+# features (values about 1) penalizing it measured as well or better on
+# validation (docs/accuracy.md).
 TUNE_DEFAULTS = {
-    "pixels": {"loss": "squared-hinge", "reg_top": 10.0},
-    "hog": {"loss": "squared-hinge", "reg_top": 300.0},
-    "kmeans": {"loss": "squared-hinge", "reg_top": 10.0},
+    "pixels": {"loss": "squared-hinge", "reg_top": 10.0, "free_bias": True},
+    "hog": {"loss": "squared-hinge", "reg_top": 300.0, "free_bias": False},
+    "kmeans": {"loss": "squared-hinge", "reg_top": 10.0, "free_bias": False},
 }
 REG_DECADES = 6
 LBFGS_MAX_ITERS = 500
+# The default path may go this many half-decade steps past either end of its
+# range when the best reg is at that end (a range given with --reg bounds it).
+REG_EXTEND = 4
+# After selection, the chosen reg is solved once more on train + val (all the
+# labelled data), as scikit-learn's GridSearchCV refits.
+REFIT = True
 
 ProgressFn = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` while features are learned or extracted;
@@ -908,6 +919,7 @@ def run_full_batch(
     if y_train.max(initial=0) >= num_classes:
         raise SvmtoolError(f"labels go up to {y_train.max()} but there are {num_classes} classes")
     regs = reg_path(request, X_train)
+    free_bias = TUNE_DEFAULTS[request.features]["free_bias"]
     if len(regs) > 1 and X_val.shape[0] == 0:
         raise SvmtoolError("choosing reg needs a validation split; give --num-val or one --reg")
     t1 = time.perf_counter()
@@ -923,12 +935,23 @@ def run_full_batch(
             delta=request.delta,
             max_iters=request.iters,
             patience=2 if request.tune else len(regs),
+            extend=REG_EXTEND if request.tune and not request.regs else 0,
+            free_bias=free_bias,
             on_point=on_point,
             on_iteration=on_iteration,
         )
     except ValueError as exc:
         raise SvmtoolError(str(exc)) from None
     t2 = time.perf_counter()
+    solution = path.solution
+    refit = None
+    if request.tune and X_val.shape[0] and REFIT:
+        # scikit-learn's GridSearchCV refit: the chosen setting, all the data.
+        # reg scales as 1/N (liblinear's C stays), from the chosen W.
+        solution, refit = refit_all(
+            request, prepared, path.points[path.best].reg, solution, free_bias
+        )
+    t3 = time.perf_counter()
     grid = []
     for k, point in enumerate(path.points):
         grid.append(
@@ -949,8 +972,7 @@ def run_full_batch(
             }
         )
     best = path.best
-    solution = path.solution
-    train_seconds = t2 - t1
+    train_seconds = t3 - t1
     timings = {
         "load_seconds": prepared.load_seconds,
         "feature_seconds": prepared.feature_seconds,
@@ -974,10 +996,12 @@ def run_full_batch(
         "tried": len(path.points),
         "skipped": path.skipped,
         "chosen_reg": path.points[best].reg,
-        "seconds": train_seconds,
+        "seconds": t2 - t1,
+        "extended": [p.reg for p in path.points if p.reg not in regs],
+        "refit": refit,
     }
     settings = {
-        "reg": path.points[best].reg,
+        "reg": refit["reg"] if refit else path.points[best].reg,
         "delta": request.delta,
         "iters": request.iters,
         "iterations": path.points[best].iterations,  # its probe's and the polish's
@@ -994,6 +1018,7 @@ def run_full_batch(
         "loss": request.loss,
         "solver": "lbfgs",
         "tune": request.tune,
+        "bias": "free" if free_bias else "penalized",  # in the objective's penalty or not
     }
     model = Model(
         W=solution.W,
@@ -1001,7 +1026,13 @@ def run_full_batch(
         class_names=prepared.class_names,
         settings=settings,
         metrics={
-            "train_accuracy": grid[best]["train_accuracy"],
+            # After a refit: W's accuracy on the training split, and the chosen
+            # reg's validation accuracy before the refit (val is in the refit).
+            "train_accuracy": (
+                float(accuracy(solution.W, X_train, y_train))
+                if refit
+                else grid[best]["train_accuracy"]
+            ),
             "val_accuracy": grid[best]["val_accuracy"],
             "final_loss": solution.objective,
             "objective": solution.objective,
@@ -1024,6 +1055,35 @@ def run_full_batch(
         warnings=list(prepared.warnings),
         selection=selection,
     )
+
+
+def refit_all(request: TrainRequest, prepared: PreparedData, reg: float, solution, free_bias):
+    """Solve the chosen ``reg`` again on the training and validation rows together.
+
+    reg is scaled by N_train / N_all (the data term is a mean, so the same
+    balance of fit and penalty on more rows needs a proportionally smaller
+    reg: liblinear's C is unchanged). Starts from the chosen solution W.
+    Returns (solution, what the refit did for ``selection['refit']``).
+    """
+    from svmtool.core.solver import lbfgs
+
+    t0 = time.perf_counter()
+    n, m = prepared.X_train.shape[0], prepared.X_val.shape[0]
+    X_all = np.concatenate([prepared.X_train, prepared.X_val])
+    y_all = np.concatenate([prepared.y_train, prepared.y_val])
+    scaled = reg * n / (n + m)
+    final = lbfgs(
+        X_all, y_all, len(prepared.class_names), scaled, loss=request.loss, delta=request.delta,
+        W0=solution.W, max_iters=request.iters, free_bias=free_bias,
+    )  # fmt: skip
+    return final, {
+        "rows": n + m,
+        "reg": scaled,
+        "iterations": final.iterations,
+        "converged": final.converged,
+        "objective": final.objective,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 @dataclass

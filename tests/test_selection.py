@@ -84,9 +84,18 @@ def test_tune_on_pixels_records_the_path_and_a_squared_hinge_model_agrees_everyw
     sel = doc["selection"]
     assert sel["method"] == "regularization path" and sel["tried"] == len(doc["grid"]) >= 3
     chosen = [g for g in doc["grid"] if g.get("best")]
-    assert len(chosen) == 1 and chosen[0]["reg"] == doc["settings"]["reg"] == sel["chosen_reg"]
+    assert len(chosen) == 1 and chosen[0]["reg"] == sel["chosen_reg"]
     assert chosen[0]["val_accuracy"] == max(g["val_accuracy"] for g in doc["grid"])
-    assert doc["metrics"]["objective"] == chosen[0]["objective"] and doc["metrics"]["converged"]
+    # The chosen reg is then solved on train + val (the refit), reg scaled by N_train / N_all.
+    sizes, refit = doc["sizes"], sel["refit"]
+    assert refit["rows"] == sizes["train"] + sizes["val"]
+    assert (
+        doc["settings"]["reg"]
+        == refit["reg"]
+        == pytest.approx(sel["chosen_reg"] * sizes["train"] / refit["rows"])
+    )
+    assert doc["metrics"]["objective"] == refit["objective"] and doc["metrics"]["converged"]
+    assert doc["settings"]["bias"] == "free"  # pixels: the bias is not penalized
 
     model = model_io.load(model_path)
     assert model.loss == "squared-hinge"
