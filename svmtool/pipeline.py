@@ -5,6 +5,7 @@ Each function returns plain results; the CLI renders them.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -54,6 +55,20 @@ TRAIN_DEFAULTS = {
     "kmeans": {"lr": 1e-2, "reg": 1e-4, "iters": 5000, "lr_decay": 0.95},
 }
 KMEANS_DEFAULTS = {"centroids": 1600, "patches": 400_000, "kmeans_iters": 50}
+# Without --patches, k-means learns from Coates et al.'s 8 patches per training
+# image (400,000 for 50,000 images), at least 64 per centroid, at most 400,000;
+# and it stops when an iteration improves the mean distance by less than
+# KMEANS_TOL (docs/accuracy.md: what fewer patches and the stop cost in accuracy).
+PATCHES_PER_IMAGE = 8
+PATCHES_PER_CENTROID = 64
+KMEANS_TOL = 1e-4
+
+
+def default_patches(num_train: int, centroids: int) -> int:
+    """The k-means sample size for ``num_train`` training images and K ``centroids``."""
+    wanted = max(PATCHES_PER_IMAGE * num_train, PATCHES_PER_CENTROID * centroids)
+    return max(min(wanted, KMEANS_DEFAULTS["patches"]), centroids)
+
 
 SOLVERS = ("sgd", "lbfgs")
 # Model selection (``--tune``, and hog/kmeans without --lr/--reg): the loss and
@@ -77,6 +92,11 @@ LBFGS_MAX_ITERS = 500
 # The default path may go this many half-decade steps past either end of its
 # range when the best reg is at that end (a range given with --reg bounds it).
 REG_EXTEND = 4
+# Each reg of a path is solved for ranking to a gradient 1e-3 times its initial
+# size or this many L-BFGS iterations, whichever comes first (the regs past
+# the best are the ill-conditioned ones; 1% of the optimum takes ~30 from W = 0
+# on kmeans features), so selection costs about 3 single runs (docs/accuracy.md).
+PROBE_MAX_ITERS = 50
 # After selection, the chosen reg is solved once more on train + val (all the
 # labelled data), as scikit-learn's GridSearchCV refits.
 REFIT = True
@@ -104,8 +124,9 @@ class TrainRequest:
     init_scale: float = 1e-3  # CS231n's LinearClassifier.train: W = 0.001 * randn
     features: str = "pixels"
     centroids: int = KMEANS_DEFAULTS["centroids"]
-    patches: int = KMEANS_DEFAULTS["patches"]
+    patches: int | None = None  # None: default_patches(training images, centroids)
     kmeans_iters: int = KMEANS_DEFAULTS["kmeans_iters"]
+    kmeans_tol: float = KMEANS_TOL  # stop k-means early (0: every --kmeans-iters)
     use_cache: bool = True
     lr_decay: float = 1.0
     loss: str = "hinge"
@@ -345,6 +366,10 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             f" there are no validation images (--num-val 0): give --num-val N, or one --lr and"
             " one --reg"
         )
+    if request.features == "kmeans" and request.patches is None:
+        request = dataclasses.replace(
+            request, patches=default_patches(int(parts.train.size), request.centroids)
+        )
     _check_feature_request(request, dataset.image_shape)
     check_memory(request, dataset.image_shape, parts, len(dataset.class_names))
     mean = mean_image(dataset.train_images, parts.train)
@@ -513,6 +538,8 @@ def feature_params(request: TrainRequest, image_shape: tuple[int, ...] = (32, 32
         "norm_eps": K.NORM_EPS,
         "whiten_eps": K.WHITEN_EPS,
         "std_eps": 0.01,
+        # Absent (models and cache entries from before the early stop): 0, every iteration.
+        **({"kmeans_tol": request.kmeans_tol} if request.kmeans_tol > 0 else {}),
     }
 
 
@@ -530,7 +557,7 @@ def _check_feature_options(request: TrainRequest) -> None:
     if request.features == "kmeans":
         if request.centroids < 1:
             raise BadValue("--centroids", f"must be >= 1, got {request.centroids}")
-        if request.patches < request.centroids:
+        if request.patches is not None and request.patches < request.centroids:
             raise BadValue(
                 "--patches", f"must be >= --centroids ({request.centroids}), got {request.patches}"
             )
@@ -597,7 +624,10 @@ def build_features(
         else:
             from svmtool.core import kmeans as K
 
+            ran = [0]
+
             def on_iteration(done: int, total: int) -> None:
+                ran[0] = done
                 if progress:
                     progress("k-means", done, total)
 
@@ -608,7 +638,13 @@ def build_features(
                 request.kmeans_iters,
                 np.random.default_rng(request.seed),
                 on_iteration,
+                tol=request.kmeans_tol,
             )
+            if ran[0] < request.kmeans_iters:
+                notes.append(
+                    f"k-means converged after {ran[0]} of {request.kmeans_iters} iterations"
+                    f" ({request.patches} patches)"
+                )
             if cache:
                 about = (
                     f"k-means dictionary (K = {request.centroids}) of {train_sorted.size}"
@@ -936,6 +972,7 @@ def run_full_batch(
             max_iters=request.iters,
             patience=2 if request.tune else len(regs),
             extend=REG_EXTEND if request.tune and not request.regs else 0,
+            probe_max_iters=PROBE_MAX_ITERS if request.tune else None,
             free_bias=free_bias,
             on_point=on_point,
             on_iteration=on_iteration,

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from svmtool.cli import app
 from svmtool.errors import SvmtoolError
 from svmtool.io import model as model_io
-from svmtool.pipeline import TRAIN_DEFAULTS, train_plan
+from svmtool.pipeline import TRAIN_DEFAULTS, default_patches, train_plan
 
 runner = CliRunner()
 
@@ -159,3 +159,13 @@ def test_hog_cells_fit_28_pixel_images_and_say_so(tmp_path):
     assert "hog (7x7-pixel cells, cell colours, 160 values)" in result.output
     model = model_io.load(tmp_path / "m.npz")
     assert model.features.params["cell"] == 7 and model.W.shape == (161, 3)
+
+
+def test_kmeans_patches_scale_with_the_training_images():
+    # Coates et al.'s 8 per image (400,000 for 50,000), at least 64 per centroid
+    assert default_patches(50_000, 1600) == 400_000
+    assert default_patches(49_000, 1600) == 392_000
+    assert default_patches(3_438, 1600) == 64 * 1600
+    assert default_patches(500_000, 1600) == 400_000  # never more than before
+    assert default_patches(10, 4) == 256
+    assert default_patches(10, 500_000) == 500_000  # never fewer than the centroids
