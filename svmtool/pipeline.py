@@ -958,6 +958,7 @@ def run_full_batch(
     free_bias = TUNE_DEFAULTS[request.features]["free_bias"]
     if len(regs) > 1 and X_val.shape[0] == 0:
         raise SvmtoolError("choosing reg needs a validation split; give --num-val or one --reg")
+    refitting = bool(request.tune and X_val.shape[0] and REFIT)
     t1 = time.perf_counter()
     try:
         path = regularization_path(
@@ -974,6 +975,7 @@ def run_full_batch(
             extend=REG_EXTEND if request.tune and not request.regs else 0,
             probe_max_iters=PROBE_MAX_ITERS if request.tune else None,
             free_bias=free_bias,
+            polish=not refitting,  # the refit solves the chosen reg to full accuracy
             on_point=on_point,
             on_iteration=on_iteration,
         )
@@ -982,7 +984,7 @@ def run_full_batch(
     t2 = time.perf_counter()
     solution = path.solution
     refit = None
-    if request.tune and X_val.shape[0] and REFIT:
+    if refitting:
         # scikit-learn's GridSearchCV refit: the chosen setting, all the data.
         # reg scales as 1/N (liblinear's C stays), from the chosen W.
         solution, refit = refit_all(
@@ -1041,7 +1043,8 @@ def run_full_batch(
         "reg": refit["reg"] if refit else path.points[best].reg,
         "delta": request.delta,
         "iters": request.iters,
-        "iterations": path.points[best].iterations,  # its probe's and the polish's
+        # its probe's and the polish's, or the refit's
+        "iterations": path.points[best].iterations + (refit["iterations"] if refit else 0),
         "batch_size": sizes["train"],
         "seed": request.seed,
         "dtype": request.dtype,

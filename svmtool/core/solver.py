@@ -343,6 +343,7 @@ def regularization_path(
     gtol: float = GTOL,
     extend: int = 0,
     free_bias: bool = False,
+    polish: bool = True,
     on_point: PointFn | None = None,
     on_iteration: IterationFn | None = None,
 ) -> PathResult:
@@ -353,7 +354,8 @@ def regularization_path(
     The points are solved to ``probe_gtol`` or ``probe_max_iters`` iterations
     (enough to rank them: validation accuracy no longer moves), and the chosen
     one is then solved on to ``gtol`` from where its probe ended; its
-    accuracies are measured again there.
+    accuracies are measured again there (``polish``; without it the chosen
+    probe is returned as it is, for a caller that solves it again on more rows).
 
     ``extend``: when the best is the first or the last reg of the range, the
     path goes on past that end, one step of the range's spacing at a time
@@ -438,7 +440,7 @@ def regularization_path(
             else:
                 worse += 1
     polish = 0
-    if probe_gtol > gtol and not best_solution.grad_ratio <= gtol:
+    if polish and probe_gtol > gtol and not best_solution.grad_ratio <= gtol:
         chosen = points[best]
         t0 = time.perf_counter()
         final = lbfgs(
