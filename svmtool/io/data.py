@@ -321,17 +321,47 @@ def mean_image(images: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray
     """Mean of uint8 images (N, H, W, C) over ``rows`` (all if None), as float64 (H, W, C).
 
     The sums are integers, exact: blocks of 257 rows are summed in uint16 (257 * 255
-    < 2^16, twice as fast as wider sums), the blocks in int64.
+    < 2^16, twice as fast as wider sums), the blocks in int64, chunks of rows on
+    every core (``_on_cores``; integer sums do not depend on the order).
     """
     flat = images.reshape(images.shape[0], -1)
     index = _check_rows(rows, flat.shape[0])
     if index is not None:
         index = np.sort(index)
-    total = np.zeros(flat.shape[1], dtype=np.int64)
-    for _, block in _row_blocks(flat, index, 257):
-        total += np.add.reduce(block, axis=0, dtype=np.uint16)
     count = flat.shape[0] if index is None else index.size
+
+    def chunk_total(start: int, stop: int) -> np.ndarray:
+        total = np.zeros(flat.shape[1], dtype=np.int64)
+        part = None if index is None else index[start:stop]
+        source = flat[start:stop] if index is None else flat
+        for _, block in _row_blocks(source, part, 257):
+            total += np.add.reduce(block, axis=0, dtype=np.uint16)
+        return total
+
+    total = sum(_on_cores(chunk_total, count), np.zeros(flat.shape[1], dtype=np.int64))
     return (total / max(count, 1)).reshape(images.shape[1:])
+
+
+# Rows per task when preprocessing on several cores: ~12 MB of float32 at
+# CIFAR's size, small enough that a busy core holding one task delays little.
+CHUNK_ROWS = 4096
+
+
+def _on_cores(task, count: int) -> list:
+    """[task(start, stop) for consecutive chunks of CHUNK_ROWS of range(count)],
+    the chunks taken by one thread per core (numpy releases the GIL in these
+    loops); in this thread when there is a single chunk. A core held by another
+    process slows only the chunks its thread takes."""
+    bounds = [(s, min(s + CHUNK_ROWS, count)) for s in range(0, count, CHUNK_ROWS)]
+    from svmtool.core.threads import cores
+
+    workers = min(cores(), len(bounds))
+    if workers <= 1:
+        return [task(lo, hi) for lo, hi in bounds]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda b: task(*b), bounds))
 
 
 def preprocess(
@@ -346,21 +376,31 @@ def preprocess(
     order (all if None). One pass into the preallocated output: each block of
     rows is converted, has the mean subtracted and gets its bias while it is in
     cache, with no temporary beyond a block (a uint8-to-float subtraction in one
-    ufunc call casts through a buffer: measured 2-3x slower than the two calls).
+    ufunc call casts through a buffer: measured 2-3x slower than the two calls),
+    chunks of rows on every core (``_on_cores``).
     """
     flat = images.reshape(images.shape[0], -1)
     index = _check_rows(rows, flat.shape[0])
     d = flat.shape[1]
-    out = np.empty((flat.shape[0] if index is None else index.size, d + 1), dtype=dtype)
+    count = flat.shape[0] if index is None else index.size
+    out = np.empty((count, d + 1), dtype=dtype)
     mean_row = np.asarray(mean, dtype=dtype).reshape(d)
-    # Rows are gathered 512 at a time and converted 32 at a time (~400 KB of
-    # float32 at CIFAR's size), which stay in L2 between the two passes.
-    for start, block in _row_blocks(flat, index, 512):
-        for sub in range(0, block.shape[0], 32):
-            rows_in = block[sub : sub + 32]
-            target = out[start + sub : start + sub + rows_in.shape[0]]
-            body = target[:, :d]
-            np.copyto(body, rows_in)
-            np.subtract(body, mean_row, out=body)
-            target[:, d] = 1
+
+    def fill(start: int, stop: int) -> None:
+        part = None if index is None else index[start:stop]
+        source = flat[start:stop] if index is None else flat
+        # Rows are gathered 512 at a time and converted 32 at a time (~400 KB of
+        # float32 at CIFAR's size), which stay in L2 between the two passes.
+        for first, block in _row_blocks(source, part, 512):
+            for sub in range(0, block.shape[0], 32):
+                rows_in = block[sub : sub + 32]
+                at = start + first + sub
+                target = out[at : at + rows_in.shape[0]]
+                body = target[:, :d]
+                np.copyto(body, rows_in)
+                np.subtract(body, mean_row, out=body)
+                target[:, d] = 1
+
+    # Chunks of rows on every core: elementwise, so the same bits however split.
+    _on_cores(fill, count)
     return out
