@@ -133,6 +133,13 @@ class Unsplit:
 
     matmul = staticmethod(np.matmul)
 
+    @staticmethod
+    def decay_add(W, decay, a, b, squares=False):
+        product = a @ b
+        W *= decay
+        W += product
+        return threads.half_squares(W) if squares else None
+
 
 class Recording(SplitSteps):
     """SplitSteps that keeps itself where the benchmark can read its decisions."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from svmtool.core import threads
 from svmtool.errors import SvmtoolError
+from svmtool.io import data
 from svmtool.io.data import (
     Dataset,
     load_dataset,
@@ -146,10 +148,17 @@ def test_preprocess_matches_the_textbook_recipe():
     np.testing.assert_allclose(out32, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("chunk", [4096, 300])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_preprocess_is_bit_identical_to_the_one_formula_in_every_row_order(dtype):
+def test_preprocess_is_bit_identical_to_the_one_formula_in_every_row_order(
+    dtype, chunk, monkeypatch
+):
     # More rows than one gathered block (512) and one converted block (32), with a
-    # permutation, a consecutive run (taken as a view), repeats and the default order.
+    # permutation, a consecutive run (taken as a view), repeats and the default order;
+    # with chunk 300 the rows are shared among threads on every core, in chunks
+    # that do not fall on the blocks' edges.
+    monkeypatch.setattr(data, "CHUNK_ROWS", chunk)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (1300, 2, 3, 3), dtype=np.uint8)
     mean = mean_image(images, np.arange(1200))
@@ -165,7 +174,10 @@ def test_preprocess_is_bit_identical_to_the_one_formula_in_every_row_order(dtype
         preprocess(images, mean, np.array([0, 1300]))
 
 
-def test_mean_image_is_exact_over_any_rows():
+@pytest.mark.parametrize("chunk", [4096, 300])
+def test_mean_image_is_exact_over_any_rows(chunk, monkeypatch):
+    monkeypatch.setattr(data, "CHUNK_ROWS", chunk)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
     rng = np.random.default_rng(2)
     images = rng.integers(250, 256, (1000, 2, 2, 3), dtype=np.uint8)  # sums near uint16's top
     for rows in [None, rng.permutation(1000)[:700], np.arange(3, 900), np.array([4, 4, 9])]:

@@ -7,6 +7,7 @@ import tarfile
 
 import numpy as np
 import pytest
+import requests
 from conftest import cifar_archive, extracted, md5, tar_gz
 from typer.testing import CliRunner
 from werkzeug import Request, Response
@@ -499,13 +500,13 @@ def test_a_certificate_failure_is_one_line_not_five_retries(tmp_path, monkeypatc
 
     def untrusted(*args, **kwargs):
         calls.append(args)
-        raise download.requests.exceptions.SSLError(
+        raise requests.exceptions.SSLError(
             "HTTPSConnectionPool(host='x', port=443): Max retries exceeded (Caused by"
             " SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED]"
             " certificate verify failed: self-signed certificate in certificate chain')))"
         )
 
-    monkeypatch.setattr(download.requests, "get", untrusted)
+    monkeypatch.setattr(requests, "get", untrusted)
     result = run("download", "--data-dir", str(tmp_path), "--url", "https://x/a.tgz")
     assert result.exit_code == 1 and len(calls) == 1
     lines = result.output.strip().splitlines()

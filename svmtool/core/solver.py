@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from svmtool.core.loss import data_term
+from svmtool.core.threads import SplitSteps
 
 IterationFn = Callable[[int, float], None]
 """Called as ``on_iteration(iteration, objective)`` after every L-BFGS iteration."""
@@ -65,10 +66,14 @@ def objective(
     n = X.shape[0]
     total = 0.0
     W_x = W.astype(X.dtype, copy=False)
-    for s in range(0, n, chunk):
-        scores = (X[s : s + chunk] @ W_x).astype(np.float64)
-        data, _ = fn(scores, y[s : s + chunk], delta)
-        total += float(data) * scores.shape[0]
+    # The blocks' products split over the cores as timing them shows faster
+    # (BLAS's own threads stall when another process holds a core).
+    with SplitSteps(probe=1, window=1 << 20, max_window=1 << 20) as cores:
+        for s in range(0, n, chunk):
+            cores.next()
+            scores = cores.matmul(X[s : s + chunk], W_x).astype(np.float64)
+            data, _ = fn(scores, y[s : s + chunk], delta)
+            total += float(data) * scores.shape[0]
     w = W.astype(np.float64, copy=False)
     return total / max(n, 1) + reg * float(np.vdot(w, w))
 

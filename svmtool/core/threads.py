@@ -198,7 +198,8 @@ MIN_PART = 2_000_000
 
 
 class _Helper:
-    """One thread that runs products handed to it (numpy releases the GIL in BLAS)."""
+    """One thread that runs the jobs handed to it (numpy releases the GIL in BLAS
+    and in its loops over large arrays), and hands back each one's result."""
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -208,12 +209,17 @@ class _Helper:
 
     def _run(self) -> None:
         while (job := self.jobs.get()) is not None:
-            a, b, out = job
             try:
-                np.matmul(a, b, out=out)
-                self.done.put(None)
+                self.done.put((job(), None))
             except BaseException as exc:  # handed back to the caller
-                self.done.put(exc)
+                self.done.put((None, exc))
+
+    def answer(self) -> object:
+        """The result of the oldest job not yet answered (its exception is raised)."""
+        value, failure = self.done.get()
+        if failure is not None:
+            raise failure
+        return value
 
     def stop(self) -> None:
         self.jobs.put(None)
@@ -277,24 +283,90 @@ class SplitSteps:
             self._helpers.append(_Helper())
         self._last = self._clock()
 
-    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """a @ b for 2-D a (M, K) and b (K, N), in row blocks of a over the chosen cores."""
+    def _blocks(self, a: np.ndarray, n: int) -> list[int]:
+        """Row bounds of the blocks of a (M, K) @ (K, n) over the current split."""
         m, k = a.shape
-        n = b.shape[1]
         parts = min(self.parts, max(1, (m * k * n) // MIN_PART), m)
-        if parts == 1:
-            return a @ b
-        out = np.empty((m, n), dtype=np.result_type(a, b))
-        bounds = [m * i // parts for i in range(parts + 1)]
-        helpers = self._helpers[: parts - 1]
+        return [m * i // parts for i in range(parts + 1)]
+
+    def _over_blocks(self, bounds: list[int], job: Callable[[int, int], object]) -> None:
+        """job(lo, hi) for every block: the first here, the others on the helpers."""
+        helpers = self._helpers[: len(bounds) - 2]
         for helper, lo, hi in zip(helpers, bounds[1:-1], bounds[2:], strict=True):
-            helper.jobs.put((a[lo:hi], b, out[lo:hi]))
+            helper.jobs.put(lambda lo=lo, hi=hi: job(lo, hi))
         try:
-            np.matmul(a[: bounds[1]], b, out=out[: bounds[1]])
+            job(bounds[0], bounds[1])
         finally:
             # Every helper's answer is collected, so none is left for the next product.
-            failures = [helper.done.get() for helper in helpers]
-        for failure in failures:
-            if failure is not None:
-                raise failure
+            failures = []
+            for helper in helpers:
+                try:
+                    helper.answer()
+                except BaseException as exc:
+                    failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """a @ b for 2-D a (M, K) and b (K, N), in row blocks of a over the chosen cores."""
+        bounds = self._blocks(a, b.shape[1])
+        if len(bounds) == 2:
+            return a @ b
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+
+        def block(lo: int, hi: int) -> None:
+            np.matmul(a[lo:hi], b, out=out[lo:hi])
+
+        self._over_blocks(bounds, block)
         return out
+
+    def decay_add(
+        self,
+        W: np.ndarray,
+        decay: np.ndarray | float,
+        a: np.ndarray,
+        b: np.ndarray,
+        squares: bool = False,
+    ) -> np.ndarray | None:
+        """W <- W * decay + a @ b in place, in row blocks over the chosen cores.
+
+        W: (M, N); decay: a scalar or (N,); a: (M, K); b: (K, N). Each core
+        updates the rows of W it computed, while they are in its cache: the
+        same operations as ``W *= decay; W += a @ b``, so the same bits. With
+        ``squares``, returns the new W's column sums of squares (N,), summed
+        over two fixed halves of the rows (as ``half_squares``) so that they
+        are the same bits whatever the split; on two cores each sums its own.
+        """
+        bounds = self._blocks(a, b.shape[1])
+        halves = [0, W.shape[0] // 2, W.shape[0]]
+        fused = squares and bounds == halves
+        sums: dict[int, np.ndarray] = {}
+
+        def block(lo: int, hi: int) -> None:
+            product = a[lo:hi] @ b
+            rows = W[lo:hi]
+            rows *= decay
+            rows += product
+            if fused:
+                sums[lo] = _squares(rows)
+
+        if len(bounds) == 2:
+            block(0, W.shape[0])
+        else:
+            self._over_blocks(bounds, block)
+        if not squares:
+            return None
+        if not fused:
+            return half_squares(W)
+        return sums[0] + sums[halves[1]]
+
+
+def _squares(W: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->j", W, W)
+
+
+def half_squares(W: np.ndarray) -> np.ndarray:
+    """Column sums of squares of W (M, N) -> (N,), float32-accurate (one pass):
+    the sum of the two halves' (rows before and after M // 2), in that order."""
+    half = W.shape[0] // 2
+    return _squares(W[:half]) + _squares(W[half:])

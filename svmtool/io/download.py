@@ -19,9 +19,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-import requests
-import urllib3
-
 from svmtool.errors import SvmtoolError
 from svmtool.io.files import disk_error, link_refusal, open_own, open_regular
 
@@ -53,12 +50,13 @@ class DownloadFailed(SvmtoolError):
 RetryFn = Callable[[str, float, int, int], None]
 """Called as ``on_retry(reason, delay_seconds, next_try, tries)`` before each retry."""
 
-# What a cut connection looks like while streaming the body.
-_DROPPED = (
-    requests.RequestException,
-    urllib3.exceptions.HTTPError,
-    OSError,
-)
+
+def _dropped() -> tuple[type[BaseException], ...]:
+    """What a cut connection looks like while streaming the body."""
+    import requests
+    import urllib3
+
+    return (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
 class _Retryable(Exception):
@@ -94,6 +92,10 @@ def _fetch_once(
     url: str, part: Path, progress: ProgressFn | None, max_size: int | None, restarted=False
 ) -> None:
     """One attempt: continue ``part`` from its current size, or start it over."""
+    # Imported here, not at the top: requests and urllib3 take ~0.1 s to import,
+    # and every command reads this module but only a download needs them.
+    import requests
+
     have = _part_size(part)
     if max_size is not None and have > max_size:
         # Longer than the archive can be: not a beginning worth continuing.
@@ -183,11 +185,12 @@ def _fetch_once(
             progress(done, total)
         # Raw bytes, as sent: a Content-Encoding (gzip) is not undone.
         body = response.raw.stream(CHUNK_SIZE, decode_content=False)
+        dropped = _dropped()
         with open_own(part, append=append, truncate=not append) as f:
             while True:
                 try:
                     block = next(body, None)
-                except _DROPPED:
+                except dropped:
                     raise _Retryable(f"connection lost after {done} bytes") from None
                 if block is None:
                     break

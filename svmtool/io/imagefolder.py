@@ -39,9 +39,8 @@ from typing import NamedTuple
 import numpy as np
 
 from svmtool.errors import BadValue, SvmtoolError
-from svmtool.io.data import Dataset, content_order, stratified_sample
+from svmtool.io.dataset import Dataset, content_order, stratified_sample
 from svmtool.io.files import open_regular
-from svmtool.io.images import probe_image, read_image
 from svmtool.io.npzfile import map_npy, physical_memory, write_npy_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -239,6 +238,10 @@ def _reason(exc: SvmtoolError, path: Path) -> str:
 
 def probe_files(paths: list[str]) -> list[tuple]:
     """(height, width, gray) or ('error', reason) for each path (a worker's task)."""
+    # Imported here: PIL takes ~30 ms to import, and `svmtool train` on CIFAR-10
+    # reads this module (its option parsing) without decoding any image.
+    from svmtool.io.images import probe_image
+
     out = []
     for p in paths:
         try:
@@ -250,6 +253,8 @@ def probe_files(paths: list[str]) -> list[tuple]:
 
 def decode_files(paths: list[str], shape: tuple[int, int, int]) -> list[tuple]:
     """(digest, pixel bytes) or ('error', reason) for each path (a worker's task)."""
+    from svmtool.io.images import read_image
+
     out = []
     for p in paths:
         try:
