@@ -513,7 +513,7 @@ def _child(folder: Path, index: int, spec_text: str, fd: int) -> int:
         load_functions,
         parse_spec,
     )
-    from svmtool.report import render_comparison, render_function, user_check_json
+    from svmtool.render.usercheck import render_comparison, render_function, user_check_json
     from svmtool.usercheck import run_check
 
     def console(buffer) -> Console:

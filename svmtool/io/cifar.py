@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from svmtool.errors import BadValue, DataNotFound, SvmtoolError, check_choice
-from svmtool.io.data import Dataset, class_names_problem
+from svmtool.io.dataset import Dataset, class_names_problem
 from svmtool.io.download import ProgressFn, RetryFn, fetch, md5_of, safe_extract, verify_md5
 from svmtool.io.files import (
     disk_error,

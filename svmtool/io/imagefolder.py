@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from svmtool.errors import BadValue, SvmtoolError
-from svmtool.io.data import Dataset, content_order, stratified_sample
+from svmtool.io.dataset import Dataset, content_order, stratified_sample
 from svmtool.io.files import open_regular
 from svmtool.io.npzfile import map_npy, physical_memory, write_npy_folder
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from svmtool.errors import BadValue, DataNotFound, SvmtoolError
-from svmtool.io.data import CIFAR100, FASHION_MNIST, MNIST, Dataset
+from svmtool.io.dataset import CIFAR100, FASHION_MNIST, MNIST, Dataset
 from svmtool.io.download import (
     DownloadFailed,
     ProgressFn,
