@@ -219,7 +219,8 @@ def split_sizes(
 
 def _absent(class_names: list[str], labels: np.ndarray) -> list[str]:
     present = np.zeros(len(class_names), dtype=bool)
-    present[np.unique(labels)] = True
+    # Not np.unique: a sort, and in numpy 2 it imports numpy.ma (~20 ms of train's start).
+    present[labels] = True
     return [class_names[k] for k in np.flatnonzero(~present)]
 
 
