@@ -17,17 +17,20 @@ then times, alternately in the same run, medians of --repeats rounds:
      np.random.choice batches, fancy-index gather, the textbook loss);
   4. end to end, each as a fresh process: `svmtool train` with the defaults
      against the CS231n-style pipeline (unpickle, float64, mean subtraction,
-     bias column, LinearSVM.train, train and validation accuracy);
+     bias column, LinearSVM.train, train and validation accuracy), both with
+     their compiled bytecode kept, as Python does by default (and svmtool also
+     without, as under PYTHONDONTWRITEBYTECODE=1), and where svmtool's time went;
   5. with --busy: the same with another process holding one core (a Python
      busy loop), alternated with the idle runs;
   6. a grid of --configs configurations trained together against the same
-     configurations trained one after another.
+     configurations trained one after another, and its two products alone.
 The machine may be shared: the load average is printed with every section.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -313,22 +316,62 @@ def training_loop(X32, y32, X64, labels, repeats: int) -> dict[str, float]:
     return t
 
 
-def end_to_end(workdir: Path, data: Path, repeats: int, busy: bool) -> None:
-    script = Path(__file__).resolve()
+PHASES = {
+    "load_seconds": "loading + preprocessing",
+    "train_seconds": "training loop",
+    "evaluate_seconds": "train and val accuracy",
+}
 
-    def svmtool_train():
-        command = [sys.executable, "-m", "svmtool", "train", "--data-dir", str(data),
-                   "--model", str(workdir / "bench_model.npz")]  # fmt: skip
-        subprocess.run(command, check=True, capture_output=True)
+
+def end_to_end(workdir: Path, data: Path, repeats: int, busy: bool) -> None:
+    from svmtool.io import model as model_io
+
+    script = Path(__file__).resolve()
+    phases: dict[str, list[tuple[float, dict]]] = {}
+    # Both contenders run as Python runs by default, with compiled bytecode kept
+    # (in workdir, not in the source tree) and reused; a shell with
+    # PYTHONDONTWRITEBYTECODE=1 would compile every module at every start, which
+    # is timed too ("no bytecode cache").
+    cached = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cached["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
+    uncached = {**cached, "PYTHONDONTWRITEBYTECODE": "1"}
+    del uncached["PYTHONPYCACHEPREFIX"]
+
+    def svmtool_train(name: str, env: dict[str, str]):
+        def run():
+            path = workdir / "bench_model.npz"
+            command = [sys.executable, "-m", "svmtool", "train", "--data-dir", str(data),
+                       "--model", str(path)]  # fmt: skip
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, env=env)
+            wall = time.perf_counter() - start
+            phases.setdefault(name, []).append((wall, model_io.load(path).metrics))
+
+        return run
 
     def notebook():
         command = [sys.executable, str(script), "--cs231n-pipeline", str(data)]
-        subprocess.run(command, check=True, capture_output=True)
+        subprocess.run(command, check=True, capture_output=True, env=cached)
 
-    contenders = {"svmtool": svmtool_train, "cs231n": notebook}
+    def start_only():
+        # Python's start, the imports and the options, then a usage error before any data.
+        command = [sys.executable, "-m", "svmtool", "train", "--data-dir", str(data),
+                   "--iters", "0"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, env=cached)
+        assert done.returncode == 2 and "--iters" in done.stderr, done.stderr
+
+    for warm in (svmtool_train("warm-up", cached), notebook):
+        warm()  # writes the bytecode both will read
+    phases.clear()
+    contenders = {
+        "svmtool": svmtool_train("svmtool", cached),
+        "cs231n": notebook,
+        "svmtool, no bytecode cache": svmtool_train("svmtool, no bytecode cache", uncached),
+        "start only": start_only,
+    }
     around = {}
     if busy:
-        contenders["svmtool, busy core"] = svmtool_train
+        contenders["svmtool, busy core"] = svmtool_train("svmtool, busy core", cached)
         around["svmtool, busy core"] = busy_core
     t = alternate(contenders, repeats, around)
     print(f"end to end, each a new process   {load()}")
@@ -337,9 +380,23 @@ def end_to_end(workdir: Path, data: Path, repeats: int, busy: bool) -> None:
     print(f"  CS231n-style (unpickle, float64, mean, bias, LinearSVM.train, accuracies)"
           f"  {fmt(t['cs231n'])}")  # fmt: skip
     print(f"  CS231n / svmtool = {ratio(t['cs231n'], t['svmtool'])} (target >= 5x)")
+    slow_start = t["svmtool, no bytecode cache"]
+    print(f"  svmtool train compiling its modules at start (PYTHONDONTWRITEBYTECODE=1)"
+          f"  {fmt(slow_start)}   CS231n / it = {ratio(t['cs231n'], slow_start)}")  # fmt: skip
     if busy:
         print(f"  svmtool train, another process holding a core    {fmt(t['svmtool, busy core'])}")
         print(f"  busy / idle = {ratio(t['svmtool, busy core'], t['svmtool'])} (target <= 1.5x)")
+    # Where the median run's time went, from the timings train saves in the model.
+    for name, runs in phases.items():
+        wall, metrics = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+        print(f"  {name}, the median run ({wall:.3f} s):")
+        for key, label in PHASES.items():
+            print(f"    {label:26s} {fmt(metrics[key])}")
+        rest = wall - sum(metrics[key] for key in PHASES)
+        print(f"    {'the rest':26s} {fmt(rest)}   (Python's start, imports, options,"
+              " the objective, model file, output)")  # fmt: skip
+    print(f"  of which Python's start, the imports and the options"
+          f" (train --iters 0: a usage error)  {fmt(t['start only'])}")  # fmt: skip
     print()
 
 
@@ -378,12 +435,26 @@ def grid(X32, y32, configs: int, repeats: int) -> None:
         for lr, reg in pairs:
             train.sgd_grid(X32, y32, C, [lr], [reg], rng=np.random.default_rng(0))
 
-    t = alternate({"sequential": one_by_one, "together": together}, repeats)
+    def floor():
+        # The step's two products alone at the grid's width, split as svmtool splits them.
+        W = np.zeros((X32.shape[1], len(pairs) * C), np.float32)
+        coeff = np.ones((BATCH, len(pairs) * C), np.float32)
+        views = train.minibatches(X32.shape[0], BATCH, ITERS, np.random.default_rng(0))
+        with SplitSteps(threads.ThreadChoice([threads.cores()], probe=1)) as steps:
+            for rows in views:
+                batch = X32[rows]
+                steps.next()
+                steps.matmul(batch, W)
+                steps.matmul(batch.T, coeff)
+
+    t = alternate({"sequential": one_by_one, "together": together, "floor": floor}, repeats)
     chose = decisions_line()
     print(f"grid of {len(pairs)} configurations ({ITERS} steps of {BATCH} rows each)   {load()}")
     print(f"  one after another   {fmt(t['sequential'])}")
     print(f"  together, one pass  {fmt(t['together'])}")
     print(f"      {chose} (both contenders)")
+    print(f"  floor: its two products alone, svmtool's split, from memory  {fmt(t['floor'])}"
+          f"   together / floor = {ratio(t['together'], t['floor'])}")  # fmt: skip
     print(f"  sequential / together = {ratio(t['sequential'], t['together'])} (target >= 4x)")
 
 

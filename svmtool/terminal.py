@@ -10,7 +10,9 @@ off, so a plain string cell cannot be interpreted either.
 
 from __future__ import annotations
 
+import math
 import re
+import textwrap
 
 from rich import box
 from rich.console import Console
@@ -49,6 +51,30 @@ def literal_lines(text: object, style: str = "") -> Text:
 def make_console(stderr: bool = False) -> Console:
     """A console that interprets nothing in the strings it is given."""
     return Console(stderr=stderr, highlight=False, markup=False, emoji=False)
+
+
+def fmt(value, spec: str = ".4f") -> str:
+    """A number for a table cell: '—' for none or NaN, 4 significant digits when huge."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if abs(value) >= 1e6:
+        return format(value, ".4e")  # a loss of 1e36 in 4 significant digits, not 37
+    return format(value, spec)
+
+
+def print_lines(console: Console, lines: list[str], indent: int = 0) -> None:
+    """Outside text, one item per line; a wrapped item hangs under its first word."""
+    for line in lines:
+        hanging = 2 if line.startswith(("- ", "✗ ")) else 0
+        filled = textwrap.fill(
+            line,
+            width=max(console.width, 40),
+            initial_indent=" " * indent,
+            subsequent_indent=" " * (indent + hanging),
+            break_on_hyphens=False,
+            break_long_words=False,  # a long path runs past the edge, never cut in two
+        )
+        console.print(literal_lines(filled), soft_wrap=True)
 
 
 # --- tables --------------------------------------------------------------------------

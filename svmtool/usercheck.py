@@ -137,7 +137,7 @@ class UserCheckReport:
         return self.exit_code == EXIT_RIGHT
 
     def __str__(self) -> str:
-        from svmtool.report import render_to_text
+        from svmtool.render.usercheck import render_to_text
 
         return render_to_text(self)
 

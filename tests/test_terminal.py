@@ -285,7 +285,7 @@ def test_sgd_with_a_huge_reg_warns_nothing():
 
 
 def test_the_bar_shows_a_huge_loss_in_a_few_digits_and_diverged_as_a_word():
-    from svmtool.cli import _loss_text
+    from svmtool.render.progress import loss_text as _loss_text
 
     assert _loss_text(5.19304) == "5.1930"
     assert _loss_text(9000017513735852939184586096640.0) == "9.0000e+30"

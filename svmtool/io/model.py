@@ -12,7 +12,7 @@ import numpy as np
 from svmtool import __version__
 from svmtool.core.features import Features, feature_dim
 from svmtool.errors import SvmtoolError
-from svmtool.io.data import class_names_problem
+from svmtool.io.dataset import class_names_problem
 from svmtool.io.files import PendingFile, write_atomic
 from svmtool.io.npzfile import read_npz
 

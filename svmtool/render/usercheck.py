@@ -1,4 +1,6 @@
-"""Rendering of gradient-check results: one renderer for the CLI and for notebooks.
+"""The user-code report (gradcheck --loss, svmtool.check_gradient): terminal and JSON.
+
+One renderer for the command line, the sandboxed child and notebooks.
 
 Text that comes from outside (function names, file paths, exception messages)
 is shown literally: never parsed as Rich markup, control characters replaced.
@@ -7,8 +9,6 @@ is shown literally: never parsed as Rich markup, control characters replaced.
 from __future__ import annotations
 
 import io
-import itertools
-import math
 import re
 import textwrap
 
@@ -17,36 +17,16 @@ from rich.table import Table
 from rich.text import Text
 
 from svmtool.core.diagnose import CONVENTIONS
+from svmtool.render.gradcheck import check_json, gradcheck_table
 from svmtool.terminal import (
     clean,
     literal,
     literal_lines,
     number_column,
+    print_lines,
     print_table,
     text_column,
 )
-
-STATUS_STYLE = {"ok": "green", "kink": "yellow", "FAIL": "bold red"}
-
-
-def gradcheck_table(report) -> Table:
-    """One row per checked coordinate of a GradcheckReport."""
-    table = Table()
-    for name in ("d", "c", "numeric", "analytic", "rel error", "kink samples"):
-        # The digits are the point of this table: print_table never cuts them.
-        number_column(table, name)
-    text_column(table, "status", justify="right")
-    for c in report.checks:
-        table.add_row(
-            str(c.d),
-            str(c.c),
-            f"{c.numeric:.8g}",
-            f"{c.analytic:.8g}",
-            f"{c.rel_error:.2e}",
-            str(c.straddled),
-            Text(c.status, style=STATUS_STYLE[c.status]),
-        )
-    return table
 
 
 def self_consistency_line(report) -> str:
@@ -118,24 +98,9 @@ def _agreement_lines(diag) -> list[str]:
     return lines
 
 
-def _print_lines(console: Console, lines: list[str], indent: int = 0) -> None:
-    """Outside text, one item per line; a wrapped item hangs under its first word."""
-    for line in lines:
-        hanging = 2 if line.startswith(("- ", "✗ ")) else 0
-        filled = textwrap.fill(
-            line,
-            width=max(console.width, 40),
-            initial_indent=" " * indent,
-            subsequent_indent=" " * (indent + hanging),
-            break_on_hyphens=False,
-            break_long_words=False,  # a long path runs past the edge, never cut in two
-        )
-        console.print(literal_lines(filled), soft_wrap=True)
-
-
 def render_header(report, console: Console) -> None:
     """The first line of a user check: the data and the point."""
-    _print_lines(
+    print_lines(
         console,
         [
             f"checking on {report.samples} samples of {report.source} (float64) at {report.point};"
@@ -157,7 +122,7 @@ def render_function(
     origin = f" from {fn.origin}" if fn.origin else ""
     console.rule(literal(f"{fn.name}{origin}"))
     if fn.delta_note:
-        _print_lines(console, [fn.delta_note])
+        print_lines(console, [fn.delta_note])
     for check in fn.regs:
         if check.loss is None:
             continue  # its return value was refused: the verdict below says why
@@ -165,10 +130,10 @@ def render_function(
         if check.gradcheck is not None:
             if detail:
                 print_table(console, gradcheck_table(check.gradcheck))
-            _print_lines(console, [self_consistency_line(check.gradcheck)])
+            print_lines(console, [self_consistency_line(check.gradcheck)])
         elif check.problem:
-            _print_lines(console, [f"self-consistency: {check.problem}"])
-        _print_lines(console, _agreement_lines(check.diagnosis))
+            print_lines(console, [f"self-consistency: {check.problem}"])
+        print_lines(console, _agreement_lines(check.diagnosis))
     if fn.error is not None:
         if tracebacks:
             if fn.error.details:
@@ -177,7 +142,7 @@ def render_function(
                 literal(f"could not be run: {fn.error.summary}", "bold red"), soft_wrap=True
             )
             if fn.error.hint:
-                _print_lines(console, [f"hint: {fn.error.hint}"])
+                print_lines(console, [f"hint: {fn.error.hint}"])
         else:
             console.print(Text("could not be run: the error is on stderr", style="bold red"))
         return
@@ -192,7 +157,7 @@ def render_function(
         print_table(console, table)
     elif fn.probes:
         agree = all(p.status == "ok" for p in fn.probes)
-        _print_lines(
+        print_lines(
             console,
             [
                 "other shapes: "
@@ -220,7 +185,7 @@ def render_function(
         verdict = Text("WRONG", style="bold red")
         verdict.append_text(literal(f": {fn.name}"))
         console.print(verdict)
-        _print_lines(console, [f"- {finding}" for finding in fn.findings], indent=2)
+        print_lines(console, [f"- {finding}" for finding in fn.findings], indent=2)
 
 
 def render_comparison(report, console: Console) -> None:
@@ -229,7 +194,7 @@ def render_comparison(report, console: Console) -> None:
     if comp is None:
         return
     console.print()
-    _print_lines(
+    print_lines(
         console,
         [
             f"{comp.first} vs {comp.second} at reg = {comp.reg:g}: loss difference"
@@ -286,21 +251,6 @@ def render_to_text(report, width: int = 100) -> str:
     console = Console(file=buffer, width=width, color_system=None, highlight=False)
     render_user_check(report, console)
     return buffer.getvalue().rstrip("\n")
-
-
-def check_json(c) -> dict:
-    """One CoordCheck as JSON-able values (shared by both gradcheck outputs)."""
-    return {
-        "d": c.d,
-        "c": c.c,
-        "numeric": c.numeric,
-        "analytic": c.analytic,
-        "rel_error": c.rel_error,
-        "kink_free_rel_error": c.kink_free_rel_error,
-        "straddled_samples": c.straddled,
-        "status": c.status,
-        "kinks": [vars(k) for k in c.kinks],
-    }
 
 
 def _jsonable_diagnosis(diag) -> dict | None:
@@ -391,114 +341,3 @@ def user_check_json(report) -> dict:
         "exit_code": report.exit_code,
         "passed": report.passed,
     }
-
-
-# --- the delta sweep over every coordinate -------------------------------------------
-
-
-def sweep_table(points) -> Table:
-    """``points``: [(label, [SweepRow])]; one row per delta, the points side by side."""
-    total = points[0][1][0].coordinates if points[0][1] else 0
-    table = Table(title=f"how delta changes the frequency of kinks (all {total} coordinates)")
-    number_column(table, "delta")
-    for label, rows in points:
-        number_column(table, f"straddling at {label}")
-        if _has_expected(rows):
-            number_column(table, "expected at a random check point")
-        number_column(table, "margins near a kink")
-    for i, row in enumerate(points[0][1]):
-        cells = [f"{row.delta:g}"]
-        for _, rows in points:
-            cells.append(f"{rows[i].straddled_fraction:.1%}")
-            if _has_expected(rows):
-                cells.append(f"{rows[i].expected_straddled_fraction:.1%}")
-            cells.append(f"{rows[i].near_kink_fraction:.2%}")
-        table.add_row(*cells)
-    return table
-
-
-def _has_expected(rows) -> bool:
-    return bool(rows) and all(r.expected_straddled_fraction is not None for r in rows)
-
-
-def _trend(values: list[float], deltas: list[float], what: str) -> str:
-    pairs = sorted(zip(deltas, values, strict=True))
-    deltas = [d for d, _ in pairs]
-    values = [v for _, v in pairs]
-    ends = f"from {values[0]:.1%} at delta = {deltas[0]:g} to {values[-1]:.1%} at {deltas[-1]:g}"
-    if max(values) == 0:
-        return f"no {what} at any of these deltas"
-    if len(values) == 1:
-        return f"{values[0]:.1%} {what}"
-    steps = [b - a for a, b in itertools.pairwise(values)]
-    if all(s <= 0 for s in steps):
-        return f"{what}: falls {ends}, never rising as delta grows"
-    if all(s >= 0 for s in steps):
-        return f"{what}: rises {ends}, never falling as delta grows"
-    top = max(range(len(values)), key=values.__getitem__)
-    low = min(range(len(values)), key=values.__getitem__)
-    return (
-        f"{what}: not monotone in delta; most at delta = {deltas[top]:g} ({values[top]:.1%}),"
-        f" least at {deltas[low]:g} ({values[low]:.1%})"
-    )
-
-
-def sweep_interpretation(points) -> list[str]:
-    """What the sweep's numbers show, one line per point (text made from the numbers)."""
-    lines = []
-    for label, rows in points:
-        deltas = [r.delta for r in rows]
-        straddling = _trend(
-            [r.straddled_fraction for r in rows], deltas, "coordinates straddling a kink"
-        )
-        near = _trend([r.near_kink_fraction for r in rows], deltas, "margins near a kink")
-        if not _has_expected(rows):
-            lines.append(
-                f"At {label}, over all {rows[0].coordinates} coordinates: {straddling}; {near}."
-            )
-            continue
-        # One draw of W has few margins near a kink: its counts are noise around
-        # the expectation, so the trend is read from the expected column.
-        expected = _trend(
-            [r.expected_straddled_fraction for r in rows], deltas, "coordinates straddling a kink"
-        )
-        lines.append(
-            f"At {label}, over all {rows[0].coordinates} coordinates, expected over random"
-            f" draws W = 1e-4*N(0, 1): {expected}."
-        )
-        first = min(rows, key=lambda r: r.delta)
-        k = first.near_kink
-        spread = f"about {1 / math.sqrt(k):.0%} of their value" if k else "without bound"
-        lines.append(
-            f"The one measured draw has {k} of {first.margins} margins near a kink at delta ="
-            f" {first.delta:g}, so its fractions vary by {spread} (1/sqrt({k})) from draw to"
-            f" draw; measured there: {straddling}."
-        )
-    if len(points) == 2:
-        (a, ra), (b, rb) = points
-        worse = [r.delta for r, s in zip(ra, rb, strict=True) if s.straddled > r.straddled]
-        if worse:
-            lines.append(
-                f"{b} straddles more kinks than {a} at delta = "
-                + ", ".join(f"{d:g}" for d in worse)
-                + ": training moves margins towards the kink of the delta it used."
-            )
-        else:
-            lines.append(f"{b} straddles no more kinks than {a} at any of these deltas.")
-    return lines
-
-
-def sweep_json(points) -> list[dict]:
-    """Per delta, each point's counts: coordinates examined (D*C) and straddled."""
-    out = []
-    for i, row in enumerate(points[0][1]):
-        entry: dict = {"delta": row.delta}
-        for key, (label, rows) in zip(("at_check_point", "at_given_W"), points, strict=False):
-            # The expected fractions exist only at the random check point.
-            fields = {k: v for k, v in vars(rows[i]).items() if v is not None}
-            entry[key] = {"point": label, **fields}
-        # Kept for readers of the earlier format: the first point's fractions.
-        entry["near_kink_fraction"] = row.near_kink_fraction
-        entry["straddled_fraction"] = row.straddled_fraction
-        out.append(entry)
-    return out
