@@ -125,6 +125,7 @@ def test_the_table_marks_the_chosen_reg(tmp_path):
                  "--reg", "1e2,1e4")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "reg path (L-BFGS to convergence" in result.output and "chosen" in result.output
+    assert "refit on train + val" in result.output and "objective (train + val)" in result.output
     model = model_io.load(tmp_path / "m.npz")
     assert model.settings["selection"]["range"] == [1e4, 1e2]
     assert 1e2 <= model.settings["reg"] <= 1e4
