@@ -8,6 +8,7 @@ exists and every option named exists for that command (values such as DATA or FI
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -254,3 +255,44 @@ def test_every_link_between_the_pages_resolves(path: Path) -> None:
         elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
             bad.append(f"{path.name}: {target}: no such heading")
     assert not bad, "\n".join(bad)
+
+
+CODE_PATH = re.compile(r"^(?:svmtool|scripts|tests|docs|\.ci)/[\w./-]*$")
+DOTTED = re.compile(r"^svmtool(?:\.\w+)+$")
+
+
+def _inline_spans(path: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    return re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text)
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.name)
+def test_every_file_and_name_of_the_code_the_docs_point_at_exists(path: Path) -> None:
+    # "Where the code is" and the pages name modules; a module moved must take its name along.
+    bad = []
+    for span in _inline_spans(path):
+        if CODE_PATH.match(span) and not (ROOT / span).exists():
+            bad.append(f"{path.name}: {span}: no such file or folder")
+        elif DOTTED.match(span):
+            parts = span.split(".")
+            for cut in range(len(parts), 0, -1):
+                try:
+                    target: Any = importlib.import_module(".".join(parts[:cut]))
+                except ImportError:
+                    continue
+                try:
+                    for name in parts[cut:]:
+                        target = getattr(target, name)
+                except AttributeError:
+                    bad.append(f"{path.name}: {span}: no such name")
+                break
+    assert not bad, "\n".join(bad)
+
+
+def test_a_moved_module_is_caught(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("`svmtool/nowhere.py`, `svmtool.io.dataset.nothing`, `svmtool/cli.py`\n")
+    with pytest.raises(AssertionError, match=re.escape("nowhere.py: no such file")) as failure:
+        test_every_file_and_name_of_the_code_the_docs_point_at_exists(page)
+    assert "svmtool.io.dataset.nothing: no such name" in str(failure.value)
+    assert "cli.py" not in str(failure.value)
