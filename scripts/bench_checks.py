@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from benchlib import alternate, environment, fmt
 
-from svmtool.io import cifar
+from svmtool.io import cifar, pickles
 from svmtool.io import model as model_io
 from svmtool.io.data import Dataset
 from svmtool.io.model import Model
@@ -108,7 +108,7 @@ class _CUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if name == "_reconstruct":
-            return cifar._numpy_reconstruct()
+            return pickles._numpy_reconstruct()
         if (module, name) in (("numpy", "ndarray"), ("numpy", "dtype")):
             return getattr(np, name)
         raise pickle.UnpicklingError(f"forbidden global {module}.{name}")

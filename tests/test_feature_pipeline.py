@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from svmtool.cli import app
 from svmtool.errors import SvmtoolError
+from svmtool.evaluation import model_rows
 from svmtool.io import model as model_io
-from svmtool.pipeline import model_rows
 
 runner = CliRunner()
 KMEANS_SMALL = ("--centroids", "16", "--patches", "2000", "--kmeans-iters", "10")

@@ -62,8 +62,8 @@ def evaluate(
 
     Example: svmtool evaluate --split test --num-test 1000
     """
+    from svmtool.evaluation import evaluate as run_evaluate
     from svmtool.io import model as model_io
-    from svmtool.pipeline import evaluate as run_evaluate
     from svmtool.render.evaluation import evaluation_json, render_evaluation
     from svmtool.render.progress import feature_progress
 

@@ -191,8 +191,9 @@ def gradcheck(
 
     from svmtool.commands import gradcheck_loss as user
     from svmtool.core import gradcheck as gc
+    from svmtool.gradbatch import gradcheck_batch
     from svmtool.io import model as model_io
-    from svmtool.pipeline import gradcheck_batch, parse_floats
+    from svmtool.pipeline import parse_floats
     from svmtool.render.progress import feature_progress
 
     check_options(h, delta, reg, checks, coord, tol)

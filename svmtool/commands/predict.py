@@ -34,8 +34,8 @@ def predict(
 
     Example: svmtool predict cat.png plane.jpg
     """
+    from svmtool.evaluation import predict_files
     from svmtool.io import model as model_io
-    from svmtool.pipeline import predict_files
     from svmtool.render.predictions import predictions_json, render_predictions
 
     if top < 1:

@@ -9,14 +9,10 @@ checksums); the code here is svmtool's own.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
-import math
 import os
 import shutil
-import struct
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +24,14 @@ from svmtool.io.download import (
     DownloadFailed,
     ProgressFn,
     RetryFn,
-    _check_gzip_header,
     fetch,
     safe_extract,
     verify_md5,
 )
 from svmtool.io.files import is_regular_file, link_refusal, open_regular
-from svmtool.io.npzfile import map_npy, physical_memory, write_npy_folder
+from svmtool.io.idx import read_idx
+from svmtool.io.npzfile import map_npy, write_npy_folder
+from svmtool.io.pickles import integer_labels, unpickle
 
 
 @dataclass(frozen=True)
@@ -142,90 +139,9 @@ MAX_META_BYTES = 1 << 16
 # CIFAR-100's archive extracts to 3 files (train, test, meta) of about 180 MB.
 CIFAR100_MAX_EXTRACTED = 400_000_000
 CIFAR100_MAX_MEMBERS = 20
-# IDX bounds: MNIST's files hold 60,000 images of 28 x 28.
-MAX_IDX_ITEMS = 10_000_000
-MAX_IDX_SIDE = 1024
-IDX_UBYTE = 0x08
 
 
-# --- IDX -----------------------------------------------------------------------------
-
-
-def _gzip_isize(f) -> int | None:
-    """The gzip trailer's ISIZE (uncompressed length mod 2**32), or None if not gzip."""
-    f.seek(0)
-    if f.read(2) != b"\x1f\x8b":
-        f.seek(0)
-        return None
-    f.seek(-4, os.SEEK_END)
-    isize = int.from_bytes(f.read(4), "little")
-    f.seek(0)
-    return isize
-
-
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An IDX file of unsigned bytes (gzip or plain) with ``ndim`` dimensions, as uint8.
-
-    The magic, the dimensions and the size they imply are checked before anything
-    is allocated (against the file's size, or the gzip trailer's length); the stream
-    is read to its end, so gzip's CRC-32 and length are verified, and a byte more
-    than the dimensions account for is refused.
-    """
-    try:
-        with open_regular(path, "IDX file") as raw:
-            file_size = os.fstat(raw.fileno()).st_size
-            if file_size < 4:
-                raise SvmtoolError(f"{path} is not an IDX file (too short)")
-            isize = _gzip_isize(raw)
-            stream = gzip.GzipFile(fileobj=_check_gzip_header(raw)) if isize is not None else raw
-            with stream as f:
-                header = f.read(4)
-                if len(header) < 4 or header[:2] != b"\0\0":
-                    raise SvmtoolError(f"{path} is not an IDX file (no IDX magic number)")
-                if header[2] != IDX_UBYTE:
-                    raise SvmtoolError(
-                        f"{path}: IDX type 0x{header[2]:02x}, not unsigned bytes (0x08)"
-                    )
-                if header[3] != ndim:
-                    raise SvmtoolError(f"{path}: {header[3]} dimensions, expected {ndim}")
-                dims_raw = f.read(4 * ndim)
-                if len(dims_raw) < 4 * ndim:
-                    raise SvmtoolError(f"{path}: truncated IDX header")
-                dims = struct.unpack(f">{ndim}I", dims_raw)
-                if not 1 <= dims[0] <= MAX_IDX_ITEMS or not all(
-                    1 <= d <= MAX_IDX_SIDE for d in dims[1:]
-                ):
-                    raise SvmtoolError(f"{path}: implausible IDX dimensions {dims}")
-                need = math.prod(dims)
-                total = 4 + 4 * ndim + need
-                if isize is None and total != file_size:
-                    raise SvmtoolError(
-                        f"{path}: the header says {dims} ({total} bytes), the file holds"
-                        f" {file_size}"
-                    )
-                if isize is not None and isize != total % (1 << 32):
-                    raise SvmtoolError(
-                        f"{path}: the header says {dims} ({total} bytes), the gzip trailer"
-                        f" {isize} bytes"
-                    )
-                memory = physical_memory()
-                if memory is not None and need > memory // 2:
-                    raise SvmtoolError(f"{path}: {need:,} bytes of pixels, too many for memory")
-                out = np.empty(need, dtype=np.uint8)
-                view = memoryview(out)
-                got = 0
-                while got < need:
-                    n = f.readinto(view[got : got + (1 << 20)])
-                    if not n:
-                        raise SvmtoolError(f"{path}: truncated: {got} of {need} data bytes")
-                    got += n
-                if f.read(1):
-                    raise SvmtoolError(f"{path}: more bytes than its dimensions {dims} hold")
-    except SvmtoolError:
-        raise
-    except (OSError, EOFError, zlib.error) as exc:
-        raise SvmtoolError(f"cannot read {path}: {exc}") from None
-    return out.reshape(dims)
+# --- IDX folders (the files themselves: io/idx.py) ------------------------------------
 
 
 def read_idx_folder(folder: Path, spec: Spec) -> Dataset:
@@ -253,9 +169,7 @@ def read_idx_folder(folder: Path, spec: Spec) -> Dataset:
 
 
 def _read_cifar100_part(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from svmtool.io.cifar import _integer_labels, _unpickle
-
-    batch = _unpickle(path)
+    batch = unpickle(path)
     data = batch.get("data")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         raise SvmtoolError(f"malformed CIFAR-100 file {path}: no uint8 'data' array")
@@ -265,7 +179,7 @@ def _read_cifar100_part(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     for key, count in (("fine_labels", 100), ("coarse_labels", 20)):
         if key not in batch:
             raise SvmtoolError(f"malformed CIFAR-100 file {path}: no '{key}'")
-        values = _integer_labels(batch[key], path)
+        values = integer_labels(batch[key], path)
         if values.shape != (data.shape[0],):
             raise SvmtoolError(
                 f"malformed CIFAR-100 file {path}: {values.size} {key}, {len(data)} images"
@@ -279,11 +193,9 @@ def _read_cifar100_part(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def _cifar100_names(folder: Path) -> tuple[list[str], list[str]]:
     """Class names from the meta file when it has exactly 100 and 20, else the constants."""
-    from svmtool.io.cifar import _unpickle
-
     found = []
     meta = folder / "meta"
-    content = _unpickle(meta) if meta.exists() else {}
+    content = unpickle(meta) if meta.exists() else {}
     wanted = (("fine_label_names", CIFAR100_FINE), ("coarse_label_names", CIFAR100_COARSE))
     for key, fallback in wanted:
         names = content.get(key)
