@@ -2,6 +2,7 @@
 
 Run: python scripts/bench_train.py [--workdir DIR] [--repeats 3] [--configs 16] [--busy]
                                    [--sections losses,preprocessing,loop,end-to-end,grid]
+                                   [--compare-with TREE]
 
 The script writes full-size CIFAR-format data into --workdir (the six python
 batches and svmtool's uint8 cache, about 460 MB; kept there for the next run),
@@ -323,7 +324,9 @@ PHASES = {
 }
 
 
-def end_to_end(workdir: Path, data: Path, repeats: int, busy: bool) -> None:
+def end_to_end(
+    workdir: Path, data: Path, repeats: int, busy: bool, compare: Path | None = None
+) -> None:
     from svmtool.io import model as model_io
 
     script = Path(__file__).resolve()
@@ -338,12 +341,16 @@ def end_to_end(workdir: Path, data: Path, repeats: int, busy: bool) -> None:
     del uncached["PYTHONPYCACHEPREFIX"]
 
     def svmtool_train(name: str, env: dict[str, str]):
+        if name == "another checkout":
+            env = {**env, "PYTHONPATH": str(compare)}
+
         def run():
             path = workdir / "bench_model.npz"
             command = [sys.executable, "-m", "svmtool", "train", "--data-dir", str(data),
                        "--model", str(path)]  # fmt: skip
             start = time.perf_counter()
-            subprocess.run(command, check=True, capture_output=True, env=env)
+            # From workdir: `python -m` puts the current folder first on sys.path.
+            subprocess.run(command, check=True, capture_output=True, env=env, cwd=workdir)
             wall = time.perf_counter() - start
             phases.setdefault(name, []).append((wall, model_io.load(path).metrics))
 
@@ -357,11 +364,14 @@ def end_to_end(workdir: Path, data: Path, repeats: int, busy: bool) -> None:
         # Python's start, the imports and the options, then a usage error before any data.
         command = [sys.executable, "-m", "svmtool", "train", "--data-dir", str(data),
                    "--iters", "0"]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, env=cached)
+        done = subprocess.run(command, capture_output=True, text=True, env=cached, cwd=workdir)
         assert done.returncode == 2 and "--iters" in done.stderr, done.stderr
 
-    for warm in (svmtool_train("warm-up", cached), notebook):
-        warm()  # writes the bytecode both will read
+    warming = [svmtool_train("warm-up", cached), notebook]
+    if compare:
+        warming.append(svmtool_train("another checkout", cached))
+    for warm in warming:
+        warm()  # writes the bytecode the timed runs will read
     phases.clear()
     contenders = {
         "svmtool": svmtool_train("svmtool", cached),
@@ -369,6 +379,8 @@ def end_to_end(workdir: Path, data: Path, repeats: int, busy: bool) -> None:
         "svmtool, no bytecode cache": svmtool_train("svmtool, no bytecode cache", uncached),
         "start only": start_only,
     }
+    if compare:
+        contenders["another checkout"] = svmtool_train("another checkout", cached)
     around = {}
     if busy:
         contenders["svmtool, busy core"] = svmtool_train("svmtool, busy core", cached)
@@ -395,6 +407,15 @@ def end_to_end(workdir: Path, data: Path, repeats: int, busy: bool) -> None:
         rest = wall - sum(metrics[key] for key in PHASES)
         print(f"    {'the rest':26s} {fmt(rest)}   (Python's start, imports, options,"
               " the objective, model file, output)")  # fmt: skip
+    if compare:
+        other = t["another checkout"]
+        where = subprocess.run(
+            [sys.executable, "-c", "import svmtool; print(svmtool.__file__)"],
+            capture_output=True, text=True, cwd=workdir,
+            env={**cached, "PYTHONPATH": str(compare)},
+        ).stdout.strip()  # fmt: skip
+        print(f"  svmtool train from {where}  {fmt(other)}"
+              f"   it / this = {ratio(other, t['svmtool'])}")  # fmt: skip
     print(f"  of which Python's start, the imports and the options"
           f" (train --iters 0: a usage error)  {fmt(t['start only'])}")  # fmt: skip
     print()
@@ -469,6 +490,12 @@ def main() -> None:
         default="losses,preprocessing,loop,end-to-end,grid",
         help="which sections to run, comma-separated (default: all)",
     )
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="TREE",
+        help="also time `svmtool train` end to end from another checkout (its source folder)",
+    )
     parser.add_argument("--cs231n-pipeline", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cs231n_pipeline:
@@ -503,7 +530,7 @@ def main() -> None:
             training_loop(X32, y32, X64, labels, args.repeats)
         del X64
         if "end-to-end" in sections:
-            end_to_end(workdir, data, args.repeats, args.busy)
+            end_to_end(workdir, data, args.repeats, args.busy, args.compare_with)
         if args.busy:
             busy_loops(X32, y32, args.repeats)
         if "grid" in sections:
