@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 import re
 import textwrap
+from typing import TYPE_CHECKING
 
-from rich import box
 from rich.console import Console
 from rich.segment import Segment, Segments
-from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:  # rich.table is imported by the renderers, not on svmtool's startup path
+    from rich.table import Table
 
 # C0 controls (ESC, CR, BEL, newline, tab...), DEL, C1 controls (0x9b is a
 # one-byte CSI on some terminals), and the Unicode marks that reorder or break
@@ -132,6 +134,8 @@ def print_table(console: Console, table: Table) -> None:
 def fits(console: Console, table: Table) -> bool:
     """Whether the table fits the terminal, drawn compact if it must be (it is
     then left compact)."""
+    from rich import box
+
     if _rendered_width(console, table) <= console.width:
         return True
     table.box = box.SIMPLE_HEAD

@@ -377,17 +377,29 @@ def download(
         len(md5) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in md5)
     ):
         raise BadValue("--md5", f"must be 32 hexadecimal digits, got {md5!r}")
+    return locked_download(
+        data_dir,
+        from_file,
+        "no such file",
+        lambda: _download_locked(
+            data_dir, fmt, url, md5, from_file, force, keep_archive, progress, on_retry
+        ),
+    )
+
+
+def locked_download(data_dir: Path, from_file: Path | None, missing: str, job):
+    """Run ``job()`` holding ``data_dir``'s download lock (cifar's and named's
+    downloads both): the folder and --from-file are checked first (``missing``
+    says what is absent), and a failed run removes the folders it created."""
     if data_dir.exists() and not data_dir.is_dir():
         raise SvmtoolError(f"--data-dir {data_dir} exists and is not a folder")
     if from_file is not None and not os.path.exists(from_file):
-        raise SvmtoolError(f"--from-file {from_file}: no such file")
+        raise SvmtoolError(f"--from-file {from_file}: {missing}")
     created = _missing_folders(data_dir)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         with _exclusive(data_dir):
-            return _download_locked(
-                data_dir, fmt, url, md5, from_file, force, keep_archive, progress, on_retry
-            )
+            return job()
     except BaseException:
         _remove_created(created, data_dir)
         raise

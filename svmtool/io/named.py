@@ -422,7 +422,7 @@ def download(
     and build the cache. ``from_file``: the archive (CIFAR-100) or a folder holding
     the published files (IDX). ``url``: a mirror (a base URL ending in '/', or the
     archive's URL). ``md5``: another archive's checksum (single-archive datasets)."""
-    from svmtool.io.cifar import _exclusive, _missing_folders, _remove_created
+    from svmtool.io.cifar import locked_download
 
     spec = SPECS[name]
     if md5 is not None:
@@ -430,20 +430,14 @@ def download(
             raise SvmtoolError(f"--md5 applies to one-archive datasets, not {name}'s four files")
         if len(md5) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in md5):
             raise SvmtoolError(f"md5 must be 32 hexadecimal digits, got {md5!r}")
-    if data_dir.exists() and not data_dir.is_dir():
-        raise SvmtoolError(f"--data-dir {data_dir} exists and is not a folder")
-    if from_file is not None and not os.path.exists(from_file):
-        raise SvmtoolError(f"--from-file {from_file}: no such file or folder")
-    created = _missing_folders(data_dir)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive(data_dir):
-            return _download_locked(
-                spec, data_dir, url, md5, from_file, force, keep_archive, progress, on_retry
-            )
-    except BaseException:
-        _remove_created(created, data_dir)
-        raise
+    return locked_download(
+        data_dir,
+        from_file,
+        "no such file or folder",
+        lambda: _download_locked(
+            spec, data_dir, url, md5, from_file, force, keep_archive, progress, on_retry
+        ),
+    )
 
 
 def _download_locked(
