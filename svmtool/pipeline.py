@@ -5,6 +5,7 @@ Each function returns plain results; the CLI renders them.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -53,6 +54,20 @@ TRAIN_DEFAULTS = {
     "kmeans": {"lr": 1e-2, "reg": 1e-4, "iters": 5000, "lr_decay": 0.95},
 }
 KMEANS_DEFAULTS = {"centroids": 1600, "patches": 400_000, "kmeans_iters": 50}
+# Without --patches, k-means learns from Coates et al.'s 8 patches per training
+# image (400,000 for 50,000 images), at least 64 per centroid, at most 400,000;
+# and it stops when an iteration improves the mean distance by less than
+# KMEANS_TOL (docs/accuracy.md: what fewer patches and the stop cost in accuracy).
+PATCHES_PER_IMAGE = 8
+PATCHES_PER_CENTROID = 64
+KMEANS_TOL = 1e-4
+
+
+def default_patches(num_train: int, centroids: int) -> int:
+    """The k-means sample size for ``num_train`` training images and K ``centroids``."""
+    wanted = max(PATCHES_PER_IMAGE * num_train, PATCHES_PER_CENTROID * centroids)
+    return max(min(wanted, KMEANS_DEFAULTS["patches"]), centroids)
+
 
 SOLVERS = ("sgd", "lbfgs")
 # Model selection (``--tune``, and hog/kmeans without --lr/--reg): the loss and
@@ -61,13 +76,29 @@ SOLVERS = ("sgd", "lbfgs")
 # the square of the rows' size and, for a fixed amount of overfitting, with
 # 1 / N, so one factor fits 4,000 and 50,000 images. The path walks down from
 # there half a decade at a time, at most ``REG_DECADES`` decades.
+# free_bias: the full-batch solver leaves the bias (the rows' last column of
+# ones) out of the penalty, as scikit-learn's lbfgs models do. Raw pixels of
+# +-100 beside a bias of 1 otherwise pin it near 0; on the standardized
+# features (values about 1) penalizing it measured as well or better on
+# validation (docs/accuracy.md).
 TUNE_DEFAULTS = {
-    "pixels": {"loss": "squared-hinge", "reg_top": 10.0},
-    "hog": {"loss": "squared-hinge", "reg_top": 300.0},
-    "kmeans": {"loss": "squared-hinge", "reg_top": 10.0},
+    "pixels": {"loss": "squared-hinge", "reg_top": 10.0, "free_bias": True},
+    "hog": {"loss": "squared-hinge", "reg_top": 300.0, "free_bias": False},
+    "kmeans": {"loss": "squared-hinge", "reg_top": 10.0, "free_bias": False},
 }
 REG_DECADES = 6
 LBFGS_MAX_ITERS = 500
+# The default path may go this many half-decade steps past either end of its
+# range when the best reg is at that end (a range given with --reg bounds it).
+REG_EXTEND = 4
+# Each reg of a path is solved for ranking to a gradient 1e-3 times its initial
+# size or this many L-BFGS iterations, whichever comes first (the regs past
+# the best are the ill-conditioned ones; 1% of the optimum takes ~30 from W = 0
+# on kmeans features), so selection costs about 3 single runs (docs/accuracy.md).
+PROBE_MAX_ITERS = 50
+# After selection, the chosen reg is solved once more on train + val (all the
+# labelled data), as scikit-learn's GridSearchCV refits.
+REFIT = True
 
 ProgressFn = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)`` while features are learned or extracted;
@@ -92,8 +123,9 @@ class TrainRequest:
     init_scale: float = 1e-3  # CS231n's LinearClassifier.train: W = 0.001 * randn
     features: str = "pixels"
     centroids: int = KMEANS_DEFAULTS["centroids"]
-    patches: int = KMEANS_DEFAULTS["patches"]
+    patches: int | None = None  # None: default_patches(training images, centroids)
     kmeans_iters: int = KMEANS_DEFAULTS["kmeans_iters"]
+    kmeans_tol: float = KMEANS_TOL  # stop k-means early (0: every --kmeans-iters)
     use_cache: bool = True
     lr_decay: float = 1.0
     loss: str = "hinge"
@@ -333,6 +365,10 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             f" there are no validation images (--num-val 0): give --num-val N, or one --lr and"
             " one --reg"
         )
+    if request.features == "kmeans" and request.patches is None:
+        request = dataclasses.replace(
+            request, patches=default_patches(int(parts.train.size), request.centroids)
+        )
     _check_feature_request(request, dataset.image_shape)
     check_memory(request, dataset.image_shape, parts, len(dataset.class_names))
     mean = mean_image(dataset.train_images, parts.train)
@@ -501,6 +537,8 @@ def feature_params(request: TrainRequest, image_shape: tuple[int, ...] = (32, 32
         "norm_eps": K.NORM_EPS,
         "whiten_eps": K.WHITEN_EPS,
         "std_eps": 0.01,
+        # Absent (models and cache entries from before the early stop): 0, every iteration.
+        **({"kmeans_tol": request.kmeans_tol} if request.kmeans_tol > 0 else {}),
     }
 
 
@@ -518,7 +556,7 @@ def _check_feature_options(request: TrainRequest) -> None:
     if request.features == "kmeans":
         if request.centroids < 1:
             raise BadValue("--centroids", f"must be >= 1, got {request.centroids}")
-        if request.patches < request.centroids:
+        if request.patches is not None and request.patches < request.centroids:
             raise BadValue(
                 "--patches", f"must be >= --centroids ({request.centroids}), got {request.patches}"
             )
@@ -585,7 +623,10 @@ def build_features(
         else:
             from svmtool.core import kmeans as K
 
+            ran = [0]
+
             def on_iteration(done: int, total: int) -> None:
+                ran[0] = done
                 if progress:
                     progress("k-means", done, total)
 
@@ -596,7 +637,13 @@ def build_features(
                 request.kmeans_iters,
                 np.random.default_rng(request.seed),
                 on_iteration,
+                tol=request.kmeans_tol,
             )
+            if ran[0] < request.kmeans_iters:
+                notes.append(
+                    f"k-means converged after {ran[0]} of {request.kmeans_iters} iterations"
+                    f" ({request.patches} patches)"
+                )
             if cache:
                 about = (
                     f"k-means dictionary (K = {request.centroids}) of {train_sorted.size}"
@@ -907,8 +954,10 @@ def run_full_batch(
     if y_train.max(initial=0) >= num_classes:
         raise SvmtoolError(f"labels go up to {y_train.max()} but there are {num_classes} classes")
     regs = reg_path(request, X_train)
+    free_bias = TUNE_DEFAULTS[request.features]["free_bias"]
     if len(regs) > 1 and X_val.shape[0] == 0:
         raise SvmtoolError("choosing reg needs a validation split; give --num-val or one --reg")
+    refitting = bool(request.tune and X_val.shape[0] and REFIT)
     t1 = time.perf_counter()
     try:
         path = regularization_path(
@@ -922,12 +971,25 @@ def run_full_batch(
             delta=request.delta,
             max_iters=request.iters,
             patience=2 if request.tune else len(regs),
+            extend=REG_EXTEND if request.tune and not request.regs else 0,
+            probe_max_iters=PROBE_MAX_ITERS if request.tune else None,
+            free_bias=free_bias,
+            polish=not refitting,  # the refit solves the chosen reg to full accuracy
             on_point=on_point,
             on_iteration=on_iteration,
         )
     except ValueError as exc:
         raise SvmtoolError(str(exc)) from None
     t2 = time.perf_counter()
+    solution = path.solution
+    refit = None
+    if refitting:
+        # scikit-learn's GridSearchCV refit: the chosen setting, all the data.
+        # reg scales as 1/N (liblinear's C stays), from the chosen W.
+        solution, refit = refit_all(
+            request, prepared, path.points[path.best].reg, solution, free_bias
+        )
+    t3 = time.perf_counter()
     grid = []
     for k, point in enumerate(path.points):
         grid.append(
@@ -948,8 +1010,7 @@ def run_full_batch(
             }
         )
     best = path.best
-    solution = path.solution
-    train_seconds = t2 - t1
+    train_seconds = t3 - t1
     timings = {
         "load_seconds": prepared.load_seconds,
         "feature_seconds": prepared.feature_seconds,
@@ -973,13 +1034,16 @@ def run_full_batch(
         "tried": len(path.points),
         "skipped": path.skipped,
         "chosen_reg": path.points[best].reg,
-        "seconds": train_seconds,
+        "seconds": t2 - t1,
+        "extended": [p.reg for p in path.points if p.reg not in regs],
+        "refit": refit,
     }
     settings = {
-        "reg": path.points[best].reg,
+        "reg": refit["reg"] if refit else path.points[best].reg,
         "delta": request.delta,
         "iters": request.iters,
-        "iterations": path.points[best].iterations,  # its probe's and the polish's
+        # its probe's and the polish's, or the refit's
+        "iterations": path.points[best].iterations + (refit["iterations"] if refit else 0),
         "batch_size": sizes["train"],
         "seed": request.seed,
         "dtype": request.dtype,
@@ -993,6 +1057,7 @@ def run_full_batch(
         "loss": request.loss,
         "solver": "lbfgs",
         "tune": request.tune,
+        "bias": "free" if free_bias else "penalized",  # in the objective's penalty or not
     }
     model = Model(
         W=solution.W,
@@ -1000,7 +1065,13 @@ def run_full_batch(
         class_names=prepared.class_names,
         settings=settings,
         metrics={
-            "train_accuracy": grid[best]["train_accuracy"],
+            # After a refit: W's accuracy on the training split, and the chosen
+            # reg's validation accuracy before the refit (val is in the refit).
+            "train_accuracy": (
+                float(accuracy(solution.W, X_train, y_train))
+                if refit
+                else grid[best]["train_accuracy"]
+            ),
             "val_accuracy": grid[best]["val_accuracy"],
             "final_loss": solution.objective,
             "objective": solution.objective,
@@ -1023,3 +1094,32 @@ def run_full_batch(
         warnings=list(prepared.warnings),
         selection=selection,
     )
+
+
+def refit_all(request: TrainRequest, prepared: PreparedData, reg: float, solution, free_bias):
+    """Solve the chosen ``reg`` again on the training and validation rows together.
+
+    reg is scaled by N_train / N_all (the data term is a mean, so the same
+    balance of fit and penalty on more rows needs a proportionally smaller
+    reg: liblinear's C is unchanged). Starts from the chosen solution W.
+    Returns (solution, what the refit did for ``selection['refit']``).
+    """
+    from svmtool.core.solver import lbfgs
+
+    t0 = time.perf_counter()
+    n, m = prepared.X_train.shape[0], prepared.X_val.shape[0]
+    X_all = np.concatenate([prepared.X_train, prepared.X_val])
+    y_all = np.concatenate([prepared.y_train, prepared.y_val])
+    scaled = reg * n / (n + m)
+    final = lbfgs(
+        X_all, y_all, len(prepared.class_names), scaled, loss=request.loss, delta=request.delta,
+        W0=solution.W, max_iters=request.iters, free_bias=free_bias,
+    )  # fmt: skip
+    return final, {
+        "rows": n + m,
+        "reg": scaled,
+        "iterations": final.iterations,
+        "converged": final.converged,
+        "objective": final.objective,
+        "seconds": time.perf_counter() - t0,
+    }

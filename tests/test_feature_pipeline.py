@@ -65,7 +65,10 @@ def test_hog_end_to_end(npz, tmp_path):
     settings = model.settings
     assert settings["solver"] == "lbfgs" and settings["loss"] == "squared-hinge"
     assert settings["selection"]["method"] == "regularization path"
-    assert settings["reg"] == settings["selection"]["chosen_reg"] and "lr" not in settings
+    chosen, refit = settings["selection"]["chosen_reg"], settings["selection"]["refit"]
+    # refit on train + val: the chosen reg times N_train / N_all
+    assert settings["reg"] == refit["reg"] == pytest.approx(chosen * 216 / 240)
+    assert refit["rows"] == 240 and "lr" not in settings
     assert settings["features"] == "hog" and model.features.params["cell"] == 8
     assert model.metrics["val_accuracy"] > 0.8  # chance is 1/3
     evaluated = json.loads(run("evaluate", "--model", str(model_path), "--json").stdout)
@@ -230,3 +233,11 @@ def test_kmeans_needs_six_pixels(tmp_path):
     np.savez(path, X_train=X, y_train=np.arange(40) % 2, X_test=X[:4], y_test=np.arange(4) % 2)
     result = run("train", "--data", str(path), "--features", "kmeans")
     assert result.exit_code == 1 and "at least 6 x 6" in result.output
+
+
+def test_kmeans_without_patches_learns_from_a_sample_scaled_to_the_data(npz, tmp_path):
+    model_path = tmp_path / "k.npz"
+    train(npz, model_path, "--features", "kmeans", "--centroids", "16", "--reg", "1")
+    params = model_io.load(model_path).features.params
+    # 216 training images: 8 per image is 1,728, above 64 per centroid (1,024)
+    assert params["patches"] == 8 * 216 and params["kmeans_tol"] == 1e-4

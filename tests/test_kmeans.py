@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -92,6 +94,30 @@ def test_kmeans_finds_separated_blobs():
     distances = np.linalg.norm(centres[:, None] - found[None], axis=2)
     assert sorted(distances.argmin(axis=1)) == [0, 1, 2, 3]  # one centroid per blob
     assert distances.min(axis=1).max() < 0.1
+
+
+def test_kmeans_stops_when_the_mean_distance_stops_falling():
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (3000, 4)).astype(np.float32)  # no clusters: many slow iterations
+    history: list[float] = []
+    full = K.kmeans(x, 20, 60, np.random.default_rng(1), chunk=700, history=history)
+    assert len(history) == 60
+    # The history is the mean squared distance to the nearest centroid, and falls.
+    d2 = ((x[:, None] - x[np.sort(np.random.default_rng(1).choice(3000, 20, replace=False))])
+          ** 2).sum(axis=2)  # fmt: skip
+    assert history[0] == pytest.approx(d2.min(axis=1).mean(), rel=1e-4)
+    assert all(b <= a * (1 + 1e-6) for a, b in itertools.pairwise(history))
+    stopped: list[float] = []
+    seen = []
+    early = K.kmeans(x, 20, 60, np.random.default_rng(1), chunk=700, tol=1e-3,
+                     history=stopped, on_iteration=lambda i, n: seen.append(i))  # fmt: skip
+    assert 2 < len(stopped) < 60 and seen[-1] == len(stopped)
+    # The iteration it stopped at improved by less than tol; the one before by more.
+    assert stopped[-2] - stopped[-1] <= 1e-3 * stopped[-1] < stopped[-3] - stopped[-2]
+    np.testing.assert_allclose(stopped, history[: len(stopped)], rtol=1e-6)
+    assert early.shape == full.shape
+    with pytest.raises(ValueError, match="tol"):
+        K.kmeans(x, 20, 5, np.random.default_rng(1), tol=-1.0)
 
 
 def test_kmeans_reseeds_empty_clusters_and_is_seeded():

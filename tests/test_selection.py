@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from svmtool.cli import app
 from svmtool.errors import SvmtoolError
 from svmtool.io import model as model_io
-from svmtool.pipeline import TRAIN_DEFAULTS, train_plan
+from svmtool.pipeline import TRAIN_DEFAULTS, default_patches, train_plan
 
 runner = CliRunner()
 
@@ -84,9 +84,18 @@ def test_tune_on_pixels_records_the_path_and_a_squared_hinge_model_agrees_everyw
     sel = doc["selection"]
     assert sel["method"] == "regularization path" and sel["tried"] == len(doc["grid"]) >= 3
     chosen = [g for g in doc["grid"] if g.get("best")]
-    assert len(chosen) == 1 and chosen[0]["reg"] == doc["settings"]["reg"] == sel["chosen_reg"]
+    assert len(chosen) == 1 and chosen[0]["reg"] == sel["chosen_reg"]
     assert chosen[0]["val_accuracy"] == max(g["val_accuracy"] for g in doc["grid"])
-    assert doc["metrics"]["objective"] == chosen[0]["objective"] and doc["metrics"]["converged"]
+    # The chosen reg is then solved on train + val (the refit), reg scaled by N_train / N_all.
+    sizes, refit = doc["sizes"], sel["refit"]
+    assert refit["rows"] == sizes["train"] + sizes["val"]
+    assert (
+        doc["settings"]["reg"]
+        == refit["reg"]
+        == pytest.approx(sel["chosen_reg"] * sizes["train"] / refit["rows"])
+    )
+    assert doc["metrics"]["objective"] == refit["objective"] and doc["metrics"]["converged"]
+    assert doc["settings"]["bias"] == "free"  # pixels: the bias is not penalized
 
     model = model_io.load(model_path)
     assert model.loss == "squared-hinge"
@@ -116,6 +125,7 @@ def test_the_table_marks_the_chosen_reg(tmp_path):
                  "--reg", "1e2,1e4")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "reg path (L-BFGS to convergence" in result.output and "chosen" in result.output
+    assert "refit on train + val" in result.output and "objective (train + val)" in result.output
     model = model_io.load(tmp_path / "m.npz")
     assert model.settings["selection"]["range"] == [1e4, 1e2]
     assert 1e2 <= model.settings["reg"] <= 1e4
@@ -150,3 +160,13 @@ def test_hog_cells_fit_28_pixel_images_and_say_so(tmp_path):
     assert "hog (7x7-pixel cells, cell colours, 160 values)" in result.output
     model = model_io.load(tmp_path / "m.npz")
     assert model.features.params["cell"] == 7 and model.W.shape == (161, 3)
+
+
+def test_kmeans_patches_scale_with_the_training_images():
+    # Coates et al.'s 8 per image (400,000 for 50,000), at least 64 per centroid
+    assert default_patches(50_000, 1600) == 400_000
+    assert default_patches(49_000, 1600) == 392_000
+    assert default_patches(3_438, 1600) == 64 * 1600
+    assert default_patches(500_000, 1600) == 400_000  # never more than before
+    assert default_patches(10, 4) == 256
+    assert default_patches(10, 500_000) == 500_000  # never fewer than the centroids

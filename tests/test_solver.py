@@ -102,3 +102,51 @@ def test_selection_picks_the_best_reg_found_by_exhaustive_search():
     assert short.points[short.best].reg == regs[known]
     assert len(short.points) < len(regs) and short.skipped == regs[len(short.points) :]
     assert short.solution.W.shape == (63, 2)
+
+
+def test_a_free_bias_is_not_penalized_and_its_scaling_changes_nothing_but_speed():
+    X, y = blobs(300, 6, 3, seed=3)
+    X[:, :-1] *= 100.0  # raw-pixel-sized values beside the column of ones
+    y[:200] = 0  # unequal classes: the one-vs-rest problems need their biases
+    reg = 50.0
+    free = lbfgs(X, y, 3, reg, free_bias=True, gtol=1e-9, ftol=0.0, max_iters=3000)
+    plain = lbfgs(X, y, 3, 1.0, free_bias=True, gtol=1e-9, ftol=0.0, max_iters=3000,
+                  bias_scaling=1.0, W0=None)  # fmt: skip
+    assert plain.W.shape == free.W.shape
+    # At the optimum, the gradient of data + reg * |W without its bias row|^2 vanishes.
+    _, grad = loss_and_gradient(free.W.astype(np.float64), X, y, reg, loss="squared-hinge")
+    grad[-1] -= 2 * reg * free.W[-1]  # loss_and_gradient penalizes every row
+    assert np.linalg.norm(grad) < 1e-5 * np.linalg.norm(X)
+    assert free.objective == pytest.approx(
+        objective(free.W, X, y, reg, loss="squared-hinge", free_bias=True), rel=1e-9
+    )
+    # Solving for the bias at another scale reaches the same optimum.
+    same = lbfgs(X, y, 3, reg, free_bias=True, gtol=1e-9, ftol=0.0, max_iters=3000,
+                 bias_scaling=1.0)  # fmt: skip
+    assert same.objective == pytest.approx(free.objective, rel=1e-6)
+    # A penalized bias of this size is pinned near 0; the free one is not.
+    pinned = lbfgs(X, y, 3, reg, gtol=1e-9, ftol=0.0, max_iters=3000)
+    assert np.abs(pinned.W[-1]).max() < 0.5 * np.abs(free.W[-1]).max()
+
+
+def test_the_path_extends_past_an_end_of_its_range_to_the_best():
+    X, y, X_val, y_val = constructed_problem()
+    regs = reg_range(30.0, 1e-4)
+    full = regularization_path(X, y, 2, regs, X_val, y_val, patience=len(regs))
+    known = full.points[full.best].reg
+    k = regs.index(known)
+    # A range that stops above the best: the path goes on down to it.
+    above = regs[k - 2 : k]
+    stuck = regularization_path(X, y, 2, above, X_val, y_val)
+    assert stuck.points[stuck.best].reg == above[-1]
+    path = regularization_path(X, y, 2, above, X_val, y_val, extend=4)
+    assert path.points[path.best].reg == pytest.approx(known)
+    assert path.points[path.best].val_accuracy > stuck.points[stuck.best].val_accuracy
+    # A range of one reg below the best: the path goes up, half a decade a step.
+    below = [regs[k + 1]]
+    stuck = regularization_path(X, y, 2, below, X_val, y_val)
+    path = regularization_path(X, y, 2, below, X_val, y_val, extend=4)
+    assert path.points[path.best].reg == pytest.approx(below[0] * 10**0.5)
+    assert path.points[path.best].val_accuracy > stuck.points[0].val_accuracy
+    got = [p.reg for p in path.points]
+    assert got == sorted(got, reverse=True) and len(got) >= 3  # largest first, extra ones too

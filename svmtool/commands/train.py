@@ -104,7 +104,8 @@ Patches = Annotated[
     int | None,
     typer.Option(
         "--patches",
-        help="kmeans: random training patches k-means learns from (400000).",
+        help="kmeans: random training patches k-means learns from (default: 8 per training"
+        " image, at least 64 per centroid, at most 400000).",
         metavar="N",
     ),
 ]

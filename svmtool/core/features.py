@@ -331,7 +331,8 @@ PARAM_RULES = {
     "hog": {"orientations": _POSITIVE_INT, "cell": _POSITIVE_INT, "hue_bins": _POSITIVE_INT,
             "std_eps": _NON_NEGATIVE},
     "kmeans": {"centroids": _POSITIVE_INT, "patches": _POSITIVE_INT,
-               "kmeans_iters": _POSITIVE_INT, "seed": "an integer >= 0", "patch": _POSITIVE_INT,
+               "kmeans_iters": _POSITIVE_INT, "kmeans_tol": _NON_NEGATIVE,
+               "seed": "an integer >= 0", "patch": _POSITIVE_INT,
                "norm_eps": _NON_NEGATIVE, "whiten_eps": _NON_NEGATIVE,
                "std_eps": _NON_NEGATIVE},
 }  # fmt: skip

@@ -139,6 +139,8 @@ def kmeans(
     rng: np.random.Generator,
     on_iteration: Callable[[int, int], None] | None = None,
     chunk: int = 8192,
+    tol: float = 0.0,
+    history: list[float] | None = None,
 ) -> np.ndarray:
     """Lloyd's k-means on rows x (M, P) float32: centroids (k, P) float32.
 
@@ -146,7 +148,13 @@ def kmeans(
     random row. The nearest centroid is argmax_k x.c_k - |c_k|^2 / 2, one
     product of [x, 1] with [C^T; -|c|^2 / 2], in row chunks on a thread pool
     (bounded memory: chunk x k scores per thread).
+
+    Stops early when an iteration lowers the mean squared distance to the
+    nearest centroid by less than ``tol`` (relative; 0: run all ``iters``).
+    ``history``, if given, receives that mean distance at each iteration.
     """
+    if not (tol >= 0 and np.isfinite(tol)):
+        raise ValueError(f"tol must be >= 0, got {tol}")
     m, p = x.shape
     if not 1 <= k <= m:
         raise ValueError(f"k-means needs 1 <= centroids <= patches, got {k} and {m}")
@@ -157,28 +165,42 @@ def kmeans(
     starts = list(range(0, m, chunk))
     scorer = np.empty((p + 1, k), dtype=np.float32)
 
-    def assign_and_sum(s: int) -> tuple[np.ndarray, np.ndarray]:
-        """This chunk's per-cluster sums (k, p) float64 and counts (k,): the
-        update's work happens in the workers too, not after them."""
+    def assign_and_sum(s: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """This chunk's per-cluster sums (k, p) float64, counts (k,) and the sum of
+        its best scores: the update's work happens in the workers too."""
         rows = x[s : s + chunk]
-        labels = (augmented[s : s + chunk] @ scorer).argmax(axis=1)
+        scores = augmented[s : s + chunk] @ scorer
+        labels = scores.argmax(axis=1)
+        top = float(scores[np.arange(labels.size), labels].sum(dtype=np.float64))
         counts = np.bincount(labels, minlength=k)
         order = np.argsort(labels, kind="stable")
         present = counts > 0
         firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
         sums = np.zeros((k, p), dtype=np.float64)
         sums[present] = np.add.reduceat(rows[order], firsts, axis=0, dtype=np.float64)
-        return sums, counts
+        return sums, counts, top
 
+    # |x - c|^2 = |x|^2 - 2 (x.c - |c|^2 / 2): the distances from the best scores.
+    norms = float(np.einsum("ij,ij->", x, x, dtype=np.float64))
+    previous = np.inf
     with one_blas_thread(), ThreadPoolExecutor(_threads()) as pool:
         for it in range(iters):
             scorer[:p] = centroids.T
             scorer[p] = -0.5 * np.einsum("ij,ij->i", centroids, centroids)
             sums = np.zeros((k, p), dtype=np.float64)
             counts = np.zeros(k, dtype=np.int64)
-            for part_sums, part_counts in pool.map(assign_and_sum, starts):
+            best_scores = 0.0
+            for part_sums, part_counts, part_top in pool.map(assign_and_sum, starts):
                 sums += part_sums
                 counts += part_counts
+                best_scores += part_top
+            distance = max(norms - 2.0 * best_scores, 0.0) / m
+            if history is not None:
+                history.append(distance)
+            # The assignment barely moved: the centroids (updated below from it)
+            # are about as good as more iterations would make them.
+            done = previous - distance <= tol * distance
+            previous = distance
             present = counts > 0
             centroids[present] = (sums[present] / counts[present, None]).astype(np.float32)
             empty = np.flatnonzero(~present)
@@ -186,6 +208,8 @@ def kmeans(
                 centroids[empty] = x[rng.choice(m, empty.size, replace=False)]
             if on_iteration:
                 on_iteration(it + 1, iters)
+            if done and tol > 0:
+                break
     return centroids
 
 
@@ -329,11 +353,12 @@ def fit(
     iters: int,
     rng: np.random.Generator,
     on_iteration: Callable[[int, int], None] | None = None,
+    tol: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Learn the dictionary from training images (N, H, W, C) uint8:
-    {'centroids' (K, P), 'whiten_mean' (P,), 'whiten' (P, P)}."""
+    {'centroids' (K, P), 'whiten_mean' (P,), 'whiten' (P, P)}. ``tol``: see ``kmeans``."""
     x = normalize_patches(sample_patches(images, patches, rng))
     mean, matrix = fit_whitening(x)
     x = whiten(x, mean, matrix)
-    found = kmeans(x, centroids, iters, rng, on_iteration)
+    found = kmeans(x, centroids, iters, rng, on_iteration, tol=tol)
     return {"centroids": found, "whiten_mean": mean, "whiten": matrix}

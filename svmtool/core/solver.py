@@ -57,10 +57,13 @@ def objective(
     loss: str = "hinge",
     delta: float = 1.0,
     chunk: int = 8192,
+    free_bias: bool = False,
 ) -> float:
     """The full training objective ``data(X @ W) + reg * sum(W * W)``, in float64.
 
     W: (D, C); X: (N, D); y: (N,). Computed in row blocks (bounded memory).
+    With ``free_bias`` the last row of W (the bias: X's last column is ones)
+    is not in the penalty.
     """
     fn = data_term(loss)
     n = X.shape[0]
@@ -75,7 +78,28 @@ def objective(
             data, _ = fn(scores, y[s : s + chunk], delta)
             total += float(data) * scores.shape[0]
     w = W.astype(np.float64, copy=False)
+    if free_bias:
+        w = w[:-1]
     return total / max(n, 1) + reg * float(np.vdot(w, w))
+
+
+def bias_scale(X: np.ndarray, chunk: int = 8192) -> float:
+    """The root mean square of X's values outside the last (bias) column.
+
+    X: (N, D). With an unpenalized bias, L-BFGS works on the bias divided by
+    this: the bias's curvature is then on the scale of the weights' (raw pixels
+    of +-100 beside a column of ones are otherwise a problem conditioned 1e4
+    times worse than it needs to be).
+    """
+    n, d = X.shape
+    if d < 2 or n == 0:
+        return 1.0
+    total = 0.0
+    for s in range(0, n, chunk):
+        block = X[s : s + chunk, :-1]
+        total += float(np.einsum("ij,ij->", block, block, dtype=np.float64))
+    rms = float(np.sqrt(total / (n * (d - 1))))
+    return rms if np.isfinite(rms) and rms > 0 else 1.0
 
 
 def _line_search(phi, f0: float, slope0: float, t0: float, trials: int = 40):
@@ -128,6 +152,8 @@ def lbfgs(
     ftol: float = FTOL,
     memory: int = MEMORY,
     on_iteration: IterationFn | None = None,
+    free_bias: bool = False,
+    bias_scaling: float | None = None,
 ) -> Solution:
     """Minimize ``data(X @ W) + reg * sum(W * W)`` over W by L-BFGS on all rows.
 
@@ -137,6 +163,11 @@ def lbfgs(
     ``gtol`` times its size at W = 0, when the objective stops falling
     (``ftol``; the hinge is not smooth, so its gradient never vanishes), or
     after ``max_iters`` iterations.
+
+    ``free_bias``: the last row of W (X's last column is ones) is not
+    penalized, as scikit-learn's lbfgs solvers treat the intercept; the solver
+    then works on it divided by ``bias_scaling`` (default ``bias_scale(X)``),
+    which changes the conditioning, not the optimum.
     """
     if not (reg >= 0 and np.isfinite(reg)):
         raise ValueError(f"reg must be >= 0, got {reg}")
@@ -146,11 +177,27 @@ def lbfgs(
     n, d = X.shape
     dtype = X.dtype
     y = np.asarray(y)
+    # The solver's variable V: W with its bias row divided by `scale`; the
+    # penalty's weights per row: 1, and 0 for a free bias.
+    scale = 1.0
+    penalty = np.ones((d, 1))
+    if free_bias:
+        scale = bias_scale(X) if bias_scaling is None else float(bias_scaling)
+        penalty[-1] = 0.0
+    unscale = np.ones((d, 1))
+    unscale[-1] = scale
 
-    def gradient(coeff: np.ndarray, W: np.ndarray) -> np.ndarray:
+    def gradient(coeff: np.ndarray, V: np.ndarray) -> np.ndarray:
         g = (X.T @ coeff.astype(dtype)).astype(np.float64)
-        g += (2 * reg) * W
+        g *= unscale
+        g += (2 * reg) * penalty * V
         return g
+
+    def product(P: np.ndarray) -> np.ndarray:
+        return (X @ (P * unscale).astype(dtype)).astype(np.float64)
+
+    def penalized(A: np.ndarray, B: np.ndarray) -> float:
+        return float(np.vdot(A, penalty * B))
 
     zero_coeff = fn(np.zeros((n, num_classes)), y, delta)[1]
     g_zero = float(np.linalg.norm(gradient(zero_coeff, np.zeros((d, num_classes)))))
@@ -158,10 +205,10 @@ def lbfgs(
         W = np.zeros((d, num_classes))
         S = np.zeros((n, num_classes))
     else:
-        W = np.array(W0, dtype=np.float64)
-        S = (X @ W.astype(dtype)).astype(np.float64)
+        W = np.array(W0, dtype=np.float64) / unscale
+        S = product(W)
     data, coeff = fn(S, y, delta)
-    f = float(data) + reg * float(np.vdot(W, W))
+    f = float(data) + reg * penalized(W, W)
     g = gradient(coeff, W)
     history = [f]
     pairs: deque = deque(maxlen=memory)
@@ -176,8 +223,8 @@ def lbfgs(
         if slope >= 0:  # not a descent direction (rounding): restart from the gradient
             pairs.clear()
             p, slope = -g, -g_norm * g_norm
-        Sp = (X @ p.astype(dtype)).astype(np.float64)
-        ww, wp, pp = float(np.vdot(W, W)), float(np.vdot(W, p)), float(np.vdot(p, p))
+        Sp = product(p)
+        ww, wp, pp = penalized(W, W), penalized(W, p), penalized(p, p)
 
         def phi(t: float, S=S, Sp=Sp, ww=ww, wp=wp, pp=pp):
             data_t, coeff_t = fn(S + t * Sp, y, delta)
@@ -208,10 +255,10 @@ def lbfgs(
         if flat >= 3:
             converged = True
             break
-    W_out = W.astype(dtype)
+    W_out = (W * unscale).astype(dtype)
     return Solution(
         W=W_out,
-        objective=objective(W_out, X, y, reg, loss=loss, delta=delta),
+        objective=objective(W_out, X, y, reg, loss=loss, delta=delta, free_bias=free_bias),
         iterations=len(history) - 1,
         converged=converged,
         grad_ratio=float(np.linalg.norm(g)) / max(g_zero, 1e-300),
@@ -292,7 +339,11 @@ def regularization_path(
     max_iters: int = MAX_ITERS,
     patience: int = 2,
     probe_gtol: float = PROBE_GTOL,
+    probe_max_iters: int | None = None,
     gtol: float = GTOL,
+    extend: int = 0,
+    free_bias: bool = False,
+    polish: bool = True,
     on_point: PointFn | None = None,
     on_iteration: IterationFn | None = None,
 ) -> PathResult:
@@ -300,9 +351,17 @@ def regularization_path(
     solution warm-starting the next, and stop once validation accuracy has not
     improved for ``patience`` points in a row.
 
-    The points are solved to ``probe_gtol`` (enough to rank them: validation
-    accuracy no longer moves), and the chosen one is then solved on to ``gtol``
-    from where its probe ended; its accuracies are measured again there.
+    The points are solved to ``probe_gtol`` or ``probe_max_iters`` iterations
+    (enough to rank them: validation accuracy no longer moves), and the chosen
+    one is then solved on to ``gtol`` from where its probe ended; its
+    accuracies are measured again there (``polish``; without it the chosen
+    probe is returned as it is, for a caller that solves it again on more rows).
+
+    ``extend``: when the best is the first or the last reg of the range, the
+    path goes on past that end, one step of the range's spacing at a time
+    (at most ``extend`` steps, same patience), so a range that starts too low
+    or ends too high does not decide the answer. Extra regs above the range go
+    first in ``points`` (largest first throughout).
 
     X: (N, D), y: (N,); X_val: (M, D), y_val: (M,), M >= 1. The largest regs
     are the cheapest (their optimum is near W = 0 and well conditioned) and
@@ -316,42 +375,78 @@ def regularization_path(
         raise ValueError("the reg range is empty")
     if X_val.shape[0] == 0:
         raise ValueError("selection needs a validation split")
-    points: list[PathPoint] = []
-    best, best_solution, worse = -1, None, 0
-    W = None
-    for reg in order:
+    if extend < 0:
+        raise ValueError(f"extend must be >= 0, got {extend}")
+    step = order[1] / order[0] if len(order) > 1 else 10.0**-0.5
+    scale = bias_scale(X) if free_bias else None
+    probe_iters = max_iters if probe_max_iters is None else min(probe_max_iters, max_iters)
+
+    def solve(reg: float, W0: np.ndarray | None) -> tuple[PathPoint, Solution]:
         t0 = time.perf_counter()
         solution = lbfgs(
-            X, y, num_classes, reg, loss=loss, delta=delta, W0=W, max_iters=max_iters,
-            gtol=max(probe_gtol, gtol), on_iteration=on_iteration,
+            X, y, num_classes, reg, loss=loss, delta=delta, W0=W0, max_iters=probe_iters,
+            gtol=max(probe_gtol, gtol), on_iteration=on_iteration, free_bias=free_bias,
+            bias_scaling=scale,
         )  # fmt: skip
-        W = solution.W
         point = PathPoint(
             reg=reg,
             objective=solution.objective,
             iterations=solution.iterations,
             converged=solution.converged,
-            train_accuracy=float(accuracy(W, X, y)),
-            val_accuracy=float(accuracy(W, X_val, y_val)),
+            train_accuracy=float(accuracy(solution.W, X, y)),
+            val_accuracy=float(accuracy(solution.W, X_val, y_val)),
             seconds=time.perf_counter() - t0,
         )
-        points.append(point)
         if on_point:
             on_point(point)
+        return point, solution
+
+    points: list[PathPoint] = []
+    solutions: dict[int, Solution] = {}  # the first point's and the best's
+    best, worse, extra = -1, 0, 0
+    W = None
+    queue = list(order)
+    while queue:
+        reg = queue.pop(0)
+        point, solution = solve(reg, W)
+        W = solution.W
+        points.append(point)
+        if not solutions:
+            solutions[0] = solution
         if best < 0 or point.val_accuracy > points[best].val_accuracy:
-            best, best_solution, worse = len(points) - 1, solution, 0
+            best, worse = len(points) - 1, 0
+            solutions[-1] = solution
         else:
             worse += 1
             if worse >= patience:
                 break
-    assert best_solution is not None
+        if not queue and 0 < best == len(points) - 1 and extra < extend:
+            queue.append(reg * step)  # the best is the smallest reg yet: go on down
+            extra += 1
+    skipped = [r for r in order if r not in {p.reg for p in points}]
+    best_solution = solutions[-1]
+    if best == 0 and extend > 0:
+        # The best is the largest reg: go up from it (large regs are cheap).
+        reg, W, worse, added = order[0], solutions[0].W, 0, 0
+        while added < extend and worse < patience:
+            reg /= step
+            point, solution = solve(reg, W)
+            W = solution.W
+            points.insert(0, point)
+            best += 1
+            added += 1
+            if point.val_accuracy > points[best].val_accuracy:
+                best, worse, best_solution = 0, 0, solution
+            else:
+                worse += 1
     polish = 0
-    if probe_gtol > gtol and not best_solution.grad_ratio <= gtol:
+    if polish and probe_gtol > gtol and not best_solution.grad_ratio <= gtol:
         chosen = points[best]
         t0 = time.perf_counter()
         final = lbfgs(
             X, y, num_classes, chosen.reg, loss=loss, delta=delta, W0=best_solution.W,
-            max_iters=max_iters, gtol=gtol, on_iteration=on_iteration,
+            max_iters=max_iters, gtol=gtol, on_iteration=on_iteration, free_bias=free_bias,
+            bias_scaling=scale,
         )  # fmt: skip
         polish = final.iterations
         # The chosen point now describes the final model.
@@ -365,4 +460,4 @@ def regularization_path(
             seconds=chosen.seconds + time.perf_counter() - t0,
         )
         best_solution = final
-    return PathResult(points, best, best_solution, order[len(points) :], polish)
+    return PathResult(points, best, best_solution, skipped, polish)

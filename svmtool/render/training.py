@@ -138,10 +138,22 @@ def summary_table(request, outcome, cifar_defaults: bool) -> Table:
             f"{sel['tried']} regs in {sel['seconds']:.1f} s"
             f" (range {sel['range'][0]:.3g} .. {sel['range'][1]:.3g})",
         )
-    summary.add_row("train accuracy", fmt(best["train_accuracy"]))
-    summary.add_row("val accuracy", fmt(best["val_accuracy"]))
+    refit = (outcome.selection or {}).get("refit")
+    if refit:
+        # The chosen reg solved again on all the labelled images (GridSearchCV's refit).
+        summary.add_row(
+            "refit on train + val",
+            f"{refit['rows']} images, reg {refit['reg']:.3g} (x N_train / N_all):"
+            f" {refit['iterations']} iterations",
+        )
+    summary.add_row(
+        "train accuracy", fmt(metrics["train_accuracy"] if refit else best["train_accuracy"])
+    )
+    summary.add_row("val accuracy" + (" (before the refit)" if refit else ""),
+                    fmt(best["val_accuracy"]))  # fmt: skip
     if full_batch:
-        summary.add_row("objective (train split)", f"{metrics['objective']:.6g}")
+        where = "train + val" if refit else "train split"
+        summary.add_row(f"objective ({where})", f"{metrics['objective']:.6g}")
     else:
         summary.add_row("final loss", fmt(best["final_loss"]))
         if not plain:
