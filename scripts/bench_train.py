@@ -138,11 +138,8 @@ class Unsplit:
     matmul = staticmethod(np.matmul)
 
     @staticmethod
-    def decay_add(W, decay, a, b, squares=False):
-        product = a @ b
-        W *= decay
-        W += product
-        return threads.half_squares(W) if squares else None
+    def halves(m, work, job):
+        return job(0, m // 2), job(m // 2, m)
 
 
 class Recording(SplitSteps):

@@ -11,13 +11,9 @@ import numpy as np
 from svmtool.errors import BadValue, DataNotFound, SvmtoolError, check_choice
 from svmtool.io.data import CIFAR10, DOWNLOADABLE, Dataset, load_dataset, preprocess, split
 from svmtool.io.model import Model
-from svmtool.pipeline import (
-    FILE_CHANNELS,
-    ProgressFn,
-    cached_raw_features,
-    data_source_name,
-    feature_cache,
-)
+from svmtool.pipeline import FILE_CHANNELS
+from svmtool.trainfeatures import cached_raw_features, feature_cache
+from svmtool.trainplan import ProgressFn, data_source_name
 
 
 @dataclass

@@ -12,7 +12,7 @@ from svmtool.errors import DataNotFound
 from svmtool.evaluation import check_classes, load_model_data, model_data, model_rows
 from svmtool.io.data import CIFAR10, default_data_dir, load_dataset, mean_image, preprocess, split
 from svmtool.io.model import Model
-from svmtool.pipeline import ProgressFn, check_seed
+from svmtool.trainplan import ProgressFn, check_seed
 
 
 @dataclass

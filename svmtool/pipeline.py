@@ -1,6 +1,9 @@
-"""The jobs behind the commands: load, split, preprocess, train, evaluate.
+"""The training job behind svmtool train: load and split the data, preprocess it (or
+make its features: trainfeatures.py), train by SGD over a grid or by L-BFGS along the
+reg path, as the plan says (trainplan.py). Jobs that read a trained model are in
+evaluation.py and gradbatch.py.
 
-Each function returns plain results; the CLI renders them.
+Each function returns plain results; svmtool/commands/ renders them.
 """
 
 from __future__ import annotations
@@ -8,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,6 @@ from svmtool.errors import BadValue, SvmtoolError, check_choice
 from svmtool.io.data import (
     CIFAR100,
     DOWNLOADABLE,
-    NAMED_DATASETS,
     Dataset,
     Split,
     default_data_dir,
@@ -38,217 +39,28 @@ from svmtool.io.data import (
     split,
 )
 from svmtool.io.model import Model
-
-DTYPES = {"float32": np.float32, "float64": np.float64}
-
-# Training defaults per feature set. Pixels: CS231n's. Standardized features
-# (every column mean 0, variance 1, so |x|^2 is about D) need a learning rate
-# and a regularization orders of magnitude away from those: one step moves a
-# batch's scores by about lr * D / batch_size * (active margins), which at
-# lr 1e-2 is well under one margin unit for D = 154 (hog) and ~0.3 for
-# D = 6400 (kmeans, K = 1600). The values come from grids on generated data
-# (README: "Training defaults for features").
-TRAIN_DEFAULTS = {
-    "pixels": {"lr": 1e-7, "reg": 2.5e4, "iters": 1500, "lr_decay": 1.0},
-    "hog": {"lr": 1e-2, "reg": 1e-2, "iters": 5000, "lr_decay": 0.95},
-    "kmeans": {"lr": 1e-2, "reg": 1e-4, "iters": 5000, "lr_decay": 0.95},
-}
-KMEANS_DEFAULTS = {"centroids": 1600, "patches": 400_000, "kmeans_iters": 50}
-# Without --patches, k-means learns from Coates et al.'s 8 patches per training
-# image (400,000 for 50,000 images), at least 64 per centroid, at most 400,000;
-# and it stops when an iteration improves the mean distance by less than
-# KMEANS_TOL (docs/accuracy.md: what fewer patches and the stop cost in accuracy).
-PATCHES_PER_IMAGE = 8
-PATCHES_PER_CENTROID = 64
-KMEANS_TOL = 1e-4
-
-
-def default_patches(num_train: int, centroids: int) -> int:
-    """The k-means sample size for ``num_train`` training images and K ``centroids``."""
-    wanted = max(PATCHES_PER_IMAGE * num_train, PATCHES_PER_CENTROID * centroids)
-    return max(min(wanted, KMEANS_DEFAULTS["patches"]), centroids)
-
-
-SOLVERS = ("sgd", "lbfgs")
-# Model selection (``--tune``, and hog/kmeans without --lr/--reg): the loss and
-# the top of the reg path per feature set, from measurements on real data
-# (docs/accuracy.md). The top is ``REG_TOP * mean(|x|^2) / N``: reg scales with
-# the square of the rows' size and, for a fixed amount of overfitting, with
-# 1 / N, so one factor fits 4,000 and 50,000 images. The path walks down from
-# there half a decade at a time, at most ``REG_DECADES`` decades.
-# free_bias: the full-batch solver leaves the bias (the rows' last column of
-# ones) out of the penalty, as scikit-learn's lbfgs models do. Raw pixels of
-# +-100 beside a bias of 1 otherwise pin it near 0; on the standardized
-# features (values about 1) penalizing it measured as well or better on
-# validation (docs/accuracy.md).
-TUNE_DEFAULTS = {
-    "pixels": {"loss": "squared-hinge", "reg_top": 10.0, "free_bias": True},
-    "hog": {"loss": "squared-hinge", "reg_top": 300.0, "free_bias": False},
-    "kmeans": {"loss": "squared-hinge", "reg_top": 10.0, "free_bias": False},
-}
-REG_DECADES = 6
-LBFGS_MAX_ITERS = 500
-# The default path may go this many half-decade steps past either end of its
-# range when the best reg is at that end (a range given with --reg bounds it).
-REG_EXTEND = 4
-# Each reg of a path is solved for ranking to a gradient 1e-3 times its initial
-# size or this many L-BFGS iterations, whichever comes first (the regs past
-# the best are the ill-conditioned ones; 1% of the optimum takes ~30 from W = 0
-# on kmeans features), so selection costs about 3 single runs (docs/accuracy.md).
-PROBE_MAX_ITERS = 50
-# After selection, the chosen reg is solved once more on train + val (all the
-# labelled data), as scikit-learn's GridSearchCV refits.
-REFIT = True
-
-ProgressFn = Callable[[str, int, int], None]
-"""Called as ``progress(stage, done, total)`` while features are learned or extracted;
-stage is 'k-means' (iterations) or 'features' (images)."""
-
-
-@dataclass
-class TrainRequest:
-    """What ``svmtool train`` was asked for."""
-
-    lrs: list[float]
-    regs: list[float]
-    delta: float = 1.0
-    iters: int = 1500
-    batch_size: int = 200
-    seed: int = 0
-    dtype: str = "float32"
-    data: str = "cifar10"
-    data_dir: Path | None = None
-    num_train: int | None = None
-    num_val: int | None = None
-    init_scale: float = 1e-3  # CS231n's LinearClassifier.train: W = 0.001 * randn
-    features: str = "pixels"
-    centroids: int = KMEANS_DEFAULTS["centroids"]
-    patches: int | None = None  # None: default_patches(training images, centroids)
-    kmeans_iters: int = KMEANS_DEFAULTS["kmeans_iters"]
-    kmeans_tol: float = KMEANS_TOL  # stop k-means early (0: every --kmeans-iters)
-    use_cache: bool = True
-    lr_decay: float = 1.0
-    loss: str = "hinge"
-    solver: str = "sgd"  # sgd (minibatches, lr) or lbfgs (full batch, to convergence)
-    tune: bool = False  # choose reg (lbfgs) or lr and reg (sgd) on the validation split
-    cache_dir: Path | None = None  # the feature cache (default: the user's cache folder)
-    image_size: tuple[int, int] | None = None  # (height, width) an image folder is read at
-    labels: str = "fine"  # cifar100: fine (100 classes) or coarse (20 superclasses)
-
-
-@dataclass
-class TrainOutcome:
-    """Every configuration's result, and the best model (None if all diverged)."""
-
-    grid: list[dict]
-    best: int | None
-    model: Model | None
-    timings: dict
-    sizes: dict
-    diverged: list[int] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    selection: dict | None = None  # how the settings were chosen (lbfgs path / tuned grid)
-
-
-def option_name(name: str) -> str:
-    """'batch_size' -> '--batch-size': a setting as the user types it."""
-    return "--" + name.replace("_", "-")
-
-
-def parse_floats(text: str, name: str) -> list[float]:
-    """'1e-7,5e-7' -> [1e-7, 5e-7]; ``name`` is the option ("lr", "sweep-delta")."""
-    values = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            values.append(float(part))
-        except ValueError:
-            raise BadValue(
-                option_name(name), f"{text!r} is not a number or a comma-separated list of numbers"
-            ) from None
-    if len(set(values)) != len(values):
-        raise BadValue(option_name(name), f"{text!r} lists a value twice")
-    return values
-
-
-def log_between(values: list[float], count: int = 3) -> list[float]:
-    """``count`` log-spaced values from min(values) to max(values); one if they agree."""
-    lo, hi = min(values), max(values)
-    if lo <= 0 or lo == hi:
-        return sorted(set(values))
-    return [float(v) for v in np.logspace(np.log10(lo), np.log10(hi), count)]
-
-
-def train_plan(
-    features: str,
-    lr: str | None,
-    reg: str | None,
-    loss: str | None,
-    solver: str | None,
-    tune: bool,
-) -> dict:
-    """What ``train`` does with the options as typed (None: not given).
-
-    Returns lrs, regs (for the solver to try), loss, solver, tune and the
-    default iteration budget. The rules: pixels without --tune keep CS231n's
-    recipe (SGD, hinge, lr 1e-7, reg 2.5e4); --lr means SGD; otherwise L-BFGS.
-    With neither --lr nor --reg, hog and kmeans (and --tune anywhere) choose
-    their settings on the validation split; --lr/--reg given with --tune bound it.
-    """
-    from svmtool.core.loss import LOSSES
-
-    check_choice("--features", features, TRAIN_DEFAULTS)
-    if solver is not None:
-        check_choice("--solver", solver, SOLVERS)
-    if loss is not None:
-        check_choice("--loss", loss, LOSSES)
-    defaults = TRAIN_DEFAULTS[features]
-    lrs = parse_floats(lr, "lr") if lr is not None else None
-    regs = parse_floats(reg, "reg") if reg is not None else None
-    if solver is None:
-        solver = "sgd" if lr is not None or (features == "pixels" and not tune) else "lbfgs"
-    if solver == "lbfgs" and lrs is not None:
-        raise BadValue("--lr", "applies to --solver sgd: lbfgs (full batch) has no learning rate")
-    selecting = tune or (lr is None and reg is None and (features != "pixels" or solver == "lbfgs"))
-    if loss is None:
-        # SGD keeps the notes' hinge (its default learning rates are tuned for it;
-        # the squared hinge's larger gradients make them overshoot).
-        loss = TUNE_DEFAULTS[features]["loss"] if solver == "lbfgs" else "hinge"
-    if solver == "lbfgs":
-        return {
-            "lrs": [],
-            "regs": regs or [],
-            "loss": loss,
-            "solver": solver,
-            "tune": selecting,
-            "iters": LBFGS_MAX_ITERS,
-        }
-    if selecting:
-        # A one-pass SGD grid around the defaults (or between the given bounds).
-        lrs = log_between(lrs) if lrs else [defaults["lr"] * f for f in (1 / 3, 1, 3)]
-        regs = log_between(regs) if regs else [defaults["reg"] * f for f in (0.1, 1, 10)]
-    return {
-        "lrs": lrs or [defaults["lr"]],
-        "regs": regs or [defaults["reg"]],
-        "loss": loss,
-        "solver": solver,
-        "tune": selecting,
-        "iters": defaults["iters"],
-    }
-
-
-def check_seed(seed: int) -> None:
-    """numpy seeds must be non-negative; say so before anything is loaded."""
-    if seed < 0:
-        raise BadValue("--seed", f"must be >= 0, got {seed}")
-
-
-def data_source_name(source: str) -> str:
-    """How the model file records its data: a user's .npz by absolute path, so
-    evaluate and gradcheck find it from any folder."""
-    if source in NAMED_DATASETS:
-        return source
-    return str(Path(source).expanduser().resolve())
+from svmtool.trainfeatures import (
+    build_features,
+    check_feature_options,
+    check_feature_request,
+    check_memory,
+)
+from svmtool.trainplan import (
+    DTYPES,
+    PROBE_MAX_ITERS,
+    REFIT,
+    REG_DECADES,
+    REG_EXTEND,
+    SOLVERS,
+    TUNE_DEFAULTS,
+    ProgressFn,
+    TrainOutcome,
+    TrainRequest,
+    check_seed,
+    data_source_name,
+    default_patches,
+    option_name,
+)
 
 
 def cifar_folder(data_dir: Path | None) -> Path:
@@ -341,7 +153,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
         least = 1 if name == "num_train" else 0
         if value is not None and value < least:
             raise BadValue(option_name(name), f"must be >= {least}, got {value}")
-    _check_feature_options(request)
+    check_feature_options(request)
     dtype = DTYPES[request.dtype]
     t0 = time.perf_counter()
     downloaded = request.data in DOWNLOADABLE
@@ -369,7 +181,7 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
         request = dataclasses.replace(
             request, patches=default_patches(int(parts.train.size), request.centroids)
         )
-    _check_feature_request(request, dataset.image_shape)
+    check_feature_request(request, dataset.image_shape)
     check_memory(request, dataset.image_shape, parts, len(dataset.class_names))
     mean = mean_image(dataset.train_images, parts.train)
     labels = np.asarray(dataset.train_labels)
@@ -423,338 +235,6 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
             f" every step uses all {n} (full-batch gradient descent)"
         )
     return prepared
-
-
-# --- memory -------------------------------------------------------------------------------
-
-
-def _gb(n: float) -> str:
-    return f"{n / 1e9:,.1f} GB"
-
-
-def check_memory(
-    request: TrainRequest, image_shape: tuple[int, ...], parts: Split, num_classes: int
-) -> None:
-    """Refuse, before anything is allocated, sizes that cannot fit in the memory this
-    process may use, naming the options that ask for it (estimates of the big
-    arrays; small ones and Python's own are left out)."""
-    from svmtool.core import features as F
-    from svmtool.core import kmeans as K
-    from svmtool.io.npzfile import usable_memory
-
-    limit = usable_memory()
-    if limit is None:
-        return
-    itemsize = np.dtype(DTYPES[request.dtype]).itemsize
-    n_train, n = int(parts.train.size), int(parts.train.size + parts.val.size)
-
-    def refuse(what: str, parts_: list[tuple[str, int]], advice: str) -> None:
-        total = sum(b for _, b in parts_)
-        if total <= limit:
-            return
-        big = [(label, b) for label, b in sorted(parts_, key=lambda p: -p[1]) if b >= total / 100]
-        shown = ", ".join(f"{label}: {_gb(b)}" for label, b in big)
-        raise SvmtoolError(
-            f"{what} needs about {_gb(total)} of memory ({shown}), more than the"
-            f" {_gb(limit)} this process may use; {advice}"
-        )
-
-    if request.features == "kmeans":
-        fit = K.fit_bytes(request.centroids, request.patches, image_shape[2])
-        refuse(
-            f"k-means with --centroids {request.centroids} and --patches {request.patches}",
-            [(f"{request.patches} patches", fit["patches"]),
-             (f"{request.centroids} centroids", fit["centroids"])],
-            "use a smaller --centroids or --patches",
-        )  # fmt: skip
-        width = 4 * request.centroids
-    elif request.features == "hog":
-        width = F.hog_dim(image_shape)
-    else:
-        width = int(np.prod(image_shape))
-    if request.features != "pixels":
-        extraction = n * width * 4
-        if request.features == "kmeans":
-            extraction += K.extract_bytes(request.centroids, image_shape)
-        option = f"--centroids {request.centroids}" if request.features == "kmeans" else "hog"
-        refuse(
-            f"{width} features per image ({option}) for {n} images",
-            [("the raw features", extraction),
-             ("their standardized rows", n * (width + 1) * itemsize)],
-            "use a smaller --centroids or --num-train" if request.features == "kmeans"
-            else "use a smaller --num-train",
-        )  # fmt: skip
-    configs = len(request.lrs) * len(request.regs)
-    d = width + 1
-    grid = f"{configs} configurations of --lr x --reg" if configs > 1 else "the model"
-    refuse(
-        f"training {grid} for --iters {request.iters}",
-        [
-            (f"the rows ({n} images x {d} values, --num-train)", n * d * itemsize),
-            (f"a loss per step and configuration (--iters {request.iters})",
-             request.iters * configs * 8),
-            (f"W for {grid}", 3 * configs * d * num_classes * itemsize),
-            ("the batch scores (--batch-size)",
-             3 * min(request.batch_size, n_train) * configs * num_classes * itemsize),
-        ],
-        "use a smaller --iters, fewer --lr/--reg values or a smaller --num-train",
-    )  # fmt: skip
-
-
-# --- features -----------------------------------------------------------------------------
-
-
-def feature_cache(cache_dir: Path | None = None):
-    """The feature cache: ``cache_dir`` (--cache-dir), else $SVMTOOL_CACHE_DIR, else the
-    user's cache folder. Never the data folder: a dataset inside a student's
-    assignment tree must not gain gigabytes beside it."""
-    from svmtool.io.featurecache import FeatureCache, default_cache_dir
-
-    return FeatureCache(cache_dir if cache_dir is not None else default_cache_dir())
-
-
-def feature_params(request: TrainRequest, image_shape: tuple[int, ...] = (32, 32, 3)) -> dict:
-    """The settings that define a feature pipeline (and key its cache entries)."""
-    from svmtool.core import features as F
-    from svmtool.core import kmeans as K
-
-    if request.features == "hog":
-        return {
-            "orientations": F.ORIENTATIONS,
-            "cell": F.hog_cell_size(image_shape[:2]),
-            "power": F.HOG_POWER,
-            "colour": True,
-            "hue_bins": F.HUE_BINS,
-            "unsigned": True,
-            "std_eps": F.HOG_STD_EPS,
-        }
-    return {
-        "centroids": request.centroids,
-        "patches": request.patches,
-        "kmeans_iters": request.kmeans_iters,
-        "seed": request.seed,
-        "patch": K.PATCH,
-        "norm_eps": K.NORM_EPS,
-        "whiten_eps": K.WHITEN_EPS,
-        "std_eps": 0.01,
-        # Absent (models and cache entries from before the early stop): 0, every iteration.
-        **({"kmeans_tol": request.kmeans_tol} if request.kmeans_tol > 0 else {}),
-    }
-
-
-@dataclass
-class BuiltFeatures:
-    X_train: np.ndarray  # (num_train, F+1), standardized, bias last, parts.train order
-    X_val: np.ndarray  # (num_val, F+1)
-    features: Features
-    notes: list[str]
-    timings: dict = field(default_factory=dict)
-
-
-def _check_feature_options(request: TrainRequest) -> None:
-    """The k-means options, before any data is loaded."""
-    if request.features == "kmeans":
-        if request.centroids < 1:
-            raise BadValue("--centroids", f"must be >= 1, got {request.centroids}")
-        if request.patches is not None and request.patches < request.centroids:
-            raise BadValue(
-                "--patches", f"must be >= --centroids ({request.centroids}), got {request.patches}"
-            )
-        if request.kmeans_iters < 1:
-            raise BadValue("--kmeans-iters", f"must be >= 1, got {request.kmeans_iters}")
-
-
-def _check_feature_request(request: TrainRequest, image_shape: tuple[int, ...]) -> None:
-    from svmtool.core.kmeans import PATCH
-
-    _check_feature_options(request)
-    if request.features == "kmeans" and min(image_shape[:2]) < PATCH:
-        raise SvmtoolError(
-            f"k-means features need images of at least {PATCH} x {PATCH}, got"
-            f" {image_shape[0]} x {image_shape[1]}"
-        )
-
-
-def build_features(
-    dataset: Dataset,
-    parts: Split,
-    request: TrainRequest,
-    dtype: type,
-    progress: ProgressFn | None = None,
-) -> BuiltFeatures:
-    """Fit the feature pipeline on the training split and turn train and val into rows.
-
-    The fitted pipeline (k-means) and the raw features of the train + val
-    images are read from the feature cache when an entry with the same data
-    fingerprint and settings exists, and stored there otherwise.
-    """
-    from svmtool.core import features as F
-    from svmtool.io.featurecache import fingerprint
-
-    _check_feature_request(request, dataset.image_shape)
-    params = feature_params(request, dataset.image_shape)
-    cache = feature_cache(request.cache_dir) if request.use_cache else None
-    source = data_source_name(request.data)
-    notes: list[str] = []
-    images = dataset.train_images
-    train_sorted = np.sort(parts.train)
-
-    arrays: dict[str, np.ndarray] = {}
-    t0 = time.perf_counter()
-    if request.features == "kmeans":
-        key = {
-            "what": "kmeans-fit",
-            "data": fingerprint(images, train_sorted),
-            "params": params,
-        }
-        found = cache.load(key, dictionary_layout(request, dataset.image_shape)) if cache else None
-        if found is not None and dictionary_problem(found) is not None:
-            problem = dictionary_problem(found)
-            notes.append(
-                f"the feature cache entry {cache.path(key)} is damaged (whiten {problem});"
-                " learning the dictionary again"
-            )
-            found = None
-        elif found is None and cache is not None and cache.damage:
-            notes.append(f"{cache.damage}; learning the dictionary again")
-        if found is not None:
-            arrays = {k: np.array(v) for k, v in found.items()}
-            notes.append(f"k-means dictionary read from the feature cache ({cache.path(key)})")
-        else:
-            from svmtool.core import kmeans as K
-
-            ran = [0]
-
-            def on_iteration(done: int, total: int) -> None:
-                ran[0] = done
-                if progress:
-                    progress("k-means", done, total)
-
-            arrays = K.fit(
-                images[train_sorted],
-                request.centroids,
-                request.patches,
-                request.kmeans_iters,
-                np.random.default_rng(request.seed),
-                on_iteration,
-                tol=request.kmeans_tol,
-            )
-            if ran[0] < request.kmeans_iters:
-                notes.append(
-                    f"k-means converged after {ran[0]} of {request.kmeans_iters} iterations"
-                    f" ({request.patches} patches)"
-                )
-            if cache:
-                about = (
-                    f"k-means dictionary (K = {request.centroids}) of {train_sorted.size}"
-                    f" training images of {source}"
-                )
-                where = store_in_cache(cache, key, arrays, notes, about)
-                if where is not None:
-                    notes.append(f"k-means dictionary stored in the feature cache ({where})")
-
-    features = Features(request.features, params, arrays)
-    rows = np.sort(np.concatenate([parts.train, parts.val]))
-    t1 = time.perf_counter()
-    raw = cached_raw_features(features, images, rows, cache, notes, progress, source)
-    t2 = time.perf_counter()
-    pos_train = np.searchsorted(rows, parts.train)
-    pos_val = np.searchsorted(rows, parts.val)
-    mean, scale = F.standardization(raw, eps=params["std_eps"], rows=pos_train)
-    features.arrays = {**arrays, "mean": mean, "scale": scale}
-    return BuiltFeatures(
-        X_train=F.standardized_rows(raw, mean, scale, pos_train, dtype),
-        X_val=F.standardized_rows(raw, mean, scale, pos_val, dtype),
-        features=features,
-        notes=notes,
-        timings={
-            "dictionary_seconds": t1 - t0,
-            "extraction_seconds": t2 - t1,
-            "standardization_seconds": time.perf_counter() - t2,
-        },
-    )
-
-
-def cached_raw_features(
-    features: Features,
-    images: np.ndarray,
-    rows: np.ndarray,
-    cache,
-    notes: list[str],
-    progress: ProgressFn | None = None,
-    source: str = "",
-) -> np.ndarray:
-    """Raw features (len(rows), F) of images[rows], from the cache when it has them;
-    ``source`` names the data in the entry's description."""
-    from svmtool.core import features as F
-    from svmtool.io.featurecache import array_digest, fingerprint
-
-    fitted = {k: v for k, v in features.arrays.items() if k not in ("mean", "scale")}
-    key = {
-        "what": "features",
-        "kind": features.kind,
-        "params": features.params,
-        "fit": array_digest(fitted),
-        "data": fingerprint(images, rows),
-    }
-    if cache is not None:
-        width = F.feature_dim(features, tuple(images.shape[1:]))
-        found = cache.load(key, {"raw": ((int(rows.size), width), np.float32)})
-        if found is None and cache.damage:
-            notes.append(f"{cache.damage}; computing the features again")
-        if found is not None:
-            where = cache.path(key)
-            notes.append(f"features of {rows.size} images read from the feature cache ({where})")
-            return found["raw"]
-
-    def on_images(done: int, total: int) -> None:
-        if progress:
-            progress("features", done, total)
-
-    raw = F.raw_features(Features(features.kind, features.params, fitted), images[rows], on_images)
-    if cache is not None:
-        about = f"{features.kind} features of {rows.size} images" + (
-            f" of {source}" if source else ""
-        )
-        where = store_in_cache(cache, key, {"raw": raw}, notes, about)
-        if where is not None:
-            notes.append(f"features of {rows.size} images stored in the feature cache ({where})")
-    return raw
-
-
-def store_in_cache(
-    cache, key: dict, arrays: dict[str, np.ndarray], notes: list[str], about: str = ""
-):
-    """``cache.store``; a cache that cannot be written is said once in ``notes``
-    and the run goes on without it (None). ``about``: what the entry is."""
-    from svmtool.io.featurecache import CacheNotWritten
-
-    try:
-        return cache.store(key, arrays, about)
-    except CacheNotWritten as exc:
-        message = f"Warning: {exc}"
-        if message not in notes:
-            notes.append(message)
-        return None
-
-
-def dictionary_layout(request: TrainRequest, image_shape: tuple[int, ...]) -> dict:
-    """What a cached k-means dictionary must hold for this request: name -> (shape, dtype)."""
-    from svmtool.core.kmeans import patch_dim
-
-    p = patch_dim(image_shape[2])
-    return {
-        "centroids": ((request.centroids, p), np.float32),
-        "whiten_mean": ((p,), np.float64),
-        "whiten": ((p, p), np.float64),
-    }
-
-
-def dictionary_problem(arrays: dict[str, np.ndarray]) -> str | None:
-    """Why a k-means dictionary cannot be used (its values' own rules), or None."""
-    from svmtool.core.kmeans import whitening_problem
-
-    return whitening_problem(np.asarray(arrays["whiten"]))
 
 
 def run_training(

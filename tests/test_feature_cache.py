@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from svmtool.cli import app
 from svmtool.io import featurecache
 from svmtool.io import model as model_io
-from svmtool.pipeline import feature_cache
+from svmtool.trainfeatures import feature_cache
 
 runner = CliRunner()
 KMEANS_TINY = ("--centroids", "8", "--patches", "400", "--kmeans-iters", "3")

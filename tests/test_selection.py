@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from svmtool.cli import app
 from svmtool.errors import SvmtoolError
 from svmtool.io import model as model_io
-from svmtool.pipeline import TRAIN_DEFAULTS, default_patches, train_plan
+from svmtool.trainplan import TRAIN_DEFAULTS, default_patches, train_plan
 
 runner = CliRunner()
 

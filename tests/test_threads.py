@@ -129,29 +129,38 @@ def test_a_split_product_is_bit_identical_to_the_whole_one():
     np.testing.assert_array_equal(small, batch[:5] @ W)
 
 
-def test_decay_add_is_the_plain_update_and_its_squares_do_not_depend_on_the_split():
-    rng = np.random.default_rng(3)
-    X = rng.standard_normal((1400, 3073)).astype(np.float32)
-    batch = X[5 : 5 + 200 * 7 : 7]
-    coeff = rng.standard_normal((200, 30)).astype(np.float32)
-    start = rng.standard_normal((3073, 30)).astype(np.float32)
-    decays = [np.float32(0.99), rng.uniform(0.9, 1.0, 30).astype(np.float32)]
-    for decay in decays:
-        with threads.one_blas_thread():
-            expected = start.copy()
-            expected *= decay
-            expected += batch.T @ coeff
-        sums = []
-        for parts in (1, 2):
-            W = start.copy()
-            with SplitSteps(Always(parts), workers=2) as cores:
-                cores.next()
-                sums.append(cores.decay_add(W, decay, batch.T, coeff, squares=True))
-                np.testing.assert_array_equal(W, expected)
-                assert cores.decay_add(W.copy(), decay, batch.T, coeff) is None
-        np.testing.assert_array_equal(sums[0], sums[1])
-        np.testing.assert_array_equal(sums[0], threads.half_squares(expected))
-        np.testing.assert_allclose(sums[0], (expected.astype(np.float64) ** 2).sum(0), rtol=1e-5)
+def test_halves_run_on_two_cores_when_split_and_in_order_either_way():
+    def job(lo, hi):
+        return lo, hi, threading.current_thread().name
+
+    big, small = threads.MIN_PART, threads.MIN_PART - 1
+    for parts, work, helped in [(1, big, False), (2, big, True), (2, small, False)]:
+        with SplitSteps(Always(parts), workers=2) as cores:
+            cores.next()
+            first, second = cores.halves(7, work, job)
+        assert first[:2] == (0, 3) and second[:2] == (3, 7)
+        assert first[2] != "svmtool-core"
+        assert (second[2] == "svmtool-core") == helped
+
+
+def test_an_error_in_either_half_reaches_the_caller_and_leaves_no_answer_behind():
+    def failing(where):
+        def job(lo, hi):
+            if (threading.current_thread().name == "svmtool-core") == (where == "helper"):
+                raise MemoryError(f"no room in the {where}")
+            return lo
+
+        return job
+
+    a = np.ones((4000, 1000), dtype=np.float32)
+    b = np.ones((1000, 10), dtype=np.float32)
+    with SplitSteps(Always(2), workers=2) as cores:
+        cores.next()
+        for where in ("helper", "caller"):
+            with pytest.raises(MemoryError, match=where):
+                cores.halves(10, threads.MIN_PART, failing(where))
+            # The next split product gets its own answers, not a left-over one.
+            np.testing.assert_array_equal(cores.matmul(a, b), np.full((4000, 10), 1000.0))
 
 
 def test_training_gives_the_same_weights_whatever_split_is_chosen(monkeypatch):

@@ -193,8 +193,8 @@ def gradcheck(
     from svmtool.core import gradcheck as gc
     from svmtool.gradbatch import gradcheck_batch
     from svmtool.io import model as model_io
-    from svmtool.pipeline import parse_floats
     from svmtool.render.progress import feature_progress
+    from svmtool.trainplan import parse_floats
 
     check_options(h, delta, reg, checks, coord, tol)
     deltas = parse_floats(sweep, "sweep-delta") if sweep else []

@@ -260,7 +260,7 @@ def train_request(features: str, lr, reg, loss, solver, tune: bool, *, iters, lr
     """The TrainRequest for these options: the plan for the feature set (defaults,
     solver, grid) with what the command line gave on top."""
     from svmtool.io.imagefolder import parse_image_size
-    from svmtool.pipeline import TRAIN_DEFAULTS, TrainRequest, train_plan
+    from svmtool.trainplan import TRAIN_DEFAULTS, TrainRequest, train_plan
 
     if features not in TRAIN_DEFAULTS:
         check_choice("--features", features, TRAIN_DEFAULTS)

@@ -18,6 +18,7 @@ sets OpenBLAS's (or MKL's) thread count through threadpoolctl.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import statistics
@@ -25,8 +26,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 # More threads must beat fewer by this factor to be chosen: fewer threads leave
 # a core to the rest of the machine and suffer less when load arrives.
@@ -320,53 +324,20 @@ class SplitSteps:
         self._over_blocks(bounds, block)
         return out
 
-    def decay_add(
-        self,
-        W: np.ndarray,
-        decay: np.ndarray | float,
-        a: np.ndarray,
-        b: np.ndarray,
-        squares: bool = False,
-    ) -> np.ndarray | None:
-        """W <- W * decay + a @ b in place, in row blocks over the chosen cores.
-
-        W: (M, N); decay: a scalar or (N,); a: (M, K); b: (K, N). Each core
-        updates the rows of W it computed, while they are in its cache: the
-        same operations as ``W *= decay; W += a @ b``, so the same bits. With
-        ``squares``, returns the new W's column sums of squares (N,), summed
-        over two fixed halves of the rows (as ``half_squares``) so that they
-        are the same bits whatever the split; on two cores each sums its own.
-        """
-        bounds = self._blocks(a, b.shape[1])
-        halves = [0, W.shape[0] // 2, W.shape[0]]
-        fused = squares and bounds == halves
-        sums: dict[int, np.ndarray] = {}
-
-        def block(lo: int, hi: int) -> None:
-            product = a[lo:hi] @ b
-            rows = W[lo:hi]
-            rows *= decay
-            rows += product
-            if fused:
-                sums[lo] = _squares(rows)
-
-        if len(bounds) == 2:
-            block(0, W.shape[0])
-        else:
-            self._over_blocks(bounds, block)
-        if not squares:
-            return None
-        if not fused:
-            return half_squares(W)
-        return sums[0] + sums[halves[1]]
-
-
-def _squares(W: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->j", W, W)
-
-
-def half_squares(W: np.ndarray) -> np.ndarray:
-    """Column sums of squares of W (M, N) -> (N,), float32-accurate (one pass):
-    the sum of the two halves' (rows before and after M // 2), in that order."""
-    half = W.shape[0] // 2
-    return _squares(W[:half]) + _squares(W[half:])
+    def halves(self, m: int, work: int, job: Callable[[int, int], T]) -> tuple[T, T]:
+        """``job(lo, hi)`` for the two fixed halves of ``range(m)`` ((0, m // 2) and
+        (m // 2, m)): on two cores when the current step is split and ``work``
+        (a half's multiply-adds) is at least ``MIN_PART``, else both here. The
+        halves do not depend on the split, so neither do the results."""
+        half = m // 2
+        if self.parts < 2 or not self._helpers or work < MIN_PART:
+            return job(0, half), job(half, m)
+        helper = self._helpers[0]
+        helper.jobs.put(lambda: job(half, m))
+        try:
+            first = job(0, half)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                helper.answer()  # collected, so that none is left for the next job
+            raise
+        return first, helper.answer()

@@ -7,6 +7,7 @@ and all gradients with another. A single run is the grid with K = 1.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from svmtool.core.loss import data_term
-from svmtool.core.threads import SplitSteps, half_squares
+from svmtool.core.threads import SplitSteps
 
 StepFn = Callable[[int, np.ndarray, int], None]
 """Called as ``on_step(iteration, losses, leader)`` every ``report_every`` steps;
@@ -67,6 +68,40 @@ def minibatches(
                 return
             yield slots[b]
             produced += 1
+
+
+def _bounds(d: int) -> list[tuple[int, int]]:
+    """The two fixed halves of W's rows that ``_half_step`` works on."""
+    return [(0, d // 2), (d // 2, d)]
+
+
+def _half_step(
+    W: np.ndarray,
+    decay: np.ndarray | float | None,
+    batch: np.ndarray,
+    step: np.ndarray | None,
+    next_batch: np.ndarray | None,
+    lo: int,
+    hi: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One half (rows lo:hi) of an SGD update, in place, and what comes from it.
+
+    W: (D, K*C); batch: (B, D); step: (B, K*C) or None (no update);
+    next_batch: (B', D) or None. Updates ``W[lo:hi] <- W[lo:hi] * decay +
+    batch[:, lo:hi].T @ step`` and returns those rows' column sums of squares
+    (K*C,) and their share ``next_batch[:, lo:hi] @ W[lo:hi]`` (B', K*C) of
+    the next step's scores. The scores are the sum of the two halves' shares,
+    computed the same way on one core or two: the results do not depend on
+    the split (``SplitSteps.halves``).
+    """
+    rows = W[lo:hi]
+    if step is not None:
+        product = batch[:, lo:hi].T @ step
+        rows *= decay
+        rows += product
+    squares = np.einsum("ij,ij->j", rows, rows)
+    share = None if next_batch is None else next_batch[:, lo:hi] @ rows
+    return squares, share
 
 
 def _per_column(values: np.ndarray, c: int) -> np.ndarray:
@@ -177,14 +212,17 @@ def sgd_grid(
         decay = (1 - 2 * lr * reg).astype(dtype)
         neg_step = (-lr).astype(dtype)
         decay_cols, step_cols = _per_column(decay[alive], c), _per_column(neg_step[alive], c)
-        squares = half_squares(W)
-        for it, rows in enumerate(minibatches(n, batch_size, iters, rng)):
+        batches = minibatches(n, batch_size, iters, rng)
+        rows = next(batches)
+        batch = X[rows]
+        first = (_half_step(W, None, batch, None, batch, lo, hi) for lo, hi in _bounds(d))
+        (squares, scores), (squares2, scores2) = first
+        squares, scores = squares + squares2, scores + scores2
+        for it in range(iters):
             cores.next()
-            batch = X[rows]
             labels = y[rows]
             ka = alive.size
-            scores = cores.matmul(batch, W).reshape(batch.shape[0], ka, c)
-            data_loss, coeff = data_loss_fn(scores, labels, delta)
+            data_loss, coeff = data_loss_fn(scores.reshape(batch.shape[0], ka, c), labels, delta)
             # reg * sum(W^2) per configuration: W's column sums of squares (from
             # the update that made this W, or the start), summed per
             # configuration in float64.
@@ -193,12 +231,20 @@ def sgd_grid(
             losses[it, alive] = loss
             # -lr is folded into the small coeff before the product; W is
             # decayed after the product, just before the add, which measured
-            # 20% faster on a 16-model grid than decaying it first. Each core
-            # updates the rows of W it computed and sums their squares for the
-            # next step's loss (threads.SplitSteps.decay_add).
+            # 20% faster on a 16-model grid than decaying it first.
             step = coeff.reshape(batch.shape[0], ka * c)
             step *= step_cols
-            squares = cores.decay_add(W, decay_cols, batch.T, step, squares=True)
+            next_rows = next(batches, None)
+            next_batch = None if next_rows is None else X[next_rows]
+            # One hand-off per step: each core updates its half of W's rows and
+            # computes from them its share of the next step's scores
+            # (``_half_step``), so it reads only its half of the batches' columns.
+            work = batch.shape[0] * (d // 2) * ka * c
+            one, two = cores.halves(
+                d, work, functools.partial(_half_step, W, decay_cols, batch, step, next_batch)
+            )
+            squares = one[0] + two[0]
+            scores = None if next_batch is None else one[1] + two[1]
 
             # One sum tells whether every loss is finite (they are >= 0 or NaN).
             bad = None
@@ -208,10 +254,13 @@ def sgd_grid(
                 final = ~np.isfinite(W.reshape(d, ka, c)).all(axis=(0, 2))
                 bad = final if bad is None else bad | final
             if bad is not None and bad.any():
-                # Drop diverged configurations so they cannot poison the others.
+                # Drop diverged configurations so they cannot poison the others
+                # (their columns of the squares and next scores go with them).
                 diverged_at[alive[bad]] = it
                 W = np.ascontiguousarray(W.reshape(d, ka, c)[:, ~bad, :].reshape(d, -1))
-                squares = half_squares(W)
+                squares = squares.reshape(ka, c)[~bad].reshape(-1)
+                if scores is not None:
+                    scores = scores.reshape(-1, ka, c)[:, ~bad].reshape(scores.shape[0], -1)
                 alive = alive[~bad]
                 decay_cols = _per_column(decay[alive], c)
                 step_cols = _per_column(neg_step[alive], c)
@@ -228,6 +277,9 @@ def sgd_grid(
                 leader = int(alive[np.argmax(val_acc)])
             if on_step and (it % report_every == 0 or it == iters - 1):
                 on_step(it, losses[it], leader)
+            if next_batch is None:
+                break
+            rows, batch = next_rows, next_batch
 
     weights = np.zeros((k, d, c), dtype=dtype)
     weights[alive] = W.reshape(d, alive.size, c).transpose(1, 0, 2)
