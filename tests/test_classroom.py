@@ -51,19 +51,23 @@ def write(folder, name, source):
 
 
 @pytest.mark.parametrize(
-    "source, verdict",
+    "source, timeout, verdict",
     [
-        (HANG, "timed out after 3 s in svm_loss_naive, line "),
-        (ABORT, "crashed: SIGABRT in svm_loss_naive, line 5"),
-        (HOG, "out of memory (--memory 512 MiB)"),
-        (FLOOD, "output flooded in svm_loss_naive, line 3"),
+        # The limit is wall clock from the child's start: the hang gets 5 s (enough for a
+        # loaded machine to reach its loop), the others a limit they must not hit first.
+        (HANG, "5", "timed out after 5 s in svm_loss_naive, line "),
+        (ABORT, "30", "crashed: SIGABRT in svm_loss_naive, line 5"),
+        (HOG, "30", "out of memory (--memory 512 MiB)"),
+        (FLOOD, "30", "output flooded in svm_loss_naive, line 3"),
     ],
     ids=["hang", "abort", "memory-hog", "flood"],
 )
-def test_a_file_past_a_limit_gets_its_verdict_and_exit_3(tmp_path, small_npz, source, verdict):
+def test_a_file_past_a_limit_gets_its_verdict_and_exit_3(
+    tmp_path, small_npz, source, timeout, verdict
+):
     path = write(tmp_path, "student.py", source)
     result = check(
-        "--loss", str(path), "--data", str(small_npz), "--memory", "512M", "--timeout", "3"
+        "--loss", str(path), "--data", str(small_npz), "--memory", "512M", "--timeout", timeout
     )
     assert result.exit_code == 3, result.output
     last = result.stderr.strip().splitlines()[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -151,6 +152,10 @@ def test_an_error_in_one_block_cancels_the_blocks_not_started(monkeypatch):
 
     def failing(z, b, ph, pw):
         calls.append(b)
+        if len(calls) > 1:
+            # later blocks take a while, so a loaded machine that delays the main thread's
+            # cancel by a few hundred ms does not let the workers run through the queue
+            time.sleep(0.05)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(K, "triangle_pool", failing)
