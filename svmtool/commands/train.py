@@ -198,10 +198,10 @@ def train(
 ) -> None:
     """Train a linear SVM: minibatch SGD, or the L2-SVM solved by L-BFGS.
 
-    Pixels: CS231n's recipe. hog, kmeans (no --lr/--reg) and --tune: the
-    L2-SVM, reg chosen on validation (docs/accuracy.md). A comma-separated
-    --lr and/or --reg trains every pair and saves the best by validation
-    accuracy. Features are cached (svmtool cache list).
+    Pixels: CS231n's recipe, but batches are shuffled epochs. hog, kmeans
+    (no --lr/--reg) and --tune: the L2-SVM, reg chosen on validation
+    (docs/accuracy.md). A comma-separated --lr and/or --reg trains every
+    pair, keeps the best by validation. Features are cached (svmtool cache list).
 
     Split: CIFAR-10 keeps CS231n's (the last 1,000 training images validate);
     other data validates on a seeded, stratified sample. The test set is left
