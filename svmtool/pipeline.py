@@ -49,10 +49,12 @@ from svmtool.trainplan import (
     DTYPES,
     PROBE_MAX_ITERS,
     REFIT,
+    REFIT_GTOL,
     REG_DECADES,
     REG_EXTEND,
     SOLVERS,
     TUNE_DEFAULTS,
+    TUNE_PATIENCE,
     ProgressFn,
     TrainOutcome,
     TrainRequest,
@@ -424,7 +426,8 @@ def run_full_batch(
     """Solve the objective exactly (L-BFGS on all training rows) for each reg of
     ``reg_path``, warm-starting each from the last, and keep the best by
     validation accuracy. With ``request.tune`` the path stops once validation
-    accuracy has not improved for 2 regs in a row; without it every reg is solved.
+    accuracy has not improved for ``TUNE_PATIENCE`` regs in a row; without it
+    every reg is solved.
     """
     from svmtool.core.solver import regularization_path
 
@@ -450,7 +453,7 @@ def run_full_batch(
             loss=request.loss,
             delta=request.delta,
             max_iters=request.iters,
-            patience=2 if request.tune else len(regs),
+            patience=TUNE_PATIENCE if request.tune else len(regs),
             extend=REG_EXTEND if request.tune and not request.regs else 0,
             probe_max_iters=PROBE_MAX_ITERS if request.tune else None,
             free_bias=free_bias,
@@ -581,7 +584,8 @@ def refit_all(request: TrainRequest, prepared: PreparedData, reg: float, solutio
 
     reg is scaled by N_train / N_all (the data term is a mean, so the same
     balance of fit and penalty on more rows needs a proportionally smaller
-    reg: liblinear's C is unchanged). Starts from the chosen solution W.
+    reg: liblinear's C is unchanged). Starts from the chosen solution W and
+    stops at ``REFIT_GTOL``.
     Returns (solution, what the refit did for ``selection['refit']``).
     """
     from svmtool.core.solver import lbfgs
@@ -593,7 +597,7 @@ def refit_all(request: TrainRequest, prepared: PreparedData, reg: float, solutio
     scaled = reg * n / (n + m)
     final = lbfgs(
         X_all, y_all, len(prepared.class_names), scaled, loss=request.loss, delta=request.delta,
-        W0=solution.W, max_iters=request.iters, free_bias=free_bias,
+        W0=solution.W, max_iters=request.iters, gtol=REFIT_GTOL, free_bias=free_bias,
     )  # fmt: skip
     return final, {
         "rows": n + m,
