@@ -212,11 +212,26 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
     else:
         # parts.train is a seeded permutation: the rows come out shuffled at no
         # extra cost, and SGD walks them as views.
+        pixels = Features()
+        if request.solver == "lbfgs":
+            # Raw pixel columns of very different spreads condition L-BFGS badly
+            # (Fashion-MNIST's refit stopped at its iteration cap); standardized
+            # as hog's features are, it converges. SGD keeps CS231n's raw rows.
+            from svmtool.core.features import pixel_standardization, standardized_pixels
+
+            pixels = pixel_standardization(dataset.train_images, parts.train)
+
+        def rows(which: np.ndarray) -> np.ndarray:
+            if pixels.arrays:
+                return standardized_pixels(pixels, dataset.train_images, which, dtype)
+            return preprocess(dataset.train_images, mean, which, dtype)
+
         prepared = PreparedData(
-            X_train=preprocess(dataset.train_images, mean, parts.train, dtype),
+            X_train=rows(parts.train),
             y_train=labels[parts.train],
-            X_val=preprocess(dataset.train_images, mean, parts.val, dtype),
+            X_val=rows(parts.val),
             y_val=labels[parts.val],
+            features=pixels,
             mean=mean,
             class_names=list(dataset.class_names),
             load_seconds=0.0,

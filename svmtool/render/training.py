@@ -26,7 +26,7 @@ CAUSE_SHORT = {
 def features_text(features) -> str:
     """'pixels', 'hog (154 values)', 'kmeans (K = 1600, 6400 values)'."""
     if features.kind == "pixels":
-        return "pixels"
+        return "pixels, standardized per pixel" if features.arrays else "pixels"
     size = features.arrays["mean"].shape[0]
     if features.kind == "kmeans":
         return f"kmeans (K = {features.arrays['centroids'].shape[0]}, {size} values)"
