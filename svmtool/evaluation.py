@@ -44,17 +44,20 @@ def model_rows(
     source: str = "",
 ) -> np.ndarray:
     """The rows the model's W scores: images preprocessed with the model's own mean
-    image, or turned into its features and standardized, in the model's dtype (or
-    ``dtype``).
+    image (standardized per pixel, if the model's pixels are), or turned into its
+    features and standardized, in the model's dtype (or ``dtype``).
 
     images: (M, H, W, C) uint8; rows: which images (all if None). With a
     ``cache``, raw features are read from and stored in it.
     """
     check_image_shape(images.shape[1:], model)
     dtype = dtype or model.W.dtype.type
-    if model.features.kind == "pixels":
+    if model.features.kind == "pixels" and not model.features.arrays:
         return preprocess(images, model.mean_image, rows, dtype=dtype)
-    from svmtool.core.features import standardized_rows
+    from svmtool.core.features import standardized_pixels, standardized_rows
+
+    if model.features.kind == "pixels":
+        return standardized_pixels(model.features, images, rows, dtype)
 
     index = np.arange(images.shape[0]) if rows is None else np.asarray(rows)
     if notes is None:

@@ -49,10 +49,12 @@ from svmtool.trainplan import (
     DTYPES,
     PROBE_MAX_ITERS,
     REFIT,
+    REFIT_GTOL,
     REG_DECADES,
     REG_EXTEND,
     SOLVERS,
     TUNE_DEFAULTS,
+    TUNE_PATIENCE,
     ProgressFn,
     TrainOutcome,
     TrainRequest,
@@ -210,11 +212,26 @@ def prepare_training(request: TrainRequest, progress: ProgressFn | None = None) 
     else:
         # parts.train is a seeded permutation: the rows come out shuffled at no
         # extra cost, and SGD walks them as views.
+        pixels = Features()
+        if request.solver == "lbfgs":
+            # Raw pixel columns of very different spreads condition L-BFGS badly
+            # (Fashion-MNIST's refit stopped at its iteration cap); standardized
+            # as hog's features are, it converges. SGD keeps CS231n's raw rows.
+            from svmtool.core.features import pixel_standardization, standardized_pixels
+
+            pixels = pixel_standardization(dataset.train_images, parts.train)
+
+        def rows(which: np.ndarray) -> np.ndarray:
+            if pixels.arrays:
+                return standardized_pixels(pixels, dataset.train_images, which, dtype)
+            return preprocess(dataset.train_images, mean, which, dtype)
+
         prepared = PreparedData(
-            X_train=preprocess(dataset.train_images, mean, parts.train, dtype),
+            X_train=rows(parts.train),
             y_train=labels[parts.train],
-            X_val=preprocess(dataset.train_images, mean, parts.val, dtype),
+            X_val=rows(parts.val),
             y_val=labels[parts.val],
+            features=pixels,
             mean=mean,
             class_names=list(dataset.class_names),
             load_seconds=0.0,
@@ -442,7 +459,8 @@ def run_full_batch(
     """Solve the objective exactly (L-BFGS on all training rows) for each reg of
     ``reg_path``, warm-starting each from the last, and keep the best by
     validation accuracy. With ``request.tune`` the path stops once validation
-    accuracy has not improved for 2 regs in a row; without it every reg is solved.
+    accuracy has not improved for ``TUNE_PATIENCE`` regs in a row; without it
+    every reg is solved.
     """
     from svmtool.core.solver import regularization_path
 
@@ -468,7 +486,7 @@ def run_full_batch(
             loss=request.loss,
             delta=request.delta,
             max_iters=request.iters,
-            patience=2 if request.tune else len(regs),
+            patience=TUNE_PATIENCE if request.tune else len(regs),
             extend=REG_EXTEND if request.tune and not request.regs else 0,
             probe_max_iters=PROBE_MAX_ITERS if request.tune else None,
             free_bias=free_bias,
@@ -599,7 +617,8 @@ def refit_all(request: TrainRequest, prepared: PreparedData, reg: float, solutio
 
     reg is scaled by N_train / N_all (the data term is a mean, so the same
     balance of fit and penalty on more rows needs a proportionally smaller
-    reg: liblinear's C is unchanged). Starts from the chosen solution W.
+    reg: liblinear's C is unchanged). Starts from the chosen solution W and
+    stops at ``REFIT_GTOL``.
     Returns (solution, what the refit did for ``selection['refit']``).
     """
     from svmtool.core.solver import lbfgs
@@ -611,7 +630,7 @@ def refit_all(request: TrainRequest, prepared: PreparedData, reg: float, solutio
     scaled = reg * n / (n + m)
     final = lbfgs(
         X_all, y_all, len(prepared.class_names), scaled, loss=request.loss, delta=request.delta,
-        W0=solution.W, max_iters=request.iters, free_bias=free_bias,
+        W0=solution.W, max_iters=request.iters, gtol=REFIT_GTOL, free_bias=free_bias,
     )  # fmt: skip
     return final, {
         "rows": n + m,

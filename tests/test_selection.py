@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from svmtool.cli import app
+from svmtool.core.features import Features
 from svmtool.errors import SvmtoolError
 from svmtool.io import model as model_io
 from svmtool.trainplan import TRAIN_DEFAULTS, default_patches, train_plan
@@ -117,6 +119,57 @@ def test_tune_on_pixels_records_the_path_and_a_squared_hinge_model_agrees_everyw
     assert json.loads(evaluated.stdout)["confusion"] == confusion.tolist()
     pictures = run("visualize", "--model", str(model_path), "--out-dir", str(tmp_path / "v"))
     assert pictures.exit_code == 0, pictures.output
+
+
+def test_tune_standardizes_pixels_and_every_command_scores_the_rows_train_did(tmp_path):
+    from svmtool.commands.visualize import pictures_of
+    from svmtool.core.features import standardization
+    from svmtool.core.train import accuracy
+    from svmtool.evaluation import model_rows
+    from svmtool.io import images
+    from svmtool.io.data import load_dataset, split
+    from svmtool.pipeline import prepare_training
+    from svmtool.trainplan import TrainRequest
+
+    data = blobs_npz(tmp_path / "blobs.npz")
+    model_path = tmp_path / "m.npz"
+    result = run("train", "--data", str(data), "--model", str(model_path), "--tune")
+    assert result.exit_code == 0, result.output
+    assert "pixels, standardized per pixel" in result.output
+    model = model_io.load(model_path)
+    params, arrays = model.features.params, model.features.arrays
+    assert params["standardized"] and params["std_eps"] > 0
+    # Learned on the training rows only: each pixel's mean and spread there.
+    dataset = load_dataset(str(data), None)
+    parts = split(dataset, seed=0)
+    flat = dataset.train_images.reshape(dataset.train_images.shape[0], -1)
+    mean, plain = standardization(flat, 0.0, parts.train)
+    np.testing.assert_allclose(arrays["mean"], mean)
+    np.testing.assert_allclose(arrays["scale"] ** 2, plain**2 + params["std_eps"])
+    assert params["std_eps"] == pytest.approx(0.1 * np.mean(plain**2))
+    # The rows evaluate (and predict, gradcheck) build are the ones train solved on.
+    request = TrainRequest(lrs=[], regs=[], data=str(data), solver="lbfgs", tune=True)
+    prepared = prepare_training(request)
+    np.testing.assert_array_equal(model_rows(model, dataset.train_images, parts.val),
+                                  prepared.X_val)  # fmt: skip
+    evaluated = run("evaluate", "--model", str(model_path), "--split", "val", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["accuracy"] == pytest.approx(
+        float(accuracy(model.W, prepared.X_val, prepared.y_val))
+    )
+    # visualize shows W in pixel space: each weight over its pixel's scale.
+    folded = model.W.astype(np.float64)
+    folded[:-1] /= arrays["scale"][:, None]
+    files = pictures_of(model, "global", 1)
+    expected = images.to_pil(images.templates(folded, model.image_shape)[0], 1)
+    assert np.array_equal(np.asarray(files["00_a.png"]), np.asarray(expected))
+    plain_files = pictures_of(dataclasses.replace(model, features=Features()), "global", 1)
+    assert not np.array_equal(np.asarray(plain_files["00_a.png"]), np.asarray(expected))
+    # CS231n's recipe (pixels without --tune) keeps the raw rows and format 2.
+    sgd = run("train", "--data", str(data), "--model", str(tmp_path / "s.npz"), "--iters", "5")
+    assert sgd.exit_code == 0, sgd.output
+    assert model_io.load(tmp_path / "s.npz").features == Features()
+    assert int(np.load(tmp_path / "s.npz")["format_version"]) == model_io.FORMAT_VERSION
 
 
 def test_the_table_marks_the_chosen_reg(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from svmtool.core.loss import loss_and_gradient
 from svmtool.core.solver import lbfgs, objective, reg_range, regularization_path
 from svmtool.core.train import accuracy, sgd_grid
+from svmtool.trainplan import TUNE_PATIENCE
 
 
 def blobs(n: int, d: int, c: int, seed: int, noise: float = 1.0):
@@ -97,11 +98,14 @@ def test_selection_picks_the_best_reg_found_by_exhaustive_search():
     path = regularization_path(X, y, 2, regs, X_val, y_val, patience=len(regs))
     assert path.points[path.best].reg == regs[known]
     assert [p.reg for p in path.points] == regs  # largest first, every reg solved
-    # Early stopping keeps the same answer and solves fewer regs.
-    short = regularization_path(X, y, 2, regs, X_val, y_val, patience=2)
-    assert short.points[short.best].reg == regs[known]
-    assert len(short.points) < len(regs) and short.skipped == regs[len(short.points) :]
-    assert short.solution.W.shape == (63, 2)
+    # Early stopping (train's patience, and a longer one) keeps the same answer
+    # and solves fewer regs: train's stops one reg past the best.
+    for patience in sorted({TUNE_PATIENCE, 2}):
+        short = regularization_path(X, y, 2, regs, X_val, y_val, patience=patience)
+        assert short.points[short.best].reg == regs[known]
+        assert len(short.points) == known + 1 + patience
+        assert short.skipped == regs[len(short.points) :]
+        assert short.solution.W.shape == (63, 2)
 
 
 def test_a_free_bias_is_not_penalized_and_its_scaling_changes_nothing_but_speed():

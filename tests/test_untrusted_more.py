@@ -79,6 +79,23 @@ def hog_model() -> Model:
     )
 
 
+def pixels_model() -> Model:
+    """A model of standardized 8 x 8 RGB pixels (what train --tune saves for pixels)."""
+    rng = np.random.default_rng(2)
+    d = 8 * 8 * 3
+    arrays = {"mean": np.full(d, 128.0), "scale": rng.uniform(10, 60, d)}
+    return Model(
+        W=rng.standard_normal((d + 1, 3)).astype(np.float32),
+        mean_image=np.full((8, 8, 3), 128.0),
+        class_names=["a", "b", "c"],
+        settings={"data": "synthetic", "seed": 0},
+        features=Features("pixels", {"standardized": True, "std_eps": 40.0}, arrays),
+    )
+
+
+MODELS = {"kmeans": kmeans_model, "hog": hog_model, "pixels": pixels_model}
+
+
 def singular(p: int = P) -> np.ndarray:
     v = np.ones((p, 1)) / np.sqrt(p)
     return np.eye(p) - v @ v.T  # a projection: finite, symmetric, rank p - 1
@@ -125,13 +142,28 @@ PIPELINE_DAMAGE = [
     ("hog", {"feature_mean": np.zeros(18)}, ["feature_mean", "(18,)", "(19,)"]),
     ("hog", {"features": np.array('{"kind": "hog", "params": {"orientations": 0}}')},
      ["features", "orientations"]),
+    ("pixels", {"feature_scale": np.r_[np.ones(191), 0.0]}, ["feature_scale", "0"]),
+    ("pixels", {"feature_scale": np.full(192, np.nan)}, ["feature_scale", "NaN"]),
+    ("pixels", {"feature_scale": np.full(192, 1e-20)}, ["feature_scale", "1e-20"]),
+    ("pixels", {"feature_mean": np.zeros(191)}, ["feature_mean", "(191,)", "(192,)"]),
+    ("pixels", {"feature_mean": np.full(192, 1e30)}, ["feature_mean", "1e+30"]),
+    ("pixels", {"feature_scale": None}, ["pixels features lack scale"]),
+    # The scale dropped but the pipeline still standardized, or the other way round:
+    # W would score rows it was not trained on.
+    ("pixels", {"feature_scale": None, "feature_mean": None}, ["lack mean, scale"]),
+    ("pixels", {"features": np.array('{"kind": "pixels", "params": {}}')},
+     ["plain pixel features hold arrays (mean, scale)"]),
+    ("pixels", {"features": np.array('{"kind": "pixels", "params": {"standardized": 1}}')},
+     ["standardized must be true or false"]),
+    ("pixels", {"features": np.array(
+        '{"kind": "pixels", "params": {"standardized": true, "std_eps": -1}}')},
+     ["features", "std_eps"]),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("kind", "changes", "fragments"), PIPELINE_DAMAGE)
 def test_every_damaged_pipeline_field_is_named(tmp_path, kind, changes, fragments):
-    model = kmeans_model() if kind == "kmeans" else hog_model()
-    path = model_io.save(model, tmp_path / "m.npz")
+    path = model_io.save(MODELS[kind](), tmp_path / "m.npz")
     model_io.load(path)  # the undamaged one loads
     rewrite(path, **changes)
     with pytest.raises(SvmtoolError) as caught:
@@ -144,6 +176,18 @@ def test_every_damaged_pipeline_field_is_named(tmp_path, kind, changes, fragment
     Image.new("RGB", (8, 8)).save(image)
     for args in (["predict", str(image)], ["visualize", "--out-dir", str(tmp_path / "v")]):
         one_line_error(run(*args, "--model", str(path)), *fragments)
+
+
+def test_a_transform_planted_in_a_plain_pixel_model_is_refused(tmp_path):
+    plain = pixels_model()
+    plain.features = Features()
+    path = model_io.save(plain, tmp_path / "m.npz")
+    assert int(np.load(path)["format_version"]) == model_io.FORMAT_VERSION
+    rewrite(path, feature_scale=np.ones(192), feature_mean=np.zeros(192))
+    one_line_error(run("evaluate", "--model", str(path)), "plain pixel features hold arrays")
+    # A standardized model is written as format 3 (an older svmtool refuses it).
+    path = model_io.save(pixels_model(), tmp_path / "s.npz")
+    assert int(np.load(path)["format_version"]) == model_io.STANDARDIZED_PIXELS_VERSION
 
 
 def test_values_that_are_wrong_are_not_called_a_size_mismatch(tmp_path):

@@ -92,7 +92,19 @@ def pictures_of(model, scale: str, zoom: int) -> dict[str, object]:
     files: dict[str, object] = {}
     kind = model.features.kind
     if kind == "pixels":
-        pictures = images.templates(model.W, model.image_shape, scale)
+        W = model.W
+        if model.features.arrays:
+            # Trained on standardized pixels: W / scale weighs the pixels themselves
+            # (minus the mean image), so the templates read as a plain pixel model's.
+            import numpy as np
+
+            W = np.array(W, dtype=np.float64)
+            W[:-1] /= model.features.arrays["scale"][:, None]
+            say(
+                "this model's pixels were standardized for training: the templates show"
+                " each weight divided by its pixel's scale (the weight on the pixel value)."
+            )
+        pictures = images.templates(W, model.image_shape, scale)
         tiles = [images.to_pil(p, zoom) for p in pictures]
         for i, (tile, name) in enumerate(zip(tiles, model.class_names, strict=True)):
             files[f"{i:02d}_{images.safe_filename(name)}.png"] = tile

@@ -24,6 +24,11 @@ ORIENTATIONS = 9
 CELL = 8
 HUE_BINS = 10
 HOG_STD_EPS = 0.0  # CS231n divides by the plain standard deviation
+# Standardized pixels (the full-batch solver's rows for pixels): each pixel's
+# scale is sqrt(var + PIXEL_STD_EPS_SHARE * mean var). The floor keeps a pixel
+# that is almost always 0 (Fashion-MNIST's corners) from being magnified into a
+# few images' noise, and bounds the templates visualize folds the scale into.
+PIXEL_STD_EPS_SHARE = 0.1
 HOG_POWER = 0.5  # train's hog takes square roots (pipelines saved without "power": 1)
 BLOCK_IMAGES = 1024  # HOG works on this many images at a time (bounded memory)
 
@@ -35,6 +40,8 @@ class Features:
     kind: 'pixels' | 'hog' | 'kmeans'; params: JSON-able settings; arrays: named
     arrays (for hog and kmeans ``mean`` and ``scale`` (F,), the standardization;
     for kmeans also ``centroids`` (K, P), ``whiten_mean`` (P,), ``whiten`` (P, P)).
+    Pixels have no arrays (rows are the pixels minus the model's mean image), or,
+    with ``params["standardized"]``, ``mean`` and ``scale`` (H*W*C,) as hog's.
     """
 
     kind: str = "pixels"
@@ -249,6 +256,34 @@ def standardization(
     return mean, scale
 
 
+def pixel_standardization(images: np.ndarray, rows: np.ndarray) -> Features:
+    """A standardized pixels pipeline fitted on images[rows] (the training split).
+
+    images: (M, H, W, C) uint8; the pipeline's ``mean`` and ``scale`` are
+    (H*W*C,) float64. Each pixel's scale is sqrt(var + std_eps), std_eps
+    ``PIXEL_STD_EPS_SHARE`` times the pixels' mean variance (see there).
+    """
+    flat = images.reshape(images.shape[0], -1)
+    _, plain = standardization(flat, 0.0, rows)
+    eps = PIXEL_STD_EPS_SHARE * float(np.mean(plain * plain))
+    mean, scale = standardization(flat, eps, rows)
+    return Features(
+        "pixels", {"standardized": True, "std_eps": eps}, {"mean": mean, "scale": scale}
+    )
+
+
+def standardized_pixels(
+    features: Features,
+    images: np.ndarray,
+    rows: np.ndarray | None = None,
+    dtype: type = np.float32,
+) -> np.ndarray:
+    """The rows a standardized pixels pipeline gives images[rows]: (len(rows), H*W*C + 1)."""
+    a = features.arrays
+    flat = images.reshape(images.shape[0], -1)
+    return standardized_rows(flat, a["mean"], a["scale"], rows, dtype)
+
+
 def standardized_rows(
     raw: np.ndarray,
     mean: np.ndarray,
@@ -328,6 +363,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _POSITIVE_INT = "a positive integer"
 _NON_NEGATIVE = "a finite number >= 0"
 PARAM_RULES = {
+    "pixels": {"std_eps": _NON_NEGATIVE},
     "hog": {"orientations": _POSITIVE_INT, "cell": _POSITIVE_INT, "hue_bins": _POSITIVE_INT,
             "std_eps": _NON_NEGATIVE},
     "kmeans": {"centroids": _POSITIVE_INT, "patches": _POSITIVE_INT,
@@ -378,9 +414,17 @@ def check(features: Features, image_shape: tuple[int, ...]) -> None:
         )
     if len(image_shape) != 3 or min(image_shape) < 1:
         raise FeatureProblem(None, f"image shape {image_shape} is not H x W x C")
-    if features.kind == "pixels":
-        return
     _check_params(features.kind, features.params)
+    if features.kind == "pixels":
+        standardized = features.params.get("standardized", False)
+        if not isinstance(standardized, bool):
+            raise FeatureProblem(None, "pixels standardized must be true or false")
+        if not standardized:
+            if features.arrays:
+                # W was not trained on scaled pixels: a planted scale would change its classes.
+                names = ", ".join(sorted(features.arrays))
+                raise FeatureProblem(None, f"plain pixel features hold arrays ({names})")
+            return
     if features.kind == "hog":
         cell = features.params.get("cell", CELL)
         if isinstance(cell, bool) or not isinstance(cell, int) or not 1 <= cell <= 64:

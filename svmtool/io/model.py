@@ -18,10 +18,15 @@ from svmtool.io.npzfile import read_npz
 
 # 2: the feature pipeline (``features`` JSON and ``feature_*`` arrays). Format 1
 # files have neither and load as pixel models.
+# 3: standardized pixels (``feature_mean`` and ``feature_scale`` beside a pixels
+# pipeline); only such models are written as 3, so an svmtool that would ignore
+# the scale refuses them instead of predicting wrong classes.
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+STANDARDIZED_PIXELS_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 FEATURE_PREFIX = "feature_"
 DEFAULT_MODEL = Path("svm_model.npz")
+KEEP_PIXELS = ("mean", "scale")
 KEEP_HOG = ("mean", "scale")
 KEEP_KMEANS = ("centroids", "whiten_mean", "whiten", "mean", "scale")
 
@@ -69,7 +74,11 @@ def reserve(path: Path) -> PendingFile:
 
 def _arrays(model: Model) -> dict[str, np.ndarray]:
     arrays = {
-        "format_version": np.array(FORMAT_VERSION),
+        "format_version": np.array(
+            STANDARDIZED_PIXELS_VERSION
+            if model.features.kind == "pixels" and model.features.arrays
+            else FORMAT_VERSION
+        ),
         "svmtool_version": np.array(model.svmtool_version),
         "W": model.W,
         "mean_image": model.mean_image,
@@ -328,7 +337,9 @@ def _load_features(path: Path, raw: dict[str, np.ndarray], image_shape: tuple, d
         raise damaged("damaged feature description: features must hold a params object")
     kind = spec.get("kind")
     # Only the arrays the pipeline uses are kept (each is checked by ``check``).
-    used = {"hog": KEEP_HOG, "kmeans": KEEP_KMEANS}.get(kind if isinstance(kind, str) else "", ())
+    used = {"pixels": KEEP_PIXELS, "hog": KEEP_HOG, "kmeans": KEEP_KMEANS}.get(
+        kind if isinstance(kind, str) else "", ()
+    )
     features = Features(
         kind, dict(spec.get("params", {})), {k: arrays[k] for k in used if k in arrays}
     )

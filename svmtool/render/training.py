@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from svmtool.terminal import fmt, literal, number_column, print_table, text_column
+from svmtool.trainplan import TUNE_PATIENCE
 
 LOSS_TEXT = {
     "hinge": "multi-class hinge",
@@ -25,7 +26,7 @@ CAUSE_SHORT = {
 def features_text(features) -> str:
     """'pixels', 'hog (154 values)', 'kmeans (K = 1600, 6400 values)'."""
     if features.kind == "pixels":
-        return "pixels"
+        return "pixels, standardized per pixel" if features.arrays else "pixels"
     size = features.arrays["mean"].shape[0]
     if features.kind == "kmeans":
         return f"kmeans (K = {features.arrays['centroids'].shape[0]}, {size} values)"
@@ -60,7 +61,8 @@ def grid_table(grid: list[dict], full_batch: bool, tune: bool) -> Table | None:
     if len(grid) <= 1:
         return None
     if full_batch:
-        how = "warm starts, stops 2 regs past the best" if tune else "warm starts"
+        past = f"{TUNE_PATIENCE} reg{'s' if TUNE_PATIENCE > 1 else ''}"
+        how = f"warm starts, stops {past} past the best" if tune else "warm starts"
         table = Table(title=f"reg path (L-BFGS to convergence, {how})")
         for name in ("reg", "iterations", "objective", "train acc", "val acc", "seconds"):
             number_column(table, name)
