@@ -144,23 +144,52 @@ class Unsplit:
 
 
 class Recording(SplitSteps):
-    """SplitSteps that keeps itself where the benchmark can read its decisions."""
+    """SplitSteps that keeps itself where the benchmark can read its decisions,
+    and counts its steps on each number of cores; ``label`` names the contender."""
 
     seen: ClassVar[list[SplitSteps]] = []
+    label: ClassVar[str] = ""
 
     def __enter__(self) -> SplitSteps:
+        self.label, self.steps_at = Recording.label, {}
         Recording.seen.append(self)
         return super().__enter__()
 
+    def next(self) -> None:
+        super().next()
+        self.steps_at[self.parts] = self.steps_at.get(self.parts, 0) + 1
 
-def decisions_line() -> str:
-    """How svmtool's loops split their products in this run (all cores vs one)."""
-    picks = [d for steps in Recording.seen if steps.choice for d in steps.choice.decisions]
-    Recording.seen.clear()
+
+def labelled(label: str, run):
+    """run, with the loops it starts recorded under ``label``."""
+
+    def labelled_run():
+        Recording.label = label
+        try:
+            run()
+        finally:
+            Recording.label = ""
+
+    return labelled_run
+
+
+def decisions_line(label: str | None = None) -> str:
+    """How svmtool's loops (those under ``label``, or all) split their products in
+    this run: the probes' verdicts, the choice they left, the steps on all cores."""
+    mine = [s for s in Recording.seen if s.choice and label in (None, s.label)]
+    Recording.seen[:] = [s for s in Recording.seen if s not in mine]
+    verdicts = [v for s in mine for v in getattr(s.choice, "verdicts", s.choice.decisions)]
+    picks = [d for s in mine for d in s.choice.decisions]
     if not picks:
         return "no choice to make (one core)"
-    top = max(picks)
-    return f"probes chose {top} cores {picks.count(top)} times of {len(picks)}"
+    top = max(s.choice.counts[-1] for s in mine)
+    steps = sum(sum(s.steps_at.values()) for s in mine)
+    on_top = sum(s.steps_at.get(top, 0) for s in mine)
+    return (
+        f"probes: {verdicts.count(top)} of {len(verdicts)} verdicts for {top} cores,"
+        f" the choice {top} cores after {picks.count(top)} of {len(picks)};"
+        f" {on_top} of {steps} steps on {top} cores ({100 * on_top / max(steps, 1):.0f}%)"
+    )
 
 
 def ratio(a: float, b: float) -> str:
@@ -333,7 +362,7 @@ def training_loop(X32, y32, X64, labels, repeats: int) -> dict[str, float]:
 PHASES = {
     "load_seconds": "loading + preprocessing",
     "train_seconds": "training loop",
-    "evaluate_seconds": "train and val accuracy",
+    "evaluate_seconds": "accuracies (+ objective)",
 }
 
 
@@ -419,7 +448,7 @@ def end_to_end(
             print(f"    {label:26s} {fmt(metrics[key])}")
         rest = wall - sum(metrics[key] for key in PHASES)
         print(f"    {'the rest':26s} {fmt(rest)}   (Python's start, imports, options,"
-              " the objective, model file, output)")  # fmt: skip
+              " model file, output; the objective where not with the accuracies)")  # fmt: skip
     if compare:
         other = t["another checkout"]
         where = subprocess.run(
@@ -436,20 +465,22 @@ def end_to_end(
 
 def busy_loops(X32, y32, repeats: int) -> None:
     contenders = {
-        "svmtool": ours_loop(X32, y32),
-        "svmtool, busy core": ours_loop(X32, y32),
+        "svmtool": labelled("idle", ours_loop(X32, y32)),
+        "svmtool, busy core": labelled("busy", ours_loop(X32, y32)),
         "before": before_loop(X32, y32),
         "before, busy core": before_loop(X32, y32),
     }
     around = {"svmtool, busy core": busy_core, "before, busy core": busy_core}
     t = alternate(contenders, repeats, around)
-    chose = decisions_line()
+    idle_chose, busy_chose = decisions_line("idle"), decisions_line("busy")
+    decisions_line()  # the rest (none: before's loops do not choose)
     print(f"training loop, another process holding one core (alternated)   {load()}")
     print(f"  svmtool, idle core          {fmt(t['svmtool'])}")
     slower = ratio(t["svmtool, busy core"], t["svmtool"])
     print(f"  svmtool, busy core          {fmt(t['svmtool, busy core'])}")
     print(f"  busy / idle = {slower} (target <= 1.5x)")
-    print(f"      {chose} (idle and busy runs together)")
+    print(f"      idle: {idle_chose}")
+    print(f"      busy: {busy_chose}")
     print(f"  before (BLAS's threads), idle  {fmt(t['before'])}")
     print(f"  before (BLAS's threads), busy  {fmt(t['before, busy core'])}"
           f"   busy / idle = {ratio(t['before, busy core'], t['before'])}\n")  # fmt: skip
@@ -481,12 +512,18 @@ def grid(X32, y32, configs: int, repeats: int) -> None:
                 steps.matmul(batch, W)
                 steps.matmul(batch.T, coeff)
 
-    t = alternate({"sequential": one_by_one, "together": together, "floor": floor}, repeats)
-    chose = decisions_line()
+    contenders = {
+        "sequential": labelled("sequential", one_by_one),
+        "together": labelled("together", together),
+        "floor": floor,
+    }
+    t = alternate(contenders, repeats)
+    chose = {name: decisions_line(name) for name in ("sequential", "together")}
     print(f"grid of {len(pairs)} configurations ({ITERS} steps of {BATCH} rows each)   {load()}")
     print(f"  one after another   {fmt(t['sequential'])}")
     print(f"  together, one pass  {fmt(t['together'])}")
-    print(f"      {chose} (both contenders)")
+    for name, line in chose.items():
+        print(f"      {name}: {line}")
     print(f"  floor: its two products alone, svmtool's split, from memory  {fmt(t['floor'])}"
           f"   together / floor = {ratio(t['together'], t['floor'])}")  # fmt: skip
     print(f"  sequential / together = {ratio(t['sequential'], t['together'])} (target >= 4x)")
