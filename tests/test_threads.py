@@ -147,6 +147,15 @@ def test_noise_alone_does_not_start_probes_or_change_the_choice():
     assert used.count(1) <= (PROBE + choice.recheck) * len(choice.verdicts)
 
 
+def test_without_a_first_probe_the_default_runs_until_the_steps_slow_down():
+    choice = ThreadChoice([1, 2], probe_first=False, window=1 << 20, max_window=1 << 20)
+    used = drive(choice, lambda step, n: {1: 1.0e-3, 2: 0.6e-3}[n], 40)
+    assert used == [2] * 40 and choice.reference == pytest.approx(0.6e-3)
+    # Then another process holds a core: a probe, and one core.
+    used = drive(choice, lambda step, n: {1: 1.2e-3, 2: 8e-3}[n], 160)
+    assert choice.choice == 1 and used[-100:] == [1] * 100
+
+
 def _noisy(rng, quiet: bool):
     """Step times like those measured on the benchmark's data (ms: two cores 0.6-1.0,
     one core 1.1-1.7, quiet; both 1.1-1.8 with a busy core), with one step in ten

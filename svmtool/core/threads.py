@@ -96,6 +96,9 @@ class ThreadChoice:
     the next probe starts at once; load that leaves is noticed at the end of
     the window. (Medians over several steps, so that the noise of a shared
     machine, one slow step here and there, does not start probes.)
+
+    Without ``probe_first`` the first window runs on the default before any
+    probe: for loops of a few long steps, which a probe would mostly spend.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class ThreadChoice:
         give_up: float = 3.0,
         drift: float = 1.5,
         recent: int = 8,
+        probe_first: bool = True,
     ) -> None:
         if not counts or min(counts) < 1:
             raise ValueError(f"thread counts must be >= 1, got {list(counts)}")
@@ -130,6 +134,8 @@ class ThreadChoice:
         self._trial: int | None = None  # a verdict against the choice, on trial
         self._slowed_to: float | None = None  # the median that started this probe
         self._start_probe()
+        if not probe_first:  # a window on the default first; its steps set the reference
+            self._timings, self._queue, self._steps_left = None, [], window
 
     def _start_probe(self) -> None:
         self._timings: dict[int, list[float]] | None = {n: [] for n in self.counts}
@@ -179,6 +185,8 @@ class ThreadChoice:
         self._recent.append(seconds)
         if len(self._recent) > self.recent:
             del self._recent[0]
+        if self.reference is None and len(self._recent) == self.recent:
+            self.reference = statistics.median(self._recent)  # no probe before
         slowed = (
             self.reference is not None
             and len(self._recent) == self.recent

@@ -331,15 +331,15 @@ def divergence_cause(
 def predict(W: np.ndarray, X: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """Class predictions argmax(X @ W); W: (D, C) or (K, D, C); X: (N, D).
 
-    Returns (N,) or (K, N). Computed in row blocks to bound memory; the blocks
-    are the steps whose split over the cores is chosen by timing them (one
-    probe step each: a block is a few ms at CIFAR's size).
+    Returns (N,) or (K, N). Computed in row blocks to bound memory, on all
+    cores (the blocks are few: probing one core would cost more than it could
+    save; a slowdown of the blocks, load arriving, starts a probe).
     """
     stacked = W if W.ndim == 3 else W[None]
     k, d, c = stacked.shape
     side = np.ascontiguousarray(stacked.transpose(1, 0, 2).reshape(d, k * c)).astype(X.dtype)
     out = np.empty((k, X.shape[0]), dtype=np.int64)
-    with SplitSteps(probe=1, window=1 << 20, max_window=1 << 20) as cores:
+    with SplitSteps(probe_first=False, window=1 << 20, max_window=1 << 20) as cores:
         for s in range(0, X.shape[0], chunk):
             cores.next()
             out[:, s : s + chunk] = predict_side(side, X[s : s + chunk], c, chunk, cores)
