@@ -72,9 +72,9 @@ def objective(
     n = X.shape[0]
     total = 0.0
     W_x = W.astype(X.dtype, copy=False)
-    # The blocks' products split over the cores as timing them shows faster
-    # (BLAS's own threads stall when another process holds a core).
-    with SplitSteps(probe=1, window=1 << 20, max_window=1 << 20) as cores:
+    # The blocks' products split over the cores by our own threads (BLAS's own
+    # stall when another process holds a core); a slowdown starts a probe.
+    with SplitSteps(probe_first=False, window=1 << 20, max_window=1 << 20) as cores:
         for s in range(0, n, chunk):
             cores.next()
             product = cores.matmul(X[s : s + chunk], W_x)
