@@ -11,8 +11,9 @@ then times, alternately in the same run, medians of --repeats rounds:
   2. preprocessing: the cache to float32 rows against the notebook's float64 rows,
      and the floor of writing the output once;
   3. the training loop (1500 steps of 200 rows): its floor (the step's two
-     products alone, one and two BLAS threads and svmtool's own split over the
-     cores, on one batch in cache and on a new batch from memory every step),
+     products alone, one and two BLAS threads, svmtool's own split of the rows
+     over the cores, and its halves of the columns as the loop now splits them,
+     on one batch in cache and on a new batch from memory every step),
      svmtool's loop, the same loop on BLAS's own threads (as before the split
      was chosen by measurement), and CS231n's LinearSVM.train loop (float64,
      np.random.choice batches, fancy-index gather, the textbook loss);
@@ -244,6 +245,19 @@ def product_floors(X32, W32) -> dict[str, object]:
                 steps.matmul(b, W32)
                 steps.matmul(b.T, coeff)
 
+    def halves_over_cores(batches):
+        # As the loop now splits them: each core its half of the batch's columns,
+        # for both products (SplitSteps.halves), one hand-off per step.
+        d = W32.shape[0]
+
+        def job(b, lo, hi):
+            return b[:, lo:hi].T @ coeff, b[:, lo:hi] @ W32[lo:hi]
+
+        with SplitSteps(threads.ThreadChoice([threads.cores()], probe=1)) as steps:
+            for b in batches:
+                steps.next()
+                steps.halves(d, BATCH * (d // 2) * C, lambda lo, hi, b=b: job(b, lo, hi))
+
     def hot_batches():
         return (hot for _ in range(ITERS))
 
@@ -261,9 +275,11 @@ def product_floors(X32, W32) -> dict[str, object]:
         "hot, 1 BLAS thread": at(1, plain, hot_batches),
         "hot, 2 BLAS threads": at(2, plain, hot_batches),
         "hot, svmtool's split": at(1, split_over_cores, hot_batches),
+        "hot, svmtool's halves": at(1, halves_over_cores, hot_batches),
         "memory, 1 BLAS thread": at(1, plain, memory_batches),
         "memory, 2 BLAS threads": at(2, plain, memory_batches),
         "memory, svmtool's split": at(1, split_over_cores, memory_batches),
+        "memory, svmtool's halves": at(1, halves_over_cores, memory_batches),
     }
 
 

@@ -299,8 +299,26 @@ def run_training(
         report_every=report_every,
     )
     t2 = time.perf_counter()
-    train_acc = accuracy(result.weights, X_train, y_train)
+    from svmtool.core.solver import objective
+
     val_acc = accuracy(result.weights, X_val, y_val)
+    saved_objective = None
+    if len(pairs) == 1 and result.diverged_at[0] < 0 and X_train.shape[0]:
+        # One configuration: the objective saved with the model and the training
+        # accuracy come from one pass over X_train (~60 ms less at CIFAR's size).
+        predictions = np.empty(X_train.shape[0], dtype=np.int64)
+        saved_objective = objective(
+            result.weights[0],
+            X_train,
+            y_train,
+            pairs[0][1],
+            loss=request.loss,
+            delta=request.delta,
+            predictions=predictions,
+        )
+        train_acc = np.array([(predictions == y_train).mean()])
+    else:
+        train_acc = accuracy(result.weights, X_train, y_train)
     t3 = time.perf_counter()
 
     grid = []
@@ -377,8 +395,15 @@ def run_training(
             "loss": request.loss,
             "solver": "sgd",
         }
-        from svmtool.core.solver import objective
-
+        if saved_objective is None:
+            saved_objective = objective(
+                result.weights[best],
+                X_train,
+                y_train,
+                grid[best]["reg"],
+                loss=request.loss,
+                delta=request.delta,
+            )
         model = Model(
             W=result.weights[best],
             mean_image=prepared.mean,  # float64: exactly what training subtracted
@@ -390,14 +415,7 @@ def run_training(
                 "final_loss": grid[best]["final_loss"],
                 # The objective on the whole training split at the saved W (the
                 # minibatch losses above are noisy estimates of it).
-                "objective": objective(
-                    result.weights[best],
-                    X_train,
-                    y_train,
-                    grid[best]["reg"],
-                    loss=request.loss,
-                    delta=request.delta,
-                ),
+                "objective": saved_objective,
                 **timings,
             },
             loss_history=result.losses[:, best],

@@ -168,6 +168,21 @@ def test_stacked_scores_match_one_at_a_time():
         np.testing.assert_allclose(coeff[:, k, :], ck)
 
 
+def test_side_by_side_margins_and_coefficients_are_bit_identical_to_one_at_a_time():
+    # K=16 takes other numpy paths (a repeated subtraction, a 2-D count): the same bits.
+    rng = np.random.default_rng(4)
+    scores = (2 * rng.standard_normal((200, 16, 10))).astype(np.float32)
+    y = rng.integers(0, 10, 200)
+    scores[:, :, 3] = scores[np.arange(200), :, y] - 1  # margins of exactly 0 (kinks)
+    m = margins(scores, y, 1.0)
+    loss, coeff = hinge(scores, y, 1.0)
+    assert coeff.dtype == np.float32 and loss.shape == (16,)
+    for k in range(16):
+        lk, ck = hinge(scores[:, k, :], y, 1.0)
+        assert np.array_equal(m[:, k, :], margins(scores[:, k, :], y, 1.0))
+        assert np.array_equal(coeff[:, k, :], ck) and loss[k] == lk
+
+
 # --- the L2-SVM: one-vs-rest squared hinge ----------------------------------------------
 
 

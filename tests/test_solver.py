@@ -154,3 +154,14 @@ def test_the_path_extends_past_an_end_of_its_range_to_the_best():
     assert path.points[path.best].val_accuracy > stuck.points[0].val_accuracy
     got = [p.reg for p in path.points]
     assert got == sorted(got, reverse=True) and len(got) >= 3  # largest first, extra ones too
+
+
+def test_the_objective_also_gives_the_predictions_of_the_same_pass():
+    X, y = blobs(700, 9, 4, seed=3)
+    X = X.astype(np.float32)
+    W = np.random.default_rng(1).standard_normal((10, 4))  # blobs adds the bias column
+    predictions = np.full(700, -1)
+    value = objective(W, X, y, 0.1, chunk=256, predictions=predictions)
+    assert value == objective(W, X, y, 0.1, chunk=256)
+    assert np.array_equal(predictions, (X @ W.astype(np.float32)).argmax(axis=1))
+    assert (predictions == y).mean() == accuracy(W, X, y)

@@ -150,3 +150,24 @@ def test_lr_decay_shrinks_the_steps_every_decay_every_steps():
     np.testing.assert_array_equal(run(4, 0.5), run(4, 1.0))  # the first 4 steps at full lr
     with pytest.raises(ValueError, match="lr_decay"):
         run(4, 1.5)
+
+
+@pytest.mark.parametrize("lrs", [[1e-3], [1e-3, 3e-3]])
+def test_train_saves_the_objective_and_train_accuracy_of_the_saved_weights(lrs):
+    # One configuration gets both from one pass over X (solver.objective's
+    # predictions); a grid from two. Either way they are those of the saved W.
+    from svmtool.core.solver import objective
+    from svmtool.pipeline import PreparedData, TrainRequest, run_training
+
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((900, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 900)
+    prepared = PreparedData(
+        X[:800], y[:800], X[800:], y[800:], np.zeros((2, 2, 3)), ["a", "b", "c"], 0.0
+    )
+    outcome = run_training(TrainRequest(lrs=lrs, regs=[0.1], iters=30, batch_size=50), prepared)
+    W, metrics = outcome.model.W, outcome.model.metrics
+    assert metrics["objective"] == objective(W, X[:800], y[:800], 0.1)
+    assert metrics["train_accuracy"] == accuracy(W, X[:800], y[:800])
+    assert metrics["val_accuracy"] == accuracy(W, X[800:], y[800:])
+    assert 0 < metrics["train_accuracy"] < 1

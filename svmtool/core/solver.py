@@ -58,12 +58,15 @@ def objective(
     delta: float = 1.0,
     chunk: int = 8192,
     free_bias: bool = False,
+    predictions: np.ndarray | None = None,
 ) -> float:
     """The full training objective ``data(X @ W) + reg * sum(W * W)``, in float64.
 
     W: (D, C); X: (N, D); y: (N,). Computed in row blocks (bounded memory).
     With ``free_bias`` the last row of W (the bias: X's last column is ones)
-    is not in the penalty.
+    is not in the penalty. With ``predictions`` ((N,) integers), the class
+    predictions argmax(X @ W) are written there from the same scores: the
+    training accuracy then costs no second pass over X.
     """
     fn = data_term(loss)
     n = X.shape[0]
@@ -74,7 +77,10 @@ def objective(
     with SplitSteps(probe=1, window=1 << 20, max_window=1 << 20) as cores:
         for s in range(0, n, chunk):
             cores.next()
-            scores = cores.matmul(X[s : s + chunk], W_x).astype(np.float64)
+            product = cores.matmul(X[s : s + chunk], W_x)
+            if predictions is not None:
+                predictions[s : s + chunk] = product.argmax(axis=1)
+            scores = product.astype(np.float64)
             data, _ = fn(scores, y[s : s + chunk], delta)
             total += float(data) * scores.shape[0]
     w = W.astype(np.float64, copy=False)

@@ -37,21 +37,35 @@ T = TypeVar("T")
 MARGIN = 0.9
 
 
-def fastest(timings: Mapping[int, Sequence[float]], margin: float = MARGIN) -> int:
-    """The thread count whose median step time is lowest; a larger count wins only
-    when its median is below ``margin`` times that of the best smaller count.
+def fastest(
+    timings: Mapping[int, Sequence[float]],
+    margin: float = MARGIN,
+    statistic: Callable[[Sequence[float]], float] = statistics.median,
+) -> int:
+    """The thread count whose ``statistic`` (the median) of step times is lowest; a
+    larger count wins only when its statistic is below ``margin`` times that of
+    the best smaller count.
 
     timings: thread count -> step durations in seconds (counts without any
     duration are ignored). Raises ValueError when no count has a duration.
     """
-    medians = {n: statistics.median(t) for n, t in timings.items() if len(t)}
-    if not medians:
+    typical = {n: statistic(t) for n, t in timings.items() if len(t)}
+    if not typical:
         raise ValueError("no timings to choose from")
-    best = min(medians)
-    for n in sorted(medians):
-        if medians[n] < margin * medians[best]:
+    best = min(typical)
+    for n in sorted(typical):
+        if typical[n] < margin * typical[best]:
             best = n
     return best
+
+
+def low(times: Sequence[float]) -> float:
+    """The second-smallest duration (the smallest of one or two): a step is only
+    ever slowed by the rest of the machine, so the low end is a candidate's own
+    speed; not the smallest, which one lucky step (measured 0.64 ms on two cores
+    with a busy core, 1.5 ms typical) would decide."""
+    ordered = sorted(times)
+    return ordered[1] if len(ordered) > 2 else ordered[0]
 
 
 class ThreadChoice:
@@ -60,48 +74,75 @@ class ThreadChoice:
     Call ``next(seconds)`` before every step with the previous step's duration
     (None before the first); it returns the count for the coming step.
 
-    A probe runs ``probe`` steps on each candidate, alternating them, and keeps
-    the ``fastest``. A candidate whose first probe step takes more than
-    ``give_up`` times the best step seen (in this probe, or the choice's median
-    in the last one) is dropped from the probe: it is clearly worse, and its
-    slow steps are what a probe costs. The winner then runs ``window`` steps;
-    the window doubles up to ``max_window`` each time a probe confirms the
-    choice and is reset when it changes. When the median of the last ``recent``
-    steps of a window exceeds ``drift`` times the winner's probe median (load
-    arrived), the next probe starts at once; load that leaves is noticed at the
-    end of the window. (A median over several steps, so that the noise of a
-    shared machine, one slow step here and there, does not start probes.)
+    The largest count is the default. A probe times ``probe`` steps on each
+    candidate, in alternating runs of ``run`` steps whose first step is not
+    timed, and its verdict is the ``fastest`` by their ``low`` end (noise
+    only slows steps down: two slow steps of four decided medians).
+    The choice changes only when two probes in a row give the same other
+    verdict: single probes, on a shared machine, chose one core in 15 probes
+    of 37 where two cores were 1.5x faster (a descheduled step or two decides
+    a short probe), and each wrong choice held for a window of 64+ steps.
+    A verdict against the current choice runs on trial for ``recheck`` steps
+    and another probe follows: a real change (load arriving) costs two short
+    probes, a noisy verdict ``recheck`` steps.
+
+    A candidate whose first two probe steps both take more than ``give_up``
+    times the best step seen (in this probe, or the choice's median in the last
+    one) is dropped from the probe: it is clearly worse, and its slow steps are
+    what a probe costs. The choice then runs ``window`` steps; the window
+    doubles up to ``max_window`` each time a probe confirms the choice and is
+    reset when it changes. When the median of the last ``recent`` steps of a
+    window exceeds ``drift`` times the choice's probe median (load arrived),
+    the next probe starts at once; load that leaves is noticed at the end of
+    the window. (Medians over several steps, so that the noise of a shared
+    machine, one slow step here and there, does not start probes.)
     """
 
     def __init__(
         self,
         counts: Sequence[int],
         *,
-        probe: int = 3,
+        probe: int = 4,
+        run: int = 3,
         window: int = 64,
         max_window: int = 1024,
+        recheck: int = 8,
         give_up: float = 3.0,
         drift: float = 1.5,
         recent: int = 8,
     ) -> None:
         if not counts or min(counts) < 1:
             raise ValueError(f"thread counts must be >= 1, got {list(counts)}")
-        if probe < 1 or window < 1 or max_window < window:
-            raise ValueError("probe, window >= 1 and max_window >= window required")
+        if probe < 1 or run < 2 or window < 1 or max_window < window or recheck < 1:
+            raise ValueError("probe, window, recheck >= 1, run >= 2, max_window >= window required")
         self.counts = sorted(set(counts))
-        self.probe, self.first_window, self.max_window = probe, window, max_window
+        self.probe, self.run = probe, run
+        self.first_window, self.max_window = window, max_window
+        self.recheck = recheck
         self.give_up, self.drift, self.recent = give_up, drift, max(1, recent)
         self.window = window
-        self.choice = self.counts[0]
+        self.choice = self.counts[-1]  # the default until two probes agree otherwise
         self.reference: float | None = None  # the choice's median in the last probe
-        self.decisions: list[int] = []  # every probe's winner, in order
+        self.decisions: list[int] = []  # the choice after every probe, in order
+        self.verdicts: list[int] = []  # every probe's fastest, in order
         self._running: int | None = None  # the count the coming step runs with
+        self._counted = False  # whether the coming step's time counts in the probe
+        self._trial: int | None = None  # a verdict against the choice, on trial
+        self._slowed_to: float | None = None  # the median that started this probe
         self._start_probe()
 
     def _start_probe(self) -> None:
         self._timings: dict[int, list[float]] | None = {n: [] for n in self.counts}
         self._dropped: set[int] = set()
-        self._queue = [n for _ in range(self.probe) for n in self.counts]
+        # Runs of ``run`` steps per candidate, the first of each not counted:
+        # changing the count costs a wake-up of the helper threads that running
+        # on it does not (with a busy core, two-core steps in alternating probes
+        # measured a median 4.0-4.7 ms, in a run of two-core steps 1.8-1.9 ms).
+        rounds = -(-self.probe // (self.run - 1))
+        one_run = [False] + [True] * (self.run - 1)
+        self._queue = [
+            (n, counted) for _ in range(rounds) for n in self.counts for counted in one_run
+        ]
         self._steps_left = 0
         self._recent: list[float] = []
 
@@ -113,22 +154,23 @@ class ThreadChoice:
             else:
                 self._record_window(seconds)
         if self._timings is not None and self._queue:
-            self._running = self._queue.pop(0)
+            self._running, self._counted = self._queue.pop(0)
         else:
-            self._running = self.choice
+            self._running = self.running
         return self._running
 
     def _record_probe(self, count: int, seconds: float) -> None:
         assert self._timings is not None
         times = self._timings[count]
-        times.append(seconds)
-        if len(times) == 1:
+        if self._counted:
+            times.append(seconds)
+        if self._counted and len(times) == 2 and len(self.counts) > 1:
             seen = [min(t) for n, t in self._timings.items() if n != count and t]
             if self.reference is not None:
                 seen.append(self.reference)
-            if seen and seconds > self.give_up * min(seen):
+            if seen and min(times) > self.give_up * min(seen):
                 self._dropped.add(count)
-                self._queue = [n for n in self._queue if n != count]
+                self._queue = [job for job in self._queue if job[0] != count]
         if not self._queue:
             self._decide()
 
@@ -143,22 +185,40 @@ class ThreadChoice:
             and statistics.median(self._recent) > self.drift * self.reference
         )
         if slowed or self._steps_left <= 0:
+            # The level that started the probe: if the probe keeps the choice,
+            # it is the new normal (load that comes and goes), not a reason to
+            # probe again 8 steps later.
+            self._slowed_to = statistics.median(self._recent) if slowed else None
             self._start_probe()
 
     def _decide(self) -> None:
         assert self._timings is not None
         kept = {n: t for n, t in self._timings.items() if n not in self._dropped}
-        winner = fastest(kept or self._timings)
-        if self.decisions and winner == self.choice:
-            self.window = min(2 * self.window, self.max_window)
-        else:
-            self.window = self.first_window
-        self.choice = winner
-        self.reference = statistics.median(self._timings[winner])
-        self.decisions.append(winner)
+        verdict = fastest(kept or self._timings, statistic=low)
+        self.verdicts.append(verdict)
+        if verdict == self.choice:
+            if self.decisions:
+                self.window = min(2 * self.window, self.max_window)
+            self._trial, self._steps_left = None, self.window
+        elif self._trial == verdict:  # a change, seen twice in a row
+            self.choice, self.window = verdict, self.first_window
+            self._trial, self._steps_left = None, self.window
+        else:  # one verdict against: try it for a few steps, then look again
+            self._trial, self._steps_left = verdict, self.recheck
+        running = self.running
+        if self._timings[running]:
+            self.reference = statistics.median(self._timings[running])
+            if verdict == self.choice and self._slowed_to is not None:
+                self.reference = max(self.reference, self._slowed_to)
+        self.decisions.append(self.choice)
         self._timings = None
-        self._steps_left = self.window
         self._recent = []
+
+    @property
+    def running(self) -> int:
+        """The count the steps between probes run with: the choice, or a verdict
+        against it on trial until the next probe."""
+        return self.choice if self._trial is None else self._trial
 
 
 def _blas_controller():
