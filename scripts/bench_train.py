@@ -32,6 +32,7 @@ The machine may be shared: the load average is printed with every section.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -275,17 +276,21 @@ def product_floors(X32, W32) -> dict[str, object]:
                 steps.matmul(b.T, coeff)
 
     def halves_over_cores(batches):
-        # As the loop now splits them: each core its half of the batch's columns,
-        # for both products (SplitSteps.halves), one hand-off per step.
+        # As the loop splits them: each core its half of the batches' columns, one
+        # hand-off per step, the gradient's product on the batch of the step (read
+        # by the last step's scores) and the scores' on the next batch.
         d = W32.shape[0]
 
-        def job(b, lo, hi):
-            return b[:, lo:hi].T @ coeff, b[:, lo:hi] @ W32[lo:hi]
+        def job(b, following, lo, hi):
+            return b[:, lo:hi].T @ coeff, following[:, lo:hi] @ W32[lo:hi]
 
         with SplitSteps(threads.ThreadChoice([threads.cores()], probe=1)) as steps:
-            for b in batches:
+            batches = iter(batches)
+            b = next(batches)
+            for following in batches:
                 steps.next()
-                steps.halves(d, BATCH * (d // 2) * C, lambda lo, hi, b=b: job(b, lo, hi))
+                steps.halves(d, BATCH * (d // 2) * C, functools.partial(job, b, following))
+                b = following
 
     def hot_batches():
         return (hot for _ in range(ITERS))
