@@ -108,6 +108,20 @@ def test_selection_picks_the_best_reg_found_by_exhaustive_search():
         assert short.solution.W.shape == (63, 2)
 
 
+def test_the_chosen_probe_is_polished_to_gtol_unless_the_caller_refits():
+    X, y, X_val, y_val = constructed_problem()
+    regs = reg_range(30.0, 1e-2)
+    kw = dict(patience=1, probe_gtol=1e-2, gtol=1e-6, probe_max_iters=5)
+    polished = regularization_path(X, y, 2, regs, X_val, y_val, polish=True, **kw)
+    probe = regularization_path(X, y, 2, regs, X_val, y_val, polish=False, **kw)
+    # The same probes rank the regs; only the saved solution differs.
+    assert polished.points[polished.best].reg == probe.points[probe.best].reg
+    assert probe.polish_iterations == 0 and probe.solution.grad_ratio > 1e-6
+    assert polished.polish_iterations > 0
+    assert polished.solution.grad_ratio < probe.solution.grad_ratio / 10
+    assert polished.points[polished.best].objective < probe.points[probe.best].objective
+
+
 def test_a_free_bias_is_not_penalized_and_its_scaling_changes_nothing_but_speed():
     X, y = blobs(300, 6, 3, seed=3)
     X[:, :-1] *= 100.0  # raw-pixel-sized values beside the column of ones

@@ -397,18 +397,19 @@ def train_full_batch(request, prepared, regs: list[float]):
         console=err,
     ) as progress:
         task = progress.add_task("train", total=len(regs), state="")
-        current = {"reg": regs[0], "done": 0}
+        # The path may extend past the range and stops early, so which reg is being
+        # solved is not known here: the state shows the solve's iterations, then
+        # each finished reg with its validation accuracy.
+        done = [0]
 
         def on_iteration(it: int, value: float) -> None:
             if it % 5 == 0:
-                state = f"reg {current['reg']:g}: iteration {it}, objective {value:.6g}"
-                progress.update(task, state=state)
+                progress.update(task, state=f"iteration {it}, objective {value:.6g}")
 
         def on_point(point) -> None:
-            current["done"] += 1
-            if current["done"] < len(regs):
-                current["reg"] = regs[current["done"]]
-            progress.update(task, completed=current["done"])
+            done[0] += 1
+            state = f"reg {point.reg:g}: val accuracy {point.val_accuracy:.4f}"
+            progress.update(task, completed=min(done[0], len(regs)), state=state)
 
         outcome = run_training(request, prepared, on_point=on_point, on_iteration=on_iteration)
         progress.update(task, completed=len(regs))

@@ -445,7 +445,7 @@ def regularization_path(
                 best, worse, best_solution = 0, 0, solution
             else:
                 worse += 1
-    polish = 0
+    polish_iterations = 0  # not ``polish``: that is the caller's switch, read here
     if polish and probe_gtol > gtol and not best_solution.grad_ratio <= gtol:
         chosen = points[best]
         t0 = time.perf_counter()
@@ -454,7 +454,7 @@ def regularization_path(
             max_iters=max_iters, gtol=gtol, on_iteration=on_iteration, free_bias=free_bias,
             bias_scaling=scale,
         )  # fmt: skip
-        polish = final.iterations
+        polish_iterations = final.iterations
         # The chosen point now describes the final model.
         points[best] = PathPoint(
             reg=chosen.reg,
@@ -466,4 +466,4 @@ def regularization_path(
             seconds=chosen.seconds + time.perf_counter() - t0,
         )
         best_solution = final
-    return PathResult(points, best, best_solution, skipped, polish)
+    return PathResult(points, best, best_solution, skipped, polish_iterations)
