@@ -14,7 +14,15 @@ import numpy as np
 
 from svmtool.errors import BadValue, DataNotFound, SvmtoolError, check_choice
 from svmtool.io.dataset import Dataset, class_names_problem
-from svmtool.io.download import ProgressFn, RetryFn, fetch, md5_of, safe_extract, verify_md5
+from svmtool.io.download import (
+    ProgressFn,
+    RetryFn,
+    fetch,
+    is_md5_text,
+    md5_of,
+    safe_extract,
+    verify_md5,
+)
 from svmtool.io.files import (
     disk_error,
     is_regular_file,
@@ -373,9 +381,7 @@ def download(
     A failed run removes the folders it created.
     """
     check_choice("--format", fmt, ARCHIVES, "binary or python")
-    if md5 is not None and (
-        len(md5) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in md5)
-    ):
+    if md5 is not None and not is_md5_text(md5):
         raise BadValue("--md5", f"must be 32 hexadecimal digits, got {md5!r}")
     return locked_download(
         data_dir,

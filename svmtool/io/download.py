@@ -33,6 +33,11 @@ ProgressFn = Callable[[int, int | None], None]
 """Called as ``progress(bytes_so_far, total_bytes_or_None)``."""
 
 
+def is_md5_text(text: str) -> bool:
+    """Whether a user's ``--md5`` is written as an md5: 32 hexadecimal digits."""
+    return len(text) == 32 and all(ch in "0123456789abcdefABCDEF" for ch in text)
+
+
 def md5_of(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
     """Hex md5 of a file, read in chunks."""
     digest = hashlib.md5()

@@ -25,6 +25,7 @@ from svmtool.io.download import (
     ProgressFn,
     RetryFn,
     fetch,
+    is_md5_text,
     safe_extract,
     verify_md5,
 )
@@ -428,7 +429,7 @@ def download(
     if md5 is not None:
         if len(spec.resources) != 1:
             raise SvmtoolError(f"--md5 applies to one-archive datasets, not {name}'s four files")
-        if len(md5) != 32 or any(ch not in "0123456789abcdefABCDEF" for ch in md5):
+        if not is_md5_text(md5):
             raise SvmtoolError(f"md5 must be 32 hexadecimal digits, got {md5!r}")
     return locked_download(
         data_dir,
