@@ -3,13 +3,17 @@ timings (nothing is timed here), and the split's results against the whole produ
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from svmtool.core import threads, train
 from svmtool.core.threads import SplitSteps, ThreadChoice, fastest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_fastest_takes_the_lowest_median_and_prefers_fewer_threads_on_a_near_tie():
@@ -197,27 +201,84 @@ class Always:
         return self.parts
 
 
-def test_a_split_product_is_bit_identical_to_the_whole_one():
+def split_matches_whole() -> list[str]:
+    """Every product the split serves, split in two, against the whole product
+    on one BLAS thread: the cases that differ (empty when all are bit-identical).
+
+    Row counts around the blocks' bounds: BLAS computes rows in groups (12 for
+    OpenBLAS's float32 Haswell kernel) whose partial last group rounds
+    differently, so a bound inside a group changed the last digit (Zen 3)."""
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((1400, 3073)).astype(np.float32)
-    batch = X[3 : 3 + 200 * 7 : 7]  # a strided batch, as the minibatches are
+    X = rng.standard_normal((2100, 3073)).astype(np.float32)
+    cases = []
+    for m in (200, 203, 211, 1400, 2048, 2100):
+        cases.append((f"{m} rows @ W", X[:m], 10))
+    cases.append(("a strided batch", X[3 : 3 + 200 * 7 : 7], 10))
+    cases.append(("a strided batch, 16 models", X[3 : 3 + 200 * 7 : 7], 160))
+    cases.append(("batch.T @ coeff", X[3 : 3 + 200 * 7 : 7].T, 30))
+    cases.append(("float64", X[:1400].astype(np.float64), 10))
+    cases.append(("float64, 211 rows", X[:211].astype(np.float64), 10))
+    differ = []
+    for name, a, n in cases:
+        b = rng.standard_normal((a.shape[1], n)).astype(a.dtype)
+        with threads.one_blas_thread():
+            whole = a @ b
+        with SplitSteps(Always(2), workers=2) as cores:
+            cores.next()
+            assert cores.parts == 2
+            split = cores.matmul(a, b)
+        if split.dtype != whole.dtype or not np.array_equal(split, whole):
+            differ.append(name)
+    return differ
+
+
+def test_a_split_product_is_bit_identical_to_the_whole_one():
+    assert split_matches_whole() == []
+    rng = np.random.default_rng(1)
+    batch = rng.standard_normal((5, 3073)).astype(np.float32)
     W = rng.standard_normal((3073, 10)).astype(np.float32)
-    coeff = rng.standard_normal((200, 30)).astype(np.float32)
-    with threads.one_blas_thread():
-        whole = [batch @ W, batch.T @ coeff, X.astype(np.float64) @ W.astype(np.float64)]
     with SplitSteps(Always(2), workers=2) as cores:
         cores.next()
-        assert cores.parts == 2
-        split = [
-            cores.matmul(batch, W),
-            cores.matmul(batch.T, coeff),
-            cores.matmul(X.astype(np.float64), W.astype(np.float64)),
-        ]
-        small = cores.matmul(batch[:5], W)  # too small to split: the plain product
-    for a, b in zip(whole, split, strict=True):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(small, batch[:5] @ W)
+        small = cores.matmul(batch, W)  # too small to split: the plain product
+    np.testing.assert_array_equal(small, batch @ W)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@pytest.mark.parametrize("coretype", ["Haswell", "Sandybridge"])
+def test_the_split_is_bit_identical_on_other_openblas_kernels_too(coretype):
+    # Another kernel family groups rows differently; OPENBLAS_CORETYPE takes
+    # effect only when numpy loads, hence a new process. Only kernels this CPU
+    # can run (Haswell's need AVX2, Sandybridge's AVX).
+    import subprocess
+    import sys
+
+    need = {"Haswell": "avx2", "Sandybridge": "avx"}[coretype]
+    info = threads._blas_controller()
+    if info is None or info.lib_controllers[0].internal_api != "openblas":
+        pytest.skip("numpy's BLAS is not OpenBLAS")
+    if need not in _cpu_flags():
+        pytest.skip(f"this CPU has no {need}")
+    code = (
+        "import sys, threadpoolctl; import tests.test_threads as t;"
+        "arch = threadpoolctl.threadpool_info()[0].get('architecture');"
+        "differ = t.split_matches_whole(); print(arch, differ); sys.exit(1 if differ else 0)"
+    )
+    env = {**os.environ, "OPENBLAS_CORETYPE": coretype}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split()[0].lower() == coretype.lower(), done.stdout
 
 
 def test_halves_run_on_two_cores_when_split_and_in_order_either_way():
