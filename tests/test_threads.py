@@ -4,6 +4,8 @@ timings (nothing is timed here), and the split's results against the whole produ
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -259,9 +261,6 @@ def test_the_split_is_bit_identical_on_other_openblas_kernels_too(coretype):
     # Another kernel family groups rows differently; OPENBLAS_CORETYPE takes
     # effect only when numpy loads, hence a new process. Only kernels this CPU
     # can run (Haswell's need AVX2, Sandybridge's AVX).
-    import subprocess
-    import sys
-
     need = {"Haswell": "avx2", "Sandybridge": "avx"}[coretype]
     info = threads._blas_controller()
     if info is None or info.lib_controllers[0].internal_api != "openblas":
