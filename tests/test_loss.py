@@ -183,6 +183,35 @@ def test_side_by_side_margins_and_coefficients_are_bit_identical_to_one_at_a_tim
         assert np.array_equal(coeff[:, k, :], ck) and loss[k] == lk
 
 
+def textbook_hinge(scores, y, delta):
+    """The hinge from ``margins`` with fancy indexing: what ``hinge`` must equal bit for bit."""
+    n = scores.shape[0]
+    m = margins(scores, y, delta)
+    beta = (m > 0).astype(scores.dtype)
+    data_loss = np.maximum(m, 0).sum(axis=0).sum(axis=-1) / n
+    beta[np.arange(n), ..., y] = -beta.sum(axis=-1)
+    return data_loss, beta / n
+
+
+@pytest.mark.parametrize("shape", [(200, 10), (200, 1, 10), (200, 16, 10), (9, 3, 2), (1, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hinge_is_bit_identical_to_the_textbook_formulation(shape, dtype):
+    # hinge finds the true classes by flat positions (take and put), not fancy indexing.
+    rng = np.random.default_rng(sum(shape))
+    scores = (2 * rng.standard_normal(shape)).astype(dtype)
+    y = rng.integers(0, shape[-1], shape[0])
+    other = (y + 1) % shape[-1]
+    scores[0, ..., other[0]] = scores[0, ..., y[0]] - 1  # a margin of exactly 0 (a kink)
+    if shape[0] > 2:
+        scores[2, ..., 0] = np.nan  # a diverged row: NaN loss, its margins inactive
+    for view in (scores, np.repeat(scores, 2, axis=-2)[..., ::2, :] if len(shape) == 3 else scores):
+        loss, coeff = hinge(view, y, 1.0)
+        ref_loss, ref_coeff = textbook_hinge(view, y, 1.0)
+        assert coeff.dtype == dtype and coeff.shape == view.shape
+        np.testing.assert_array_equal(loss, ref_loss)
+        np.testing.assert_array_equal(coeff, ref_coeff)
+
+
 # --- the L2-SVM: one-vs-rest squared hinge ----------------------------------------------
 
 
