@@ -374,6 +374,7 @@ def test_cache_list_and_clear(tmp_path):
     listed = run("cache", "list")
     assert listed.exit_code == 0, listed.output
     assert "hog features of 200 images" in listed.stdout and str(data) in listed.stdout
+    assert ": 1 entry, " in listed.stderr + listed.stdout  # not '1 entries'
     entries = json.loads(run("cache", "list", "--json").stdout)["entries"]
     assert len(entries) == 1 and entries[0]["bytes"] > 0 and entries[0]["age_seconds"] >= 0
     cache = tmp_path / "cache"
@@ -392,7 +393,8 @@ def test_cache_list_and_clear(tmp_path):
     os.utime(entry / "meta.json", (old, old))
     cleared = run("cache", "clear", "--older-than", "2d")
     assert cleared.exit_code == 0, cleared.output
-    assert not entry.exists() and "removed 1" in cleared.stderr
+    assert not entry.exists() and "removed 1 entry (" in cleared.stderr
+    assert "removed 0 entries (" in kept.stderr
     assert (precious / "keep").exists() and (cache / "notes.txt").exists()
     assert (cache / "mine").is_dir()
     assert _hog(data, tmp_path).exit_code == 0

@@ -16,6 +16,11 @@ def size_text(count: int) -> str:
     return f"{count} B"
 
 
+def entries_text(count: int) -> str:
+    """'1 entry', '3 entries'."""
+    return f"{count} {'entry' if count == 1 else 'entries'}"
+
+
 def age_text(seconds: float) -> str:
     for unit, scale in (("days", 86400), ("h", 3600), ("min", 60)):
         if seconds >= scale:
@@ -42,7 +47,7 @@ def render_listing(console: Console, root, found) -> None:
     """One line for the cache, then a row per entry: name, size, age, what it is."""
     total = sum(e.bytes for e in found)
     console.print(
-        literal(f"feature cache in {root}: {len(found)} entries, {size_text(total)}"),
+        literal(f"feature cache in {root}: {entries_text(len(found))}, {size_text(total)}"),
         soft_wrap=True,
     )
     if not found:
@@ -67,4 +72,4 @@ def removed_json(root, chosen) -> dict:
 def removed_text(root, chosen) -> str:
     """What cache clear says on stderr."""
     freed = sum(e.bytes for e in chosen)
-    return f"removed {len(chosen)} entries ({size_text(freed)}) from {root}"
+    return f"removed {entries_text(len(chosen))} ({size_text(freed)}) from {root}"
